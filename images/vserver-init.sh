@@ -1,0 +1,32 @@
+#!/bin/sh
+# plab-init: the first program of every linux-vserver-x86 VM (tini is PID 1 and reaps).
+# Everything it prints goes to the VM console log that the node manager keeps and shows
+# (`plab nm log VM`). The node manager mounts /etc/plab read-only with:
+#   login       the slice's Unix login (derived from the slice name, see docs/naming.md)
+#   keys/LOGIN  the slice users' ssh public keys
+#   bootscript  the slice's bootscript (optional), run at every VM start
+set -u
+login=$(cat /etc/plab/login)
+echo "plab-init: VM for login $login starting"
+
+# The slice's account lives in the VM's own /etc: create it on first boot only, so a
+# slice may change its shell or home afterwards.
+if ! grep -q "^$login:" /etc/passwd; then
+  echo "$login:x:1000:1000:plab slice:/home/$login:/bin/bash" >> /etc/passwd
+  echo "$login:x:1000:" >> /etc/group
+  echo "$login:*:19000:0:99999:7:::" >> /etc/shadow
+  mkdir -p "/home/$login" && chown 1000:1000 "/home/$login"
+fi
+
+mkdir -p /run/sshd
+[ -s /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+/usr/sbin/sshd -E /var/log/sshd.log || echo "plab-init: sshd failed to start (see /var/log/sshd.log)"
+echo "plab-init: sshd listening"
+
+if [ -f /etc/plab/bootscript ]; then
+  echo "plab-init: bootscript starting"
+  ( sh /etc/plab/bootscript; echo "plab-init: bootscript exited with status $?" ) &
+fi
+
+trap 'echo "plab-init: stopping"; kill -TERM -1 2>/dev/null; exit 0' TERM INT
+while :; do sleep 3600 & wait $!; done

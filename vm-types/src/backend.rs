@@ -1,0 +1,165 @@
+//! The `Backend` trait: what the node manager asks of a VM type's implementation.
+//!
+//! One backend exists per [`VmType`]; the node manager keeps them in a [`Registry`] and never
+//! names the technology behind one (runc, libvirt, Xen). Calls are blocking: the node
+//! manager runs them on a blocking thread pool.
+//!
+//! Contract every backend keeps:
+//! - `create` is all-or-nothing: when it fails, nothing it made is left behind.
+//! - `destroy` is idempotent and also cleans up a half-made VM (after a crash mid-create).
+//! - `start` is idempotent and re-creates host state that a reboot lost (mounts, links).
+
+use crate::resources::Resources;
+use crate::rspec::SshKey;
+use crate::slice_name::SliceName;
+use crate::vm_type::VmType;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// Everything a backend needs to make one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The VM's name on this node: the slice's Unix login (unique per node).
+    pub name: String,
+    /// The slice the VM belongs to.
+    pub slice: SliceName,
+    /// The VM type.
+    pub vm_type: VmType,
+    /// Resources bound to the VM.
+    pub resources: Resources,
+    /// The slice users' ssh keys.
+    pub keys: Vec<SshKey>,
+    /// The bootscript, run at every start.
+    pub bootscript: Option<String>,
+    /// The VM's network attachment, chosen by the node manager.
+    pub network: VmNetwork,
+}
+
+/// A VM's place on the node network: an address from the node-private prefix, and a
+/// small index that names host-side interfaces (`pv<index>`, at most 15 characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmNetwork {
+    /// Node-unique small number of the VM.
+    pub index: u32,
+    /// The VM's address.
+    pub address: Ipv4Addr,
+    /// Prefix length of the node-private network.
+    pub prefix_len: u8,
+    /// The node bridge's address, the VM's default gateway.
+    pub gateway: Ipv4Addr,
+}
+
+/// Whether a VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// The VM runs.
+    Running,
+    /// The VM exists but does not run.
+    Stopped,
+    /// The backend knows no such VM.
+    Missing,
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Missing => "missing",
+        })
+    }
+}
+
+/// What a backend reports about one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    /// Running, stopped or missing.
+    pub state: VmState,
+    /// Backend-specific facts worth showing an operator (pid, cgroup, limits in force).
+    pub details: BTreeMap<String, String>,
+}
+
+/// Why a backend call failed. Messages say what to do where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// VM {0} does not exist
+    #[error("VM {0} does not exist")]
+    NotFound(String),
+    /// A host tool failed.
+    #[error("{command} failed: {message}")]
+    Command {
+        /// The command line, shortened.
+        command: String,
+        /// Its error output.
+        message: String,
+    },
+    /// A file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The host lacks something the backend needs; the message says what to install.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request cannot be met as asked.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A VM type's implementation.
+pub trait Backend: Send + Sync {
+    /// The VM type this backend makes.
+    fn vm_type(&self) -> VmType;
+    /// Checks that the host can run this VM type; the error says what to install.
+    fn check(&self) -> Result<(), BackendError>;
+    /// Makes the VM (storage, network, configuration) without starting it.
+    fn create(&self, spec: &VmSpec) -> Result<(), BackendError>;
+    /// Starts the VM; the bootscript runs. Idempotent.
+    fn start(&self, spec: &VmSpec) -> Result<(), BackendError>;
+    /// Stops the VM, keeping its storage. Idempotent.
+    fn stop(&self, name: &str) -> Result<(), BackendError>;
+    /// Removes the VM and everything made for it. Idempotent.
+    fn destroy(&self, name: &str) -> Result<(), BackendError>;
+    /// Applies changed resources, keys or bootscript to an existing VM, live when it runs.
+    fn update(&self, old: &VmSpec, new: &VmSpec) -> Result<(), BackendError>;
+    /// Reports the VM's state.
+    fn status(&self, name: &str) -> Result<VmStatus, BackendError>;
+    /// Names of every VM this backend holds on the node, including ones the node manager
+    /// has no record of.
+    fn list(&self) -> Result<Vec<String>, BackendError>;
+    /// The last `max_bytes` of the VM's console output (init and bootscript output).
+    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError>;
+}
+
+/// The backends a node supports, by VM type.
+#[derive(Clone, Default)]
+pub struct Registry {
+    backends: BTreeMap<VmType, Arc<dyn Backend>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds a backend under its VM type, replacing any earlier one.
+    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+        self.backends.insert(backend.vm_type(), backend);
+    }
+
+    /// The backend for a VM type.
+    pub fn get(&self, t: VmType) -> Option<&Arc<dyn Backend>> {
+        self.backends.get(&t)
+    }
+
+    /// The VM types this node supports.
+    pub fn types(&self) -> Vec<VmType> {
+        self.backends.keys().copied().collect()
+    }
+
+    /// Every backend.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.backends.values()
+    }
+}

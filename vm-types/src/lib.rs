@@ -1,0 +1,23 @@
+//! The plab VM type system, shared by the node manager and every service that talks to it.
+//!
+//! It holds the specification's vocabulary as types (section 4.10 of the PlanetLab
+//! architecture overview): [`SliceName`], [`Resources`], the [`RSpec`] hierarchy with its
+//! XML form, [`VmType`], and the [`Backend`] trait that each VM type implements. The node
+//! manager only ever talks to a `dyn Backend`; the real backends live in feature-gated
+//! modules (`vserver`), and [`fake`] is an in-memory backend for unit tests.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod fake;
+pub mod resources;
+pub mod rspec;
+pub mod slice_name;
+pub mod vm_type;
+#[cfg(feature = "vserver")]
+pub mod vserver;
+
+pub use backend::{Backend, BackendError, Registry, VmNetwork, VmSpec, VmState, VmStatus};
+pub use resources::{Quantity, Resources, ResourceError};
+pub use rspec::{PoolRSpec, RSpec, RSpecClass, RSpecError, SliceAuthorityRef, SliceRSpec, SshKey};
+pub use slice_name::{SliceName, SliceNameError};
+pub use vm_type::VmType;
