@@ -34,6 +34,10 @@ pub struct VmSpec {
     pub bootscript: Option<String>,
     /// The VM's network attachment, chosen by the node manager.
     pub network: VmNetwork,
+    /// A host directory holding the VM's own node manager socket; the backend makes it
+    /// visible inside the VM at `/run/plab` (read-only), so that processes in the VM reach
+    /// the node manager as their slice and as nothing else.
+    pub nm_socket_dir: Option<std::path::PathBuf>,
 }
 
 /// A VM's place on the node network: an address from the node-private prefix, and a

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod fake;
+pub mod host;
 pub mod resources;
 pub mod rspec;
 pub mod slice_name;

@@ -1,1 +1,447 @@
-//! linux-vserver-x86
+//! linux-vserver-x86: VMs as containers through an OCI runtime (runc by default).
+//!
+//! Per VM, under `<vm_dir>/<name>/`:
+//!
+//! | path          | what |
+//! |---------------|------|
+//! | `disk.img`    | sparse ext4 image of `disk_quota` bytes: the VM's writable layer, so writing past the quota fails with ENOSPC |
+//! | `disk/`       | where `disk.img` is loop-mounted (`upper/`, `work/` of the overlay) |
+//! | `rootfs/`     | overlay of the shared read-only image and `disk/upper`: the VM's `/` |
+//! | `plab/`       | node-manager-owned files, read-only at `/etc/plab` in the VM: `login`, `keys/<login>`, `bootscript` |
+//! | `bundle/`     | the OCI bundle (`config.json`) |
+//! | `console.log` | everything the VM's init and bootscript print |
+//!
+//! Networking: a network namespace `plab-<name>` per VM, a veth pair whose host end
+//! `pv<index>` joins the node bridge and whose VM end is `eth0` with the VM's address.
+//! cgroups: `/plab/<name>` with `cpu.shares` (v1) or `cpu.weight` (v2), the memory limit
+//! (swap included) and a pids limit; runc translates for cgroup v1 or v2.
+
+pub mod oci;
+
+use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
+use crate::host::{is_mounted, link_exists, run, run_with_input, spawn_error};
+use crate::vm_type::VmType;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Smallest disk a VM can have: ext4 needs room for its own metadata.
+pub const MIN_DISK_BYTES: u64 = 16 << 20;
+
+/// Settings of the container backend.
+#[derive(Debug, Clone)]
+pub struct VserverConfig {
+    /// Where per-VM directories live.
+    pub vm_dir: PathBuf,
+    /// The read-only root filesystem image built by `images/build-rootfs.sh`.
+    pub image_dir: PathBuf,
+    /// The OCI runtime binary.
+    pub runtime: String,
+    /// The runtime's state directory (`runc --root`).
+    pub runtime_root: PathBuf,
+    /// The node bridge that VM interfaces join.
+    pub bridge: String,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// The container backend.
+pub struct VserverBackend {
+    cfg: VserverConfig,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let what = what.into();
+    move |e| BackendError::Io(what, e)
+}
+
+impl VserverBackend {
+    /// A backend with these settings. Paths must not hold `,` or `:` (overlayfs options).
+    pub fn new(cfg: VserverConfig) -> Result<VserverBackend, BackendError> {
+        for p in [&cfg.vm_dir, &cfg.image_dir] {
+            if p.to_string_lossy().contains([',', ':']) {
+                return Err(BackendError::Invalid(format!("{}: paths for VMs may not contain ',' or ':'", p.display())));
+            }
+        }
+        fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
+        fs::create_dir_all(&cfg.runtime_root).map_err(io(cfg.runtime_root.display().to_string()))?;
+        Ok(VserverBackend { cfg })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.cfg.vm_dir.join(name)
+    }
+
+    fn netns(name: &str) -> String {
+        format!("plab-{name}")
+    }
+
+    fn runtime(&self, args: &[&str]) -> Result<String, BackendError> {
+        let root = self.cfg.runtime_root.to_string_lossy().into_owned();
+        let mut all = vec!["--root", root.as_str()];
+        all.extend_from_slice(args);
+        run(&self.cfg.runtime, &all)
+    }
+
+    /// The runtime's view of a container: its status and pid, or None when it has none.
+    fn runtime_state(&self, name: &str) -> Result<Option<(String, u32)>, BackendError> {
+        match self.runtime(&["state", name]) {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_str(&out)
+                    .map_err(|e| BackendError::Invalid(format!("{} state {name}: unreadable output: {e}", self.cfg.runtime)))?;
+                let status = v["status"].as_str().unwrap_or("unknown").to_owned();
+                Ok(Some((status, v["pid"].as_u64().unwrap_or(0) as u32)))
+            }
+            Err(BackendError::Command { message, .. }) if message.contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_plab_files(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let plab = self.dir(&spec.name).join("plab");
+        let login = spec.slice.login();
+        fs::create_dir_all(plab.join("keys")).map_err(io("plab dir"))?;
+        write_atomic(&plab.join("login"), &format!("{login}\n"))?;
+        let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
+        write_atomic(&plab.join("keys").join(&login), &keys)?;
+        let boot = plab.join("bootscript");
+        match &spec.bootscript {
+            Some(b) => write_atomic(&boot, b)?,
+            None => match fs::remove_file(&boot) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(BackendError::Io("bootscript".into(), e)),
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// Loop-mounts the VM disk and mounts the overlay root. Idempotent.
+    fn mount(&self, name: &str) -> Result<(), BackendError> {
+        let d = self.dir(name);
+        let (img, disk, rootfs) = (d.join("disk.img"), d.join("disk"), d.join("rootfs"));
+        if !is_mounted(&disk) {
+            run("mount", &["-o", "loop,nodev", &s(&img), &s(&disk)])?;
+        }
+        for sub in ["upper", "work"] {
+            fs::create_dir_all(disk.join(sub)).map_err(io(format!("{name}: disk/{sub}")))?;
+        }
+        if !is_mounted(&rootfs) {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                s(&self.cfg.image_dir),
+                s(&disk.join("upper")),
+                s(&disk.join("work"))
+            );
+            run("mount", &["-t", "overlay", "overlay", "-o", &opts, &s(&rootfs)])?;
+        }
+        Ok(())
+    }
+
+    /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
+    fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let ns = Self::netns(&spec.name);
+        if !Path::new("/var/run/netns").join(&ns).exists() {
+            run("ip", &["netns", "add", &ns])?;
+        }
+        let host_if = format!("pv{}", spec.network.index);
+        if !link_exists(&host_if) {
+            run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        }
+        run("ip", &["link", "set", &host_if, "master", &self.cfg.bridge, "up"])?;
+        let n = &spec.network;
+        let batch = format!(
+            "link set lo up\naddr replace {}/{} dev eth0\nlink set eth0 up\nroute replace default via {}\n",
+            n.address, n.prefix_len, n.gateway
+        );
+        run_with_input("ip", &["-n", &ns, "-batch", "-"], &batch)?;
+        Ok(())
+    }
+
+    fn write_config(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let d = self.dir(&spec.name);
+        let netns = PathBuf::from("/var/run/netns").join(Self::netns(&spec.name));
+        let m = oci::VmMounts { rootfs: &d.join("rootfs"), plab_dir: &d.join("plab"), netns: &netns };
+        let json = serde_json::to_string_pretty(&oci::config(spec, &m))
+            .map_err(|e| BackendError::Invalid(format!("config.json: {e}")))?;
+        fs::create_dir_all(d.join("bundle")).map_err(io("bundle"))?;
+        write_atomic(&d.join("bundle/config.json"), &json)
+    }
+
+    fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let quota = spec.resources.disk_quota_bytes();
+        if quota < MIN_DISK_BYTES {
+            return Err(BackendError::Invalid(format!(
+                "disk_quota: {} GB is below the smallest VM disk, {} MB",
+                spec.resources.disk_quota,
+                MIN_DISK_BYTES >> 20
+            )));
+        }
+        let d = self.dir(&spec.name);
+        for sub in ["disk", "rootfs", "bundle"] {
+            fs::create_dir_all(d.join(sub)).map_err(io(format!("{}: {sub}", spec.name)))?;
+        }
+        let img = d.join("disk.img");
+        fs::File::create(&img).and_then(|f| f.set_len(quota)).map_err(io("disk.img"))?;
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "plab-vm", &s(&img)],
+        )?;
+        self.write_plab_files(spec)?;
+        self.mount(&spec.name)?;
+        self.network(spec)?;
+        self.write_config(spec)
+    }
+
+    fn console_offset(&self, name: &str) -> u64 {
+        fs::metadata(self.dir(name).join("console.log")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn console_since(&self, name: &str, offset: u64) -> String {
+        let mut out = String::new();
+        if let Ok(mut f) = fs::File::open(self.dir(name).join("console.log")) {
+            let _ = f.seek(SeekFrom::Start(offset));
+            let _ = f.take(8192).read_to_string(&mut out);
+        }
+        out.trim().to_owned()
+    }
+
+    fn start_container(&self, name: &str) -> Result<(), BackendError> {
+        let d = self.dir(name);
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("console.log"))
+            .map_err(io("console.log"))?;
+        let offset = self.console_offset(name);
+        // The runtime hands its stdio to the VM's init, so stdout/stderr go straight to the
+        // console log (a file, never a pipe that would keep us waiting).
+        let status = Command::new(&self.cfg.runtime)
+            .arg("--root")
+            .arg(&self.cfg.runtime_root)
+            .args(["create", "--bundle"])
+            .arg(d.join("bundle"))
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().map_err(io("console.log"))?)
+            .stderr(console)
+            .status()
+            .map_err(|e| spawn_error(&self.cfg.runtime, e))?;
+        if !status.success() {
+            return Err(BackendError::Command {
+                command: format!("{} create {name}", self.cfg.runtime),
+                message: self.console_since(name, offset),
+            });
+        }
+        self.runtime(&["start", name])?;
+        Ok(())
+    }
+
+    fn cgroup_value(name: &str, v1: &str, v2: &str) -> Option<String> {
+        let v1p = Path::new("/sys/fs/cgroup").join(v1.replace("{}", name));
+        let v2p = Path::new("/sys/fs/cgroup").join(v2.replace("{}", name));
+        fs::read_to_string(v1p).or_else(|_| fs::read_to_string(v2p)).ok().map(|s| s.trim().to_owned())
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn write_atomic(path: &Path, content: &str) -> Result<(), BackendError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, content).and_then(|_| fs::rename(&tmp, path)).map_err(io(path.display().to_string()))
+}
+
+impl Backend for VserverBackend {
+    fn vm_type(&self) -> VmType {
+        VmType::LinuxVserverX86
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        run(&self.cfg.runtime, &["--version"])?;
+        if !self.cfg.image_dir.join(".plab-image").exists() {
+            return Err(BackendError::Unavailable(format!(
+                "the container image {} is missing: build it with `make image` (images/build-rootfs.sh)",
+                self.cfg.image_dir.display()
+            )));
+        }
+        for tool in [("ip", "-V"), ("mkfs.ext4", "-V"), ("losetup", "--version"), ("resize2fs", "-h")] {
+            if let Err(BackendError::Unavailable(m)) = run(tool.0, &[tool.1]) {
+                return Err(BackendError::Unavailable(m));
+            }
+        }
+        let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !fss.contains("overlay") {
+            let _ = run("modprobe", &["overlay"]);
+            if !fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay") {
+                return Err(BackendError::Unavailable("the kernel lacks overlayfs: modprobe overlay".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if self.dir(&spec.name).exists() {
+            // Leftovers of a create that a crash interrupted.
+            self.destroy(&spec.name)?;
+        }
+        let r = self.create_inner(spec);
+        if r.is_err() {
+            if let Err(e) = self.destroy(&spec.name) {
+                tracing::warn!(vm = %spec.name, "cleaning up after a failed create: {e}");
+            }
+        }
+        r
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if !self.dir(&spec.name).join("disk.img").exists() {
+            return Err(BackendError::NotFound(spec.name.clone()));
+        }
+        self.mount(&spec.name)?;
+        self.network(spec)?;
+        self.write_plab_files(spec)?;
+        self.write_config(spec)?;
+        match self.runtime_state(&spec.name)? {
+            Some((status, _)) if status == "running" => return Ok(()),
+            Some(_) => {
+                self.runtime(&["delete", "--force", &spec.name])?;
+            }
+            None => {}
+        }
+        let r = self.start_container(&spec.name);
+        if r.is_err() {
+            let _ = self.runtime(&["delete", "--force", &spec.name]);
+        }
+        r
+    }
+
+    fn stop(&self, name: &str) -> Result<(), BackendError> {
+        let Some((status, _)) = self.runtime_state(name)? else { return Ok(()) };
+        if status == "running" {
+            let _ = self.runtime(&["kill", name, "TERM"]);
+            let deadline = Instant::now() + self.cfg.stop_timeout;
+            while Instant::now() < deadline {
+                match self.runtime_state(name)? {
+                    Some((st, _)) if st == "running" => std::thread::sleep(Duration::from_millis(20)),
+                    _ => break,
+                }
+            }
+        }
+        self.runtime(&["delete", "--force", name])?;
+        Ok(())
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        match self.runtime(&["delete", "--force", name]) {
+            Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
+                return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
+            }
+            _ => {}
+        }
+        let d = self.dir(name);
+        for m in [d.join("rootfs"), d.join("disk")] {
+            if is_mounted(&m) && run("umount", &[&s(&m)]).is_err() {
+                run("umount", &["-l", &s(&m)])?;
+            }
+        }
+        let ns = Self::netns(name);
+        if Path::new("/var/run/netns").join(&ns).exists() {
+            run("ip", &["netns", "del", &ns])?;
+        }
+        if d.exists() {
+            if is_mounted(&d.join("rootfs")) || is_mounted(&d.join("disk")) {
+                return Err(BackendError::Invalid(format!("{name}: disk still mounted, not removing {}", d.display())));
+            }
+            fs::remove_dir_all(&d).map_err(io(d.display().to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn update(&self, old: &VmSpec, new: &VmSpec) -> Result<(), BackendError> {
+        let name = &new.name;
+        let (old_q, new_q) = (old.resources.disk_quota_bytes(), new.resources.disk_quota_bytes());
+        if new_q < old_q {
+            return Err(BackendError::Invalid(format!(
+                "disk_quota: a VM disk cannot shrink ({} GB to {} GB)",
+                old.resources.disk_quota, new.resources.disk_quota
+            )));
+        }
+        self.write_plab_files(new)?;
+        self.write_config(new)?;
+        if new_q > old_q {
+            let img = self.dir(name).join("disk.img");
+            fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(new_q)).map_err(io("disk.img"))?;
+            let dev = run("losetup", &["-j", &s(&img)])?;
+            if let Some(dev) = dev.split(':').next().filter(|d| d.starts_with("/dev/")) {
+                run("losetup", &["-c", dev])?;
+                run("resize2fs", &[dev])?;
+            }
+        }
+        if let Some((status, _)) = self.runtime_state(name)? {
+            if status == "running" {
+                let mem = new.resources.mem_limit_bytes().to_string();
+                let shares = new.resources.cpu_shares().to_string();
+                self.runtime(&["update", "--cpu-share", &shares, "--memory", &mem, "--memory-swap", &mem, name])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, name: &str) -> Result<VmStatus, BackendError> {
+        let mut details = BTreeMap::new();
+        let state = match self.runtime_state(name)? {
+            Some((st, pid)) if st == "running" => {
+                details.insert("pid".into(), pid.to_string());
+                if let Some(m) = Self::cgroup_value(name, "memory/plab/{}/memory.limit_in_bytes", "plab/{}/memory.max") {
+                    details.insert("memory_limit_bytes".into(), m);
+                }
+                if let Some(c) = Self::cgroup_value(name, "cpu/plab/{}/cpu.shares", "plab/{}/cpu.weight") {
+                    details.insert("cpu_shares".into(), c);
+                }
+                VmState::Running
+            }
+            _ if self.dir(name).join("disk.img").exists() => VmState::Stopped,
+            _ => VmState::Missing,
+        };
+        if let Ok(len) = fs::metadata(self.dir(name).join("disk.img")).map(|m| m.len()) {
+            details.insert("disk_bytes".into(), len.to_string());
+        }
+        Ok(VmStatus { state, details })
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        let mut names: Vec<String> = fs::read_dir(&self.cfg.vm_dir)
+            .map_err(io(self.cfg.vm_dir.display().to_string()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for n in self.runtime(&["list", "-q"])?.lines() {
+            if !n.is_empty() && !names.iter().any(|m| m == n) {
+                names.push(n.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
+        let path = self.dir(name).join("console.log");
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if self.dir(name).exists() { Ok(String::new()) } else { Err(BackendError::NotFound(name.into())) }
+            }
+            Err(e) => return Err(BackendError::Io(path.display().to_string(), e)),
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(io("console.log"))?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}

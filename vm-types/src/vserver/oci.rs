@@ -1,0 +1,173 @@
+//! The OCI runtime configuration (`config.json`) of a linux-vserver-x86 VM.
+
+use crate::backend::VmSpec;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec,
+};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Capabilities of the VM's root: Docker's default set, which sshd and package installs
+/// need (setuid, chroot for privilege separation, chown), and nothing that reaches the host.
+const CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Mknod,
+    Capability::NetBindService,
+    Capability::NetRaw,
+    Capability::Setfcap,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+    Capability::AuditWrite,
+];
+
+/// Most processes a VM may hold at once.
+pub const PIDS_LIMIT: i64 = 4096;
+
+/// Where NM's per-VM files appear inside the VM.
+pub struct VmMounts<'a> {
+    /// The VM's root filesystem (the overlay mount).
+    pub rootfs: &'a Path,
+    /// NM-owned files (login, keys, bootscript), mounted read-only at /etc/plab.
+    pub plab_dir: &'a Path,
+    /// The VM's network namespace.
+    pub netns: &'a Path,
+}
+
+fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .expect("all mount fields set")
+}
+
+/// Builds the OCI configuration for a VM.
+pub fn config(spec: &VmSpec, m: &VmMounts<'_>) -> Spec {
+    let caps: HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .expect("capability sets set");
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(vec!["/usr/bin/tini".into(), "--".into(), "/sbin/plab-init".into()])
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            format!("PLAB_SLICE={}", spec.slice),
+        ])
+        .cwd("/")
+        .no_new_privileges(false)
+        .capabilities(capabilities)
+        .build()
+        .expect("process fields set");
+
+    let mem = spec.resources.mem_limit_bytes() as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().expect("device rule")])
+        .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().expect("memory"))
+        .cpu(LinuxCpuBuilder::default().shares(spec.resources.cpu_shares()).build().expect("cpu"))
+        .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build().expect("pids"))
+        .build()
+        .expect("resources");
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().expect("namespace"))
+    .chain(std::iter::once(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(m.netns)
+            .build()
+            .expect("namespace"),
+    ))
+    .collect::<Vec<_>>();
+
+    let default_linux = oci_spec::runtime::Linux::default();
+    let linux = LinuxBuilder::default()
+        .resources(resources)
+        .cgroups_path(format!("/plab/{}", spec.name))
+        .namespaces(namespaces)
+        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .build()
+        .expect("linux");
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    mounts.push(bind(m.plab_dir, "/etc/plab", &["rbind", "ro", "nosuid", "nodev"]));
+    if let Some(dir) = &spec.nm_socket_dir {
+        mounts.push(bind(dir, "/run/plab", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
+    }
+
+    let mut s = Spec::default();
+    s.set_root(Some(RootBuilder::default().path(m.rootfs).readonly(false).build().expect("root")));
+    s.set_process(Some(process));
+    s.set_hostname(Some(spec.name.replace('_', "-")));
+    s.set_mounts(Some(mounts));
+    s.set_linux(Some(linux));
+    s.set_annotations(Some([("org.plab.slice".to_string(), spec.slice.to_string())].into_iter().collect()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::VmNetwork;
+    use crate::resources::{Quantity, Resources};
+    use crate::{SliceName, VmType};
+
+    #[test]
+    fn config_carries_limits_namespace_and_mounts() {
+        let mut resources = Resources::spec_default();
+        resources.cpu_share = Quantity::from_milli(2500);
+        let spec = VmSpec {
+            name: "plc_demo".into(),
+            slice: SliceName::parse("plc.demo").unwrap(),
+            vm_type: VmType::LinuxVserverX86,
+            resources,
+            keys: vec![],
+            bootscript: None,
+            network: VmNetwork {
+                index: 1,
+                address: "10.0.0.2".parse().unwrap(),
+                prefix_len: 24,
+                gateway: "10.0.0.1".parse().unwrap(),
+            },
+            nm_socket_dir: Some("/s/run".into()),
+        };
+        let m = VmMounts {
+            rootfs: Path::new("/s/rootfs"),
+            plab_dir: Path::new("/s/plab"),
+            netns: Path::new("/var/run/netns/plab-plc_demo"),
+        };
+        let json = serde_json::to_value(config(&spec, &m)).unwrap();
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 256 << 20);
+        assert_eq!(r["cpu"]["shares"], 2560);
+        assert_eq!(json["linux"]["cgroupsPath"], "/plab/plc_demo");
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/var/run/netns/plab-plc_demo"));
+        let mounts = json["mounts"].as_array().unwrap();
+        let plab = mounts.iter().find(|m| m["destination"] == "/etc/plab").unwrap();
+        assert!(plab["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        assert_eq!(json["process"]["terminal"], false);
+        assert_eq!(json["hostname"], "plc-demo");
+    }
+}
