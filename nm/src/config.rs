@@ -1,0 +1,151 @@
+//! Node manager settings: a TOML file (`plab-nm serve --config FILE`), every key optional.
+//!
+//! ```toml
+//! state_dir = "/var/lib/plab/nm"        # SQLite database, VM disks, per-VM sockets
+//! socket = "/run/plab/nm.sock"          # the local API socket
+//! owner_uids = [0]                      # callers treated as the owner (site_admin)
+//! node_netns = "plab-node1"             # run the node's networking in this netns
+//! bridge = "plab0"                      # node bridge VM interfaces join
+//! vm_prefix = "10.213.0.0/16"           # node-private VM addresses; .1 is the bridge
+//! image_dir = "/var/cache/plab/images/vserver-bookworm"
+//! oci_runtime = "runc"
+//! stop_timeout_secs = 10
+//!
+//! [slice_uids]                          # unprivileged local services acting as a slice
+//! 998 = "plc.scs"
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Node manager settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, VM disks and per-VM sockets live.
+    pub state_dir: PathBuf,
+    /// The local API socket.
+    pub socket: PathBuf,
+    /// Uids whose connections act as the owner (site_admin). Root always does.
+    pub owner_uids: Vec<u32>,
+    /// Uids of local services that act as a slice (for example a slice creation service
+    /// running as an unprivileged user).
+    pub slice_uids: BTreeMap<String, String>,
+    /// A network namespace (under /var/run/netns) that holds the node's networking.
+    pub node_netns: Option<String>,
+    /// The node bridge.
+    pub bridge: String,
+    /// The node-private VM prefix, `a.b.c.d/len`.
+    pub vm_prefix: String,
+    /// The container root filesystem image.
+    pub image_dir: PathBuf,
+    /// The OCI runtime binary.
+    pub oci_runtime: String,
+    /// Seconds a stopping VM gets between SIGTERM and SIGKILL.
+    pub stop_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            state_dir: "/var/lib/plab/nm".into(),
+            socket: "/run/plab/nm.sock".into(),
+            owner_uids: vec![],
+            slice_uids: BTreeMap::new(),
+            node_netns: None,
+            bridge: "plab0".into(),
+            vm_prefix: "10.213.0.0/16".into(),
+            image_dir: "/var/cache/plab/images/vserver-bookworm".into(),
+            oci_runtime: "runc".into(),
+            stop_timeout_secs: 10,
+        }
+    }
+}
+
+/// A parsed IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Parses `a.b.c.d/len` with 8 <= len <= 30.
+    pub fn parse(s: &str) -> Result<Prefix, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| format!("vm_prefix: {s:?} is not address/length"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("vm_prefix: {a:?} is not an IPv4 address"))?;
+        let len: u8 = l.parse().map_err(|_| format!("vm_prefix: {l:?} is not a prefix length"))?;
+        if !(8..=30).contains(&len) {
+            return Err(format!("vm_prefix: length {len} must be between 8 and 30"));
+        }
+        let mask = u32::MAX << (32 - len);
+        Ok(Prefix { network: Ipv4Addr::from(u32::from(addr) & mask), len })
+    }
+
+    /// The bridge (gateway) address: the first host address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// The address of VM number `index` (1-based), if the prefix has room for it.
+    pub fn vm_address(&self, index: u32) -> Option<Ipv4Addr> {
+        let hosts = (1u64 << (32 - self.len)) - 2; // minus network and broadcast
+        let offset = index as u64 + 1; // .1 is the gateway
+        (index >= 1 && offset < hosts + 1).then(|| Ipv4Addr::from(u32::from(self.network) + offset as u32))
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        Prefix::parse(&self.vm_prefix).map_err(anyhow::Error::msg)?;
+        for (uid, name) in &self.slice_uids {
+            uid.parse::<u32>().map_err(|_| anyhow::anyhow!("slice_uids.{uid}: the key must be a numeric uid"))?;
+            vm_types::SliceName::parse(name).map_err(|e| anyhow::anyhow!("slice_uids.{uid}: {e}"))?;
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 15 {
+            anyhow::bail!("bridge: {:?} must be 1 to 15 characters", self.bridge);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_addresses() {
+        let p = Prefix::parse("10.213.7.9/24").unwrap();
+        assert_eq!(p.network.to_string(), "10.213.7.0");
+        assert_eq!(p.gateway().to_string(), "10.213.7.1");
+        assert_eq!(p.vm_address(1).unwrap().to_string(), "10.213.7.2");
+        assert_eq!(p.vm_address(253).unwrap().to_string(), "10.213.7.254");
+        assert!(p.vm_address(254).is_none());
+        assert!(p.vm_address(0).is_none());
+        assert!(Prefix::parse("10.0.0.0/31").is_err());
+        assert!(Prefix::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("bridge = \"x\"\nbrige = 1").is_err());
+        let c: Config = toml::from_str("[slice_uids]\n998 = \"plc.scs\"").unwrap();
+        assert_eq!(c.slice_uids["998"], "plc.scs");
+        c.validate().unwrap();
+        let bad: Config = toml::from_str("[slice_uids]\nroot = \"plc.scs\"").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("numeric uid"));
+    }
+}

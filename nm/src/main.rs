@@ -1,0 +1,119 @@
+//! `plab-nm`: the node manager daemon.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use plab_nm::{server, Config, Node};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vm_types::Registry;
+
+#[derive(Parser)]
+#[command(name = "plab-nm", version, about = "The plab node manager")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the local API until SIGTERM or SIGINT.
+    Serve {
+        /// TOML settings file (every key optional; see the README).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Overrides `socket`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Overrides `node_netns`.
+        #[arg(long)]
+        node_netns: Option<String>,
+        /// Overrides `image_dir`.
+        #[arg(long)]
+        image_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLAB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Serve { config, state_dir, socket, node_netns, image_dir } = Cli::parse().cmd;
+    let mut cfg = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = state_dir {
+        cfg.state_dir = v;
+    }
+    if let Some(v) = socket {
+        cfg.socket = v;
+    }
+    if let Some(v) = node_netns {
+        cfg.node_netns = Some(v);
+    }
+    if let Some(v) = image_dir {
+        cfg.image_dir = v;
+    }
+    cfg.validate()?;
+    // Enter the node's network namespace while still single-threaded: setns applies to the
+    // calling thread only, and every thread and child made afterwards inherits it.
+    if let Some(ns) = &cfg.node_netns {
+        let path = PathBuf::from("/var/run/netns").join(ns);
+        let f = std::fs::File::open(&path)
+            .with_context(|| format!("node_netns: {} does not exist (create it with `ip netns add {ns}`)", path.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("node_netns: setns failed (run as root)")?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(cfg))
+}
+
+fn registry(cfg: &Config) -> anyhow::Result<Registry> {
+    let mut reg = Registry::new();
+    let vserver = vm_types::vserver::VserverBackend::new(vm_types::vserver::VserverConfig {
+        vm_dir: cfg.state_dir.join("vms"),
+        image_dir: cfg.image_dir.clone(),
+        runtime: cfg.oci_runtime.clone(),
+        runtime_root: cfg.state_dir.join("runc"),
+        bridge: cfg.bridge.clone(),
+        stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+    })?;
+    use vm_types::Backend;
+    match vserver.check() {
+        Ok(()) => reg.register(Arc::new(vserver)),
+        Err(e) => tracing::warn!("linux-vserver-x86 is unavailable on this node: {e}"),
+    }
+    if reg.types().is_empty() {
+        anyhow::bail!("no VM type is usable on this node (see the warnings above)");
+    }
+    Ok(reg)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let prefix = plab_nm::config::Prefix::parse(&cfg.vm_prefix).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    let reg = registry(&cfg)?;
+    vm_types::host::ensure_bridge(&cfg.bridge, prefix.gateway(), prefix.len).context("node bridge")?;
+    // Owner-only unless local services act as slices; SO_PEERCRED decides either way.
+    let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
+    let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
+    let node = Node::open(cfg.clone(), reg)?;
+    for line in node.reconcile().await {
+        tracing::warn!("reconcile: {line}");
+    }
+    tracing::info!(socket = %cfg.socket.display(), state = %cfg.state_dir.display(), "plab-nm serving");
+    let serving = tokio::spawn(server::serve(node.clone(), listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    serving.abort();
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!("plab-nm stopped (VMs keep running)");
+    Ok(())
+}
