@@ -239,6 +239,31 @@ impl VserverBackend {
         Ok(())
     }
 
+    /// Grows a mounted VM disk online (loop device capacity, then resize2fs); on failure
+    /// the image is truncated back.
+    fn grow_disk(&self, name: &str, old_q: u64, new_q: u64) -> Result<(), BackendError> {
+        let img = self.dir(name).join("disk.img");
+        let set_len = |len: u64| fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(len)).map_err(io("disk.img"));
+        set_len(new_q)?;
+        let r = (|| {
+            let dev = run("losetup", &["-j", &s(&img)])?;
+            let dev = dev.split(':').next().filter(|d| d.starts_with("/dev/")).ok_or_else(|| {
+                BackendError::Invalid("the VM disk is not attached to a loop device".into())
+            })?;
+            run("losetup", &["-c", dev])?;
+            run("resize2fs", &[dev]).map(|_| ())
+        })();
+        if r.is_err() {
+            let _ = set_len(old_q);
+            if let Ok(dev) = run("losetup", &["-j", &s(&img)]) {
+                if let Some(dev) = dev.split(':').next() {
+                    let _ = run("losetup", &["-c", dev]);
+                }
+            }
+        }
+        r
+    }
+
     fn cgroup_value(name: &str, v1: &str, v2: &str) -> Option<String> {
         let v1p = Path::new("/sys/fs/cgroup").join(v1.replace("{}", name));
         let v2p = Path::new("/sys/fs/cgroup").join(v2.replace("{}", name));
@@ -373,12 +398,11 @@ impl Backend for VserverBackend {
         self.write_plab_files(new)?;
         self.write_config(new)?;
         if new_q > old_q {
-            let img = self.dir(name).join("disk.img");
-            fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(new_q)).map_err(io("disk.img"))?;
-            let dev = run("losetup", &["-j", &s(&img)])?;
-            if let Some(dev) = dev.split(':').next().filter(|d| d.starts_with("/dev/")) {
-                run("losetup", &["-c", dev])?;
-                run("resize2fs", &[dev])?;
+            if let Err(e) = self.grow_disk(name, old_q, new_q) {
+                // Leave the VM as it was: the caller records no change.
+                self.write_plab_files(old)?;
+                self.write_config(old)?;
+                return Err(BackendError::Invalid(format!("disk_quota: growing the VM's disk failed ({e}); nothing was changed")));
             }
         }
         if let Some((status, _)) = self.runtime_state(name)? {

@@ -1,0 +1,284 @@
+//! Integration test: a real node manager (`plab-nm serve`) in a network namespace this
+//! test creates, real runc containers built from the project image, real OpenSSH logins.
+//! Needs root, runc, OpenSSH's client and the image (`make image`); it fails, saying what
+//! to install, when any is missing.
+
+use plab_nm::NmClient;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "/var/cache/plab/images/vserver-bookworm";
+
+fn require(cond: bool, what: &str) {
+    assert!(cond, "integration test prerequisite missing: {what}");
+}
+
+fn prerequisites() {
+    require(nix::unistd::geteuid().is_root(), "run as root (make test does)");
+    for (tool, pkg) in [("runc", "runc"), ("ssh", "openssh-client"), ("ip", "iproute2"), ("mkfs.ext4", "e2fsprogs")] {
+        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().map(|s| s.success());
+        require(ok.unwrap_or(false), &format!("`{tool}`: apt-get install {pkg}"));
+    }
+    let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| IMAGE.into());
+    require(Path::new(&image).join(".plab-image").exists(), &format!("container image {image}: run `make image`"));
+}
+
+/// A node: a network namespace and a node manager serving in it. Dropping it tears
+/// everything down.
+struct TestNode {
+    netns: String,
+    dir: tempfile::TempDir,
+    nm: Option<Child>,
+}
+
+impl TestNode {
+    fn new(tag: &str) -> TestNode {
+        TestNode::with_config(tag, "")
+    }
+
+    /// A node whose node manager reads `config` (TOML) as its settings file.
+    fn with_config(tag: &str, config: &str) -> TestNode {
+        let netns = format!("plab-it-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+        assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nm.toml"), config).unwrap();
+        let mut n = TestNode { netns, dir, nm: None };
+        n.start_nm();
+        n
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("nm.sock")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn start_nm(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nm.log")).unwrap();
+        let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| IMAGE.into());
+        let child = Command::new(env!("CARGO_BIN_EXE_plab-nm"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join("nm.toml"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--node-netns", &self.netns, "--image-dir", &image])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.nm = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while NmClient::connect(&self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "plab-nm did not start:\n{}", self.nm_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_nm(&mut self) {
+        if let Some(mut c) = self.nm.take() {
+            let _ = c.kill(); // SIGKILL: no chance to clean up
+            let _ = c.wait();
+        }
+    }
+
+    fn nm_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nm.log")).unwrap_or_default()
+    }
+
+    fn client(&self) -> NmClient {
+        NmClient::connect(&self.socket()).unwrap()
+    }
+
+    /// Runs `cmd` in the VM over OpenSSH as the slice's login; returns (status, output).
+    fn ssh(&self, key: &Path, login: &str, addr: &str, cmd: &str) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+            ])
+            .arg(format!("{login}@{addr}"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Waits until ssh answers (sshd starts a moment after the container).
+    fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.ssh(key, login, addr, "true");
+            if r.0 == 0 || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if self.nm.is_none() {
+            self.start_nm();
+        }
+        if let Ok(mut c) = NmClient::connect(&self.socket()) {
+            if let Ok(v) = c.call("ListVMs", json!({})) {
+                for vm in v["vms"].as_array().into_iter().flatten() {
+                    let _ = c.call("DestroyVM", json!({"vm": vm["vm"]}));
+                }
+            }
+        }
+        self.kill_nm();
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+fn keypair(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_owned())
+}
+
+fn slice_rspec(slice: &str, key: &str, mem: u32, disk: &str) -> String {
+    format!(
+        r#"<VServerSlice name="{slice}"><resources cpu_share="2" disk_quota="{disk}" mem_limit="{mem}"/><key>{key}</key><bootscript>echo "bootscript ran as $(id -un) on $(hostname)"</bootscript></VServerSlice>"#
+    )
+}
+
+fn mounts_under(p: &Path) -> usize {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    m.lines().filter(|l| l.contains(&*p.to_string_lossy())).count()
+}
+
+#[test]
+fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
+    prerequisites();
+    let mut node = TestNode::new("life");
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+
+    // Owner creates a pool for an authority; the slice splits off its VM and binds it.
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="512"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
+    let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.demo", &public, 64, "0.05")]), "rcap").unwrap();
+    let vm = c.call("Bind", json!([sub, "plc.it.demo"])).unwrap();
+    let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+    assert_eq!(name, "plc_it_demo");
+
+    // The slice's user logs in with OpenSSH and the key from the RSpec.
+    let (code, out) = node.ssh_ready(&key, "plc_it_demo", &addr);
+    assert_eq!(code, 0, "ssh failed: {out}\nNM log:\n{}", node.nm_log());
+    let (_, who) = node.ssh(&key, "plc_it_demo", &addr, "id -un; hostname; ls /run/plab");
+    assert_eq!(who.lines().collect::<Vec<_>>(), ["plc_it_demo", "plc-it-demo", "nm.sock"]);
+    // Another key does not get in.
+    let other_dir = node.dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let (other, _) = keypair(&other_dir);
+    assert_ne!(node.ssh(&other, "plc_it_demo", &addr, "true").0, 0, "a key not in the RSpec must be refused");
+
+    // The disk quota is enforced: writing past 0.05 GB fails with ENOSPC.
+    let (code, out) = node.ssh(&key, "plc_it_demo", &addr, "dd if=/dev/zero of=$HOME/fill bs=1M count=100");
+    assert_ne!(code, 0);
+    assert!(out.contains("No space left on device"), "{out}");
+    node.ssh(&key, "plc_it_demo", &addr, "rm -f $HOME/fill");
+
+    // The memory limit is enforced: holding 200 MB in a 64 MB VM gets the process killed.
+    let (code, out) = node.ssh(&key, "plc_it_demo", &addr, "head -c 200000000 /dev/zero | tail > /dev/null; echo status=$?");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("status=137") || out.contains("status=1"), "tail must be OOM-killed: {out}");
+
+    // NM reports the limits in force, read back from the cgroup.
+    let st = c.call("VmStatus", json!({"vm": name})).unwrap();
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["details"]["memory_limit_bytes"], (64u64 << 20).to_string());
+    assert_eq!(st["details"]["cpu_shares"], "2048");
+
+    // The bootscript runs at every start; its output is in the console log.
+    c.call("StopVM", json!([name])).unwrap();
+    assert_eq!(c.call("VmStatus", json!([name])).unwrap()["state"], "stopped");
+    c.call("StartVM", json!([name])).unwrap();
+    assert_eq!(node.ssh_ready(&key, "plc_it_demo", &addr).0, 0);
+    let log = c.call("VmLog", json!([name])).unwrap()["log"].as_str().unwrap().to_owned();
+    assert_eq!(log.matches("bootscript ran as root on plc-it-demo").count(), 2, "{log}");
+
+    // Binding a second pool adds its resources to the running VM, live.
+    let more = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.demo", &public, 64, "0")]), "rcap").unwrap();
+    c.call("Bind", json!([more, "plc.it.demo"])).unwrap();
+    let st = c.call("VmStatus", json!([name])).unwrap();
+    assert_eq!(st["details"]["memory_limit_bytes"], (128u64 << 20).to_string());
+    assert_eq!(st["resources"]["mem_limit"], "128 MB");
+
+    // kill -9 the node manager: the VM keeps running and a new NM knows it.
+    node.kill_nm();
+    node.start_nm();
+    let mut c = node.client();
+    assert_eq!(c.call("VmStatus", json!([name])).unwrap()["state"], "running");
+    assert_eq!(c.call_str("GetRSpec", json!([sub]), "rspec").unwrap().contains("plc.it.demo"), true);
+    // The VM's own socket identifies the caller as its slice, and only that.
+    let mut inside = NmClient::connect(&node.state().join("sockets").join(&name).join("nm.sock")).unwrap();
+    let rcaps = inside.call("GetRcap", json!({})).unwrap();
+    assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 2);
+    let e = inside.call("CreatePool", json!([pool, "plc.it.demo"])).unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+
+    // Destroy leaves nothing behind: no mounts, no namespace, no directory.
+    c.call("DestroyVM", json!([name])).unwrap();
+    assert_eq!(mounts_under(&node.state()), 0);
+    assert!(!node.state().join("vms").join(&name).exists());
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("plab-{name}")));
+    assert!(c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn integration_vserver_failed_start_leaves_nothing() {
+    prerequisites();
+    // An OCI runtime that works for everything but `create`, as a broken runtime would.
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("failing-runc");
+    std::fs::write(
+        &runtime,
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = create ] && { echo 'injected failure: cannot create container' >&2; exit 1; }; done\nexec runc \"$@\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&runtime).unwrap().permissions(), 0o755);
+    Command::new("chmod").arg("755").arg(&runtime).status().unwrap();
+    let node = TestNode::with_config("fail", &format!("oci_runtime = \"{}\"\n", runtime.display()));
+    let (_, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec><resources cpu_share="4" disk_quota="1" mem_limit="256"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
+
+    // A VM type the node does not have is refused up front.
+    let kvm = format!(r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></KvmSlice>"#);
+    let sub = c.call_str("SplitPool", json!([root, kvm]), "rcap").unwrap();
+    let e = c.call("Bind", json!([sub, "plc.it.kvm"])).unwrap_err();
+    assert!(e.to_string().contains("linux-kvm-x86 is not supported on this node"), "{e}");
+
+    // A VM whose start fails is removed completely, and the pool is free again.
+    let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.broken", &public, 64, "0.05")]), "rcap").unwrap();
+    let e = c.call("Bind", json!([sub, "plc.it.broken"])).unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "the runtime's message reaches the caller: {e}");
+    assert!(c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
+    assert!(!node.state().join("vms/plc_it_broken").exists());
+    assert!(!node.state().join("sockets/plc_it_broken").exists());
+    assert_eq!(mounts_under(&node.state()), 0);
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains("plab-plc_it_broken"));
+    let pools = c.call("ListPools", json!({})).unwrap();
+    assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["vm"].is_null()), "{pools}");
+    assert!(c.call("Orphans", json!({})).unwrap()["orphans"].as_array().unwrap().is_empty());
+}
