@@ -1,0 +1,28 @@
+# plab: the two commands in the README, plus helpers.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test setup image build bench clean-demo
+
+## make demo: a node manager, an owner, a slice and a container VM on this machine.
+demo: setup
+	$(CARGO) build --release --bins
+	bash examples/demo.sh target/release
+
+## make test: unit, property and root integration tests (real runc, OpenSSH).
+test: setup
+	$(CARGO) test --workspace --no-fail-fast
+
+## make bench: NM vs raw runc lifecycle, socket throughput, memory.
+bench: setup
+	$(CARGO) build --release --bins
+	target/release/plab-bench
+
+setup:
+	bash ci/setup.sh
+
+image:
+	bash images/build-rootfs.sh
+
+build:
+	$(CARGO) build --workspace --bins
