@@ -11,6 +11,7 @@ demo: setup
 
 ## make test: unit, property and root integration tests (real runc, OpenSSH).
 test: setup
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 ## make bench: NM vs raw runc lifecycle, socket throughput, memory.

@@ -18,11 +18,13 @@ fn package_of(prog: &str) -> &str {
 
 /// Runs a command to completion; its stdout on success, its stderr in the error otherwise.
 pub fn run(prog: &str, args: &[&str]) -> Result<String, BackendError> {
+    let started = std::time::Instant::now();
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| spawn_error(prog, e))?;
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1000.0, "{prog} {}", args.join(" "));
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -88,6 +88,11 @@ impl VserverBackend {
 
     /// The runtime's view of a container: its status and pid, or None when it has none.
     fn runtime_state(&self, name: &str) -> Result<Option<(String, u32)>, BackendError> {
+        // runc keeps one directory per container under its root: no directory, no
+        // container, and no need to ask runc.
+        if self.cfg.runtime == "runc" && !self.cfg.runtime_root.join(name).exists() {
+            return Ok(None);
+        }
         match self.runtime(&["state", name]) {
             Ok(out) => {
                 let v: serde_json::Value = serde_json::from_str(&out)
@@ -141,22 +146,29 @@ impl VserverBackend {
     }
 
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
+    /// Two `ip -batch` runs: one in the node namespace, one in the VM's.
     fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let ns = Self::netns(&spec.name);
-        if !Path::new("/var/run/netns").join(&ns).exists() {
-            run("ip", &["netns", "add", &ns])?;
-        }
         let host_if = format!("pv{}", spec.network.index);
-        if !link_exists(&host_if) {
-            run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        // The VM's MAC follows from its address, so a VM re-created with the same address
+        // is reachable at once: the node's neighbour cache never holds a dead MAC for it.
+        let mac = vm_mac(spec.network.address);
+        let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {ns}\n");
+        let mut node_batch = String::new();
+        if !Path::new("/var/run/netns").join(&ns).exists() {
+            node_batch += &format!("netns add {ns}\n");
+            node_batch += &veth;
+        } else if !link_exists(&host_if) {
+            node_batch += &veth;
         }
-        run("ip", &["link", "set", &host_if, "master", &self.cfg.bridge, "up"])?;
+        node_batch += &format!("link set {host_if} master {} up\n", self.cfg.bridge);
+        run_with_input("ip", &["-batch", "-"], &node_batch)?;
         let n = &spec.network;
-        let batch = format!(
+        let vm_batch = format!(
             "link set lo up\naddr replace {}/{} dev eth0\nlink set eth0 up\nroute replace default via {}\n",
             n.address, n.prefix_len, n.gateway
         );
-        run_with_input("ip", &["-n", &ns, "-batch", "-"], &batch)?;
+        run_with_input("ip", &["-n", &ns, "-batch", "-"], &vm_batch)?;
         Ok(())
     }
 
@@ -189,10 +201,9 @@ impl VserverBackend {
             "mkfs.ext4",
             &["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "plab-vm", &s(&img)],
         )?;
-        self.write_plab_files(spec)?;
-        self.mount(&spec.name)?;
-        self.network(spec)?;
-        self.write_config(spec)
+        // Mounts, network and config.json are made by `start`, which must make them anyway
+        // after a host reboot; doing them here too would only repeat the work.
+        self.write_plab_files(spec)
     }
 
     fn console_offset(&self, name: &str) -> u64 {
@@ -269,6 +280,12 @@ impl VserverBackend {
         let v2p = Path::new("/sys/fs/cgroup").join(v2.replace("{}", name));
         fs::read_to_string(v1p).or_else(|_| fs::read_to_string(v2p)).ok().map(|s| s.trim().to_owned())
     }
+}
+
+/// The locally administered MAC of the VM with this address: `02:00:` + the IPv4 bytes.
+pub fn vm_mac(addr: std::net::Ipv4Addr) -> String {
+    let o = addr.octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
 fn s(p: &Path) -> String {
@@ -361,15 +378,19 @@ impl Backend for VserverBackend {
     }
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        match self.runtime(&["delete", "--force", name]) {
-            Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
-                return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
+        if self.runtime_state(name)?.is_some() {
+            match self.runtime(&["delete", "--force", name]) {
+                Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
+                    return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
+                }
+                _ => {}
             }
-            _ => {}
         }
         let d = self.dir(name);
+        // The VM's data is being deleted, so there is nothing to flush: detach the mounts
+        // lazily (the loop device frees itself when the last user is gone).
         for m in [d.join("rootfs"), d.join("disk")] {
-            if is_mounted(&m) && run("umount", &[&s(&m)]).is_err() {
+            if is_mounted(&m) {
                 run("umount", &["-l", &s(&m)])?;
             }
         }

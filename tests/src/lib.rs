@@ -1,0 +1,174 @@
+//! Shared harness for cross-component tests and benchmarks: a node is a network namespace
+//! this process creates plus a real `plab-nm serve` running in it.
+#![allow(missing_docs)]
+
+use plab_nm::NmClient;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "/var/cache/plab/images/vserver-bookworm";
+
+fn require(cond: bool, what: &str) {
+    assert!(cond, "integration test prerequisite missing: {what}");
+}
+
+pub fn prerequisites() {
+    require(nix::unistd::geteuid().is_root(), "run as root (make test does)");
+    for (tool, pkg) in [("runc", "runc"), ("ssh", "openssh-client"), ("ip", "iproute2"), ("mkfs.ext4", "e2fsprogs")] {
+        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().map(|s| s.success());
+        require(ok.unwrap_or(false), &format!("`{tool}`: apt-get install {pkg}"));
+    }
+    let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| IMAGE.into());
+    require(Path::new(&image).join(".plab-image").exists(), &format!("container image {image}: run `make image`"));
+}
+
+/// A node: a network namespace and a node manager serving in it. Dropping it tears
+/// everything down.
+pub struct TestNode {
+    pub netns: String,
+    pub dir: tempfile::TempDir,
+    nm: Option<Child>,
+}
+
+impl TestNode {
+    pub fn new(tag: &str) -> TestNode {
+        TestNode::with_config(tag, "")
+    }
+
+    /// A node whose node manager reads `config` (TOML) as its settings file.
+    pub fn with_config(tag: &str, config: &str) -> TestNode {
+        let netns = format!("plab-it-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
+        assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nm.toml"), config).unwrap();
+        let mut n = TestNode { netns, dir, nm: None };
+        n.start_nm();
+        n
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("nm.sock")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn start_nm(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nm.log")).unwrap();
+        let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| IMAGE.into());
+        let child = Command::new(bin("plab-nm"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join("nm.toml"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--node-netns", &self.netns, "--image-dir", &image])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.nm = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while NmClient::connect(&self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "plab-nm did not start:\n{}", self.nm_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node manager's process id.
+    pub fn nm_pid(&self) -> Option<u32> {
+        self.nm.as_ref().map(|c| c.id())
+    }
+
+    pub fn kill_nm(&mut self) {
+        if let Some(mut c) = self.nm.take() {
+            let _ = c.kill(); // SIGKILL: no chance to clean up
+            let _ = c.wait();
+        }
+    }
+
+    pub fn nm_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nm.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> NmClient {
+        NmClient::connect(&self.socket()).unwrap()
+    }
+
+    /// Runs `cmd` in the VM over OpenSSH as the slice's login; returns (status, output).
+    pub fn ssh(&self, key: &Path, login: &str, addr: &str, cmd: &str) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+            ])
+            .arg(format!("{login}@{addr}"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Waits until ssh answers (sshd starts a moment after the container).
+    pub fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.ssh(key, login, addr, "true");
+            if r.0 == 0 || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if self.nm.is_none() {
+            self.start_nm();
+        }
+        if let Ok(mut c) = NmClient::connect(&self.socket()) {
+            if let Ok(v) = c.call("ListVMs", json!({})) {
+                for vm in v["vms"].as_array().into_iter().flatten() {
+                    let _ = c.call("DestroyVM", json!({"vm": vm["vm"]}));
+                }
+            }
+        }
+        self.kill_nm();
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+pub fn keypair(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_owned())
+}
+
+pub fn mounts_under(p: &Path) -> usize {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    m.lines().filter(|l| l.contains(&*p.to_string_lossy())).count()
+}
+
+/// A binary of this workspace, next to the running executable (`target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` first (make test does)", p.display());
+    p
+}
