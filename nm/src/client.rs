@@ -10,7 +10,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot connect to the node manager at {0}: {1} (is `plab-nm serve` running?)")]
+    #[error("cannot connect to the node manager at {0} (is `plab-nm serve` running?)")]
     Connect(String, #[source] std::io::Error),
     /// The connection failed.
     #[error("node manager connection: {0}")]

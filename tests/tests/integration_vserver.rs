@@ -134,3 +134,49 @@ fn integration_vserver_failed_start_leaves_nothing() {
     assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["vm"].is_null()), "{pools}");
     assert!(c.call("Orphans", json!({})).unwrap()["orphans"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn integration_local_callers_owner_script_and_uid_mapping() {
+    prerequisites();
+    let node = TestNode::with_config("callers", "[slice_uids]\n65534 = \"plc.it.nobody\"\n");
+    // Let unprivileged users reach the socket; the node manager still checks SO_PEERCRED.
+    Command::new("chmod").arg("755").arg(node.dir.path()).status().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let owner_script = |sock: &std::path::Path| {
+        let out = Command::new("python3")
+            .arg(repo.join("examples/owner-script.py"))
+            .arg(sock)
+            .args(["plc.it.nobody"])
+            .arg(repo.join("examples/rspec/pool.xml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The owner script (root) creates the pool once; running it again changes nothing.
+    let first = owner_script(&node.socket());
+    let rcap = first.strip_prefix("plc.it.nobody ").expect(&first).to_owned();
+    assert_eq!(owner_script(&node.socket()), first);
+
+    let as_uid = |uid: &str, args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+            .arg(plab_tests::bin("plab"))
+            .args(["nm", "--socket"])
+            .arg(node.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    // uid 65534 is mapped to plc.it.nobody: it sees its pool, but is not the owner.
+    let (ok, out) = as_uid("65534", &["get-rcap"]);
+    assert!(ok && out.trim() == rcap, "{out}");
+    let (ok, out) = as_uid("65534", &["create-pool", &repo.join("examples/rspec/pool.xml").to_string_lossy(), "plc.it.nobody"]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    // An unmapped uid gets nothing at all.
+    let (ok, out) = as_uid("65533", &["info"]);
+    assert!(!ok && out.contains("neither the node owner nor mapped to a slice"), "{out}");
+    let (ok, out) = as_uid("65533", &["get-rspec", &rcap]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+}
