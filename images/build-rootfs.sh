@@ -6,7 +6,8 @@
 #
 # The result is a minimal Debian 12 (minbase) tree with busybox-static, OpenSSH's
 # server and tini as PID 1. It is built once and cached: a finished tree carries a
-# stamp file whose content is a hash of this script, so editing the script rebuilds it.
+# stamp file whose content is a hash of this script and vserver-init.sh, so editing
+# either rebuilds it.
 # Progress goes to stderr; debootstrap's own log is kept next to the tree.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ mirror=${PLAB_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/de
 mirror=${mirror:-http://deb.debian.org/debian}
 suite=${PLAB_DEBIAN_SUITE:-bookworm}
 packages=busybox-static,openssh-server,tini,iproute2,procps
-stamp_want=$(sha256sum "$0" | cut -c1-16)
+stamp_want=$(cat "$0" "$(dirname "$0")/vserver-init.sh" | sha256sum | cut -c1-16)
 
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp_want" ]; then
   echo "image: $out is up to date" >&2
