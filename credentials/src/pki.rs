@@ -80,6 +80,12 @@ impl Cert {
         Cert::from_der(&p.contents, pem.trim().to_owned() + "\n")
     }
 
+    /// Parses one DER certificate (as a TLS peer presents it).
+    pub fn from_der_bytes(der: &[u8]) -> Result<Cert, CredentialError> {
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64_lines(der));
+        Cert::from_der(der, pem)
+    }
+
     fn from_der(der: &[u8], pem: String) -> Result<Cert, CredentialError> {
         let (_, c) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| CredentialError::Malformed(format!("certificate: not X.509 ({e})")))?;

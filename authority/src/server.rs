@@ -1,0 +1,100 @@
+//! The HTTPS endpoint: TLS (rustls, ring provider) with optional client certificates
+//! verified against the root CA, HTTP/1.1 (hyper), `POST /rpc` with at most 1 MiB bodies.
+
+use crate::api::Authority;
+use credentials::pki::Cert;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The server's TLS settings: its certificate, and client certificates optional but, when
+/// given, verified against the root.
+pub fn tls_config(a: &Authority) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(a.ca.root.cert.der.clone()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let chain = vec![CertificateDer::from(a.ca.server.cert.der.clone())];
+    let key = PrivateKeyDer::from_pem_slice(a.ca.server.key_pem.as_bytes())?;
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?)
+}
+
+fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let a = a.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let chain: Option<Arc<Vec<Cert>>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|cs| cs.iter().filter_map(|c| Cert::from_der_bytes(c.as_ref()).ok()).collect())
+                .map(Arc::new);
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let a = a.clone();
+                let chain = chain.clone();
+                async move {
+                    if req.uri().path() != "/rpc" {
+                        return Ok::<_, std::convert::Infallible>(respond(StatusCode::NOT_FOUND, "{\"error\":\"POST JSON-RPC to /rpc\"}".into()));
+                    }
+                    if req.method() != Method::POST {
+                        return Ok(respond(StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"POST only\"}".into()));
+                    }
+                    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            let e = crate::rpc::RpcError::new(crate::rpc::Code::InvalidRequest, "request refused: body larger than 1 MiB");
+                            return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE, crate::rpc::reply(serde_json::Value::Null, Err(e)).to_string()));
+                        }
+                    };
+                    let answer = a.handle(&body, peer.ip(), chain.as_deref().map(|v| v.as_slice())).await;
+                    Ok(respond(StatusCode::OK, answer.to_string()))
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
