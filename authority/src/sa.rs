@@ -287,8 +287,12 @@ impl Authority {
     pub(crate) async fn create_slice(&self, c: &Caller, a: &Args<'_>, now: i64) -> Result<Value, RpcError> {
         let p = c.principal().ok_or_else(|| RpcError::denied("CreateSlice", "a principal"))?;
         let name = SliceName::parse(a.str(1, "slice_name")?).map_err(|e| RpcError::invalid("slice_name", e))?;
-        // The org whose authority is the longest prefix of the name approves it.
+        // The org whose authority is the longest prefix of the name approves it. A slice
+        // never takes an authority's own name: pools given to that name cover its slices.
         let orgs = sqlx::query("SELECT id, authority FROM orgs").fetch_all(self.db.pool()).await?;
+        if orgs.iter().any(|r| text(r, "authority") == name.as_str()) {
+            return Err(RpcError::invalid("slice_name", format!("{name} is an authority's name, not a slice's")));
+        }
         let org = orgs
             .iter()
             .filter_map(|r| SliceName::parse(&text(r, "authority")).ok().map(|auth| (int(r, "id"), auth)))
