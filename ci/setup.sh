@@ -3,7 +3,7 @@
 # Used by `make demo`, `make test` and CI; safe to run again at any time.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
-need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils)
+need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils postgresql)
 missing=()
 for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -12,4 +12,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 modprobe overlay 2>/dev/null || true
+
+# PostgreSQL for the authority tests (SQLite needs nothing): start the cluster if it is
+# down, and make the role and database the tests use (postgres://plab:plab@127.0.0.1/plab).
+pgver=$(ls /usr/lib/postgresql | sort -n | tail -n1)
+if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
+  pg_lsclusters -h 2>/dev/null | grep -q . || pg_createcluster "$pgver" main >/dev/null
+  pg_ctlcluster "$pgver" main start
+fi
+su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='plab'\"" | grep -q 1 \
+  || su postgres -c "psql -qc \"CREATE ROLE plab LOGIN PASSWORD 'plab' CREATEDB\""
+su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='plab'\"" | grep -q 1 \
+  || su postgres -c "psql -qc 'CREATE DATABASE plab OWNER plab'"
+# Databases earlier test runs made (plab_t_*) are dropped.
+for d in $(su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE datname LIKE 'plab_t_%'\""); do
+  su postgres -c "psql -qc 'DROP DATABASE $d'" >/dev/null
+done
 bash "$(dirname "$0")/../images/build-rootfs.sh"

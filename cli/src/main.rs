@@ -8,6 +8,8 @@ use plab_nm::NmClient;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
+mod authority;
+
 #[derive(Parser)]
 #[command(name = "plab", version, about = "plab: PlanetLab-style testbed control")]
 struct Cli {
@@ -24,6 +26,37 @@ enum Cmd {
     Rspec {
         #[command(subcommand)]
         cmd: RspecCmd,
+    },
+    /// The slice authority (sections 4.7, 5.5): `plab sa` lists its calls.
+    Sa {
+        /// Authority settings file (url, root, cert, key).
+        #[arg(long, global = true)]
+        authority_config: Option<PathBuf>,
+        /// The call (kebab-case, e.g. create-slice) and its arguments after auth.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// The management authority (section 4.8): `plab ma` lists its calls.
+    Ma {
+        /// Authority settings file (url, root, cert, key).
+        #[arg(long, global = true)]
+        authority_config: Option<PathBuf>,
+        /// The call (kebab-case, e.g. add-node) and its arguments after auth.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// Make a P-256 key pair to register with an authority.
+    Keygen {
+        /// Directory for key.pem (private, mode 0600) and public.pem.
+        dir: PathBuf,
+    },
+    /// Verify a slice ticket against a slice authority's certificate.
+    VerifyTicket {
+        /// The ticket (JSON, as get-slice-ticket prints it with --json).
+        ticket: PathBuf,
+        /// The slice authority's certificate (PEM).
+        #[arg(long)]
+        sa_cert: PathBuf,
     },
     /// The node manager on this node.
     Nm {
@@ -148,7 +181,26 @@ fn resources(v: &Value) -> String {
     ["cpu_share", "mem_limit", "disk_quota"].iter().map(|k| format!("{k}={}", s(&v[*k]))).collect::<Vec<_>>().join(" ")
 }
 
+/// A result as text: a table for arrays of objects and for objects, the value otherwise.
+pub(crate) fn render(v: &Value) -> String {
+    match v {
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            let headers: Vec<String> = items[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            let rows = items.iter().map(|i| headers.iter().map(|h| s(&i[h])).collect()).collect();
+            format!("{}\n", table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), rows))
+        }
+        Value::Object(o) if !o.is_empty() => {
+            let rows = o.iter().map(|(k, v)| vec![k.clone(), s(v)]).collect();
+            format!("{}\n", table(&["FIELD", "VALUE"], rows))
+        }
+        Value::Array(a) => a.iter().map(|x| format!("{}\n", s(x))).collect(),
+        Value::Object(_) => "ok\n".into(),
+        v => format!("{}\n", s(v)),
+    }
+}
+
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("plab: {e:#}");
@@ -175,6 +227,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Nm { socket, cmd } => nm(&socket, cmd, cli.json),
+        Cmd::Sa { authority_config, words } => authority::run(plab_authority::api::Part::Sa, authority_config, &words, cli.json),
+        Cmd::Ma { authority_config, words } => authority::run(plab_authority::api::Part::Ma, authority_config, &words, cli.json),
+        Cmd::Keygen { dir } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::create_dir_all(&dir)?;
+            let k = credentials::pki::KeyPair::generate();
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key.pem"))
+                .with_context(|| format!("{}/key.pem", dir.display()))?;
+            f.write_all(k.to_pem().as_bytes())?;
+            std::fs::write(dir.join("public.pem"), k.public_key_pem())?;
+            println!("{}/key.pem (keep it), {}/public.pem (register it)", dir.display(), dir.display());
+            Ok(())
+        }
+        Cmd::VerifyTicket { ticket, sa_cert } => {
+            let t: credentials::ticket::SignedTicket = serde_json::from_str(&read(&ticket)?).context("ticket")?;
+            let sa = credentials::pki::Cert::from_pem(&read(&sa_cert)?)?;
+            let body = t.verify(&sa, credentials::now())?;
+            println!("valid ticket for {} from {}, expires at {} (Unix time), nodes {:?}", body.slice, body.authority, body.expires, body.nodes);
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,114 @@
+//! `plab sa ...` and `plab ma ...`: every authority call from the command line.
+//!
+//! `plab sa create-slice plc.princeton.codeen` calls `CreateSlice(auth, "plc.princeton.codeen")`.
+//! Arguments are JSON when they parse as a JSON object, array, number, `true`, `false` or
+//! `null`, text otherwise, and `@FILE` is the file's text. `auth` comes from the settings
+//! file: the client certificate, or none (anonymous calls like `register-principal`).
+//!
+//! Settings (`--authority-config`, `$PLAB_AUTHORITY_CONFIG`, or
+//! `~/.config/plab/authority.toml`), as `plab-authority init` writes them:
+//! ```toml
+//! url = "https://127.0.0.1:8443"
+//! root = "/path/root.pem"       # the root CA certificate
+//! cert = "/path/cert.pem"       # optional: your certificate chain
+//! key = "/path/key.pem"         # optional: your private key
+//! ```
+
+use anyhow::Context;
+use plab_authority::api::Part;
+use plab_authority::{AuthorityClient, Method};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    url: String,
+    root: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+fn settings_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("PLAB_AUTHORITY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".config/plab/authority.toml"))
+}
+
+fn read(p: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| p.display().to_string())
+}
+
+/// `create-slice` or `CreateSlice` to the method.
+fn method_of(word: &str) -> Option<Method> {
+    let camel: String = word
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        })
+        .collect();
+    Method::parse(word).or_else(|| Method::parse(&camel)).or_else(|| {
+        // Acronyms: get-slices-for-node works, get-rspec style names need exact forms.
+        Method::ALL.iter().copied().find(|m| m.name().eq_ignore_ascii_case(&camel))
+    })
+}
+
+fn kebab(m: Method) -> String {
+    let mut out = String::new();
+    for (i, c) in m.name().chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn arg(a: &str) -> anyhow::Result<Value> {
+    if let Some(file) = a.strip_prefix('@') {
+        return Ok(Value::String(read(Path::new(file))?));
+    }
+    let looks_json = a.starts_with(['{', '[']) || matches!(a, "true" | "false" | "null") || a.parse::<f64>().is_ok();
+    if looks_json {
+        return serde_json::from_str(a).with_context(|| format!("argument {a:?} is not valid JSON"));
+    }
+    Ok(Value::String(a.to_owned()))
+}
+
+/// Runs `plab sa|ma WORDS...`.
+pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) -> anyhow::Result<()> {
+    let list = |part: Part| -> String {
+        Method::ALL
+            .iter()
+            .filter(|m| m.part() == part || m.part() == Part::Both)
+            .map(|m| format!("  {}", kebab(*m)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Some(word) = words.first() else {
+        println!("methods:\n{}", list(part));
+        return Ok(());
+    };
+    let m = method_of(word).ok_or_else(|| anyhow::anyhow!("no method {word:?}; methods:\n{}", list(part)))?;
+    if m.part() != part && m.part() != Part::Both && !(part == Part::Ma && m.part() == Part::Boot) {
+        anyhow::bail!("{} belongs to the other authority (use `plab {}`)", m.name(), if part == Part::Sa { "ma" } else { "sa" });
+    }
+    let path = settings_path(config);
+    let s: Settings = toml::from_str(&read(&path)?).with_context(|| path.display().to_string())?;
+    let root = read(&s.root)?;
+    let identity = match (&s.cert, &s.key) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    let mut c = AuthorityClient::new(&s.url, &root, identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())), None)?;
+    let params = words[1..].iter().map(|a| arg(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let v = c.call(m.name(), params)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", crate::render(&v));
+    }
+    Ok(())
+}
