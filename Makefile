@@ -14,10 +14,12 @@ test: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
-## make bench: NM vs raw runc lifecycle, socket throughput, memory.
+## make bench: NM vs raw runc lifecycle, socket throughput, memory; authority polling
+## and ticket rates, SQLite against PostgreSQL.
 bench: setup
 	$(CARGO) build --release --bins
 	target/release/plab-bench
+	target/release/plab-bench-authority
 
 setup:
 	bash ci/setup.sh

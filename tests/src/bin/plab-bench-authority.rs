@@ -1,0 +1,251 @@
+//! `plab-bench-authority`: the authority's benchmarks, SQLite against PostgreSQL in one run.
+//!
+//! 1. Node polling (`GetSlicesForNode`) with 1,000 and 10,000 registered nodes: requests
+//!    per second at saturation (client threads on one connection each), the server's CPU
+//!    time per request (from /proc), and what 1,000 nodes polling every 10 s would cost.
+//! 2. Slice creation to ticket (CreateSlice, AddSlicePrincipal, SetSliceAttr,
+//!    GetSliceTicket): calls per second.
+//!
+//! The server is a real `plab-authority serve` child process on 127.0.0.1. Needs the
+//! PostgreSQL that `make test` sets up (postgres://plab:plab@127.0.0.1/plab).
+
+use plab_authority::AuthorityClient;
+use plab_tests::bin;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PG_ADMIN: &str = "postgres://plab:plab@127.0.0.1/plab";
+
+struct Server {
+    child: Child,
+    url: String,
+    root: String,
+    op: (String, String),
+    db: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a system constant; _SC_CLK_TCK is a valid name.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn start(db_kind: &str, rt: &tokio::runtime::Runtime) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db = match db_kind {
+        "sqlite" => format!("sqlite://{}", dir.path().join("a.db").display()),
+        _ => rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL at postgres://plab:plab@127.0.0.1/plab (make test sets it up)");
+            let name = format!("plab_t_bench_{}", hex::encode(credentials::random_bytes::<4>()));
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+            format!("postgres://plab:plab@127.0.0.1/{name}")
+        }),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("https://127.0.0.1:{port}");
+    let st = Command::new(bin("plab-authority"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["init", "--db", &db, "--url", &url])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let child = Command::new(bin("plab-authority"))
+        .env("PLAB_LOG", "warn")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["serve", "--db", &db, "--listen", &format!("127.0.0.1:{port}")])
+        .spawn()
+        .unwrap();
+    let op_dir = dir.path().join("operator");
+    let op = (std::fs::read_to_string(op_dir.join("cert.pem")).unwrap(), std::fs::read_to_string(op_dir.join("key.pem")).unwrap());
+    let root = std::fs::read_to_string(op_dir.join("root.pem")).unwrap();
+    let s = Server { child, url, root, op, db, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.client(true).call("GetOrgs", vec![]).is_err() {
+        assert!(Instant::now() < deadline, "plab-authority did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+impl Server {
+    fn client(&self, operator: bool) -> AuthorityClient {
+        AuthorityClient::new(&self.url, &self.root, operator.then(|| (self.op.0.as_str(), self.op.1.as_str())), None).unwrap()
+    }
+}
+
+/// Registers `n` nodes and 50 started slices on them, straight into the database (set-up,
+/// not measured), and returns a session key per node.
+fn populate(s: &Server, rt: &tokio::runtime::Runtime, n: usize) -> Vec<(i64, String)> {
+    let mut op = s.client(true);
+    op.call("AddOrg", vec![json!({"name": "bench", "authority": "plc.bench"})]).unwrap();
+    op.call("AddSite", vec![json!({"org": "bench", "name": "bench-site"})]).unwrap();
+    for i in 0..50 {
+        op.call("CreateSlice", vec![json!(format!("plc.bench.s{i}"))]).unwrap();
+        op.call("AddSlicePrincipal", vec![json!(format!("plc.bench.s{i}")), json!(["admin"])]).unwrap();
+    }
+    let sessions = rt.block_on(async {
+        let db = plab_authority::db::Db::open(&s.db).await.unwrap();
+        let mut tx = db.pool().begin().await.unwrap();
+        let site = plab_authority::db::int(&sqlx::query("SELECT id FROM sites").fetch_one(&mut *tx).await.unwrap(), "id");
+        let now = credentials::now();
+        let mut sessions = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = sqlx::query(&db.q("INSERT INTO nodes (site_id, hostname, ip, mac, state, node_key, deleted, created) VALUES (?, ?, '127.0.0.1', '', 'boot', '00', 0, ?) RETURNING id"))
+                .bind(site).bind(format!("n{i}.bench.test")).bind(now)
+                .fetch_one(&mut *tx).await.unwrap();
+            let id = plab_authority::db::int(&r, "id");
+            let key = hex::encode(credentials::random_bytes::<16>());
+            sqlx::query(&db.q("INSERT INTO sessions (key_hash, identity, expires) VALUES (?, ?, ?)"))
+                .bind(hex::encode(Sha256::digest(key.as_bytes()))).bind(format!("node:{id}")).bind(now + 86400)
+                .execute(&mut *tx).await.unwrap();
+            // Each slice runs on every 20th node.
+            let slice_id = plab_authority::db::int(&sqlx::query(&db.q("SELECT id FROM slices WHERE name = ?")).bind(format!("plc.bench.s{}", i % 50)).fetch_one(&mut *tx).await.unwrap(), "id");
+            if i % 20 == 0 {
+                sqlx::query(&db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)")).bind(slice_id).bind(id).execute(&mut *tx).await.unwrap();
+            }
+            sessions.push((id, key));
+        }
+        sqlx::query("UPDATE slices SET started = 1").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        sessions
+    });
+    // A change after the bulk insert bumps the generation the server publishes.
+    op.call("StartSlice", vec![json!("plc.bench.s0")]).unwrap();
+    sessions
+}
+
+struct PollResult {
+    rps: f64,
+    cpu_ms_per_req: f64,
+}
+
+/// Polls as the nodes would. `gens` holds each node's last generation (0: never polled)
+/// and is updated. `secs: None` makes one pass over every node (warm-up: each node
+/// fetches its slices once); `Some(s)` polls round-robin for `s` seconds.
+fn poll(s: &Server, sessions: &[(i64, String)], gens: &mut [i64], threads: usize, secs: Option<u64>) -> PollResult {
+    let pid = s.child.id();
+    let tick0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut slots: Vec<Vec<(usize, &(i64, String), i64)>> = vec![Vec::new(); threads];
+    for (i, sess) in sessions.iter().enumerate() {
+        slots[i % threads].push((i, sess, gens[i]));
+    }
+    let results: Vec<(u64, Vec<(usize, i64)>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = slots
+            .into_iter()
+            .map(|mut chunk| {
+                sc.spawn(move || {
+                    let mut c = s.client(false);
+                    let mut n = 0u64;
+                    let end = secs.map(|x| Instant::now() + Duration::from_secs(x));
+                    'outer: loop {
+                        for (_, (id, key), gen) in chunk.iter_mut() {
+                            c.auth = json!({"AuthMethod": "session", "session": key});
+                            let r = c.call("GetSlicesForNode", vec![json!(id), json!(*gen)]).unwrap();
+                            *gen = r["generation"].as_i64().unwrap_or(0);
+                            n += 1;
+                            if end.is_some_and(|e| Instant::now() >= e) {
+                                break 'outer;
+                            }
+                        }
+                        if end.is_none() {
+                            break;
+                        }
+                    }
+                    (n, chunk.into_iter().map(|(i, _, g)| (i, g)).collect())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut total = 0;
+    for (n, gs) in results {
+        total += n;
+        for (i, g) in gs {
+            gens[i] = g;
+        }
+    }
+    let secs_elapsed = t0.elapsed().as_secs_f64();
+    let cpu_s = (cpu_ticks(pid) - tick0) as f64 / ticks_per_sec();
+    PollResult { rps: total as f64 / secs_elapsed, cpu_ms_per_req: cpu_s * 1000.0 / total as f64 }
+}
+
+fn ticket_rate(s: &Server) -> (f64, f64) {
+    let mut op = s.client(true);
+    op.call("AddOrg", vec![json!({"name": "tix", "authority": "plc.tix"})]).unwrap();
+    let n = 100;
+    let t = Instant::now();
+    for i in 0..n {
+        let name = format!("plc.tix.t{i}");
+        op.call("CreateSlice", vec![json!(name)]).unwrap();
+        op.call("AddSlicePrincipal", vec![json!(name), json!(["admin"])]).unwrap();
+        op.call("SetSliceAttr", vec![json!(name), json!("mem_limit"), json!("512")]).unwrap();
+        op.call("GetSliceTicket", vec![json!(name)]).unwrap();
+    }
+    let e = t.elapsed().as_secs_f64();
+    (n as f64 / e, 4.0 * n as f64 / e)
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secs: u64 = std::env::var("PLAB_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rows = Vec::new();
+    for n in [1000usize, 10000] {
+        for kind in ["sqlite", "postgres"] {
+            let s = start(kind, &rt);
+            let sessions = populate(&s, &rt, n);
+            // Every node fetches its slices once (the "something changed" answer), then
+            // polls with its generation (the "nothing changed" answer, the common case).
+            let mut gens = vec![0i64; sessions.len()];
+            let first = poll(&s, &sessions, &mut gens, 2, None);
+            let steady = poll(&s, &sessions, &mut gens, 2, Some(secs));
+            rows.push((n, kind, first, steady));
+        }
+    }
+    println!("node polling (GetSlicesForNode over HTTPS, 2 client threads, {secs} s):");
+    println!("  {:>6}  {:<9} {:>14} {:>14} {:>16} {:>24}", "nodes", "database", "first fetch/s", "unchanged/s", "CPU/unchanged", "1,000 nodes every 10 s");
+    for (n, kind, first, r) in &rows {
+        // 1,000 nodes every 10 s = 100 requests/s.
+        let load = 100.0 * r.cpu_ms_per_req / 1000.0 * 100.0;
+        println!("  {n:>6}  {kind:<9} {:>14.0} {:>14.0} {:>13.3} ms {:>19.2} % core", first.rps, r.rps, r.cpu_ms_per_req, load);
+    }
+    for n in [1000usize, 10000] {
+        let get = |k: &str| rows.iter().find(|r| r.0 == n && r.1 == k).map(|r| r.3.rps).unwrap_or(0.0);
+        println!("  {n:>6}  ratio postgres/sqlite req/s: {:.2}", get("postgres") / get("sqlite"));
+    }
+    println!("slice creation to ticket (CreateSlice, AddSlicePrincipal, SetSliceAttr, GetSliceTicket):");
+    let mut rates = Vec::new();
+    for kind in ["sqlite", "postgres"] {
+        let s = start(kind, &rt);
+        let (slices, calls) = ticket_rate(&s);
+        println!("  {kind:<9} {slices:8.1} slices/s   {calls:8.1} calls/s");
+        rates.push(calls);
+    }
+    println!("  ratio postgres/sqlite calls/s: {:.2}", rates[1] / rates[0]);
+}
