@@ -112,13 +112,23 @@ impl AuthorityClient {
             body.len()
         );
         let s = conn.get_mut();
-        s.write_all(head.as_bytes()).map_err(io)?;
-        s.write_all(body).map_err(io)?;
-        s.flush().map_err(io)?;
+        // A server that refuses a body (too large) answers and closes while we may still be
+        // writing: read its answer even when the write failed.
+        let written = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).and_then(|_| s.flush());
         let mut status = String::new();
-        if conn.read_line(&mut status).map_err(io)? == 0 {
-            return Err(ClientError::Io(addr, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")));
+        match conn.read_line(&mut status) {
+            Ok(n) if n > 0 => {}
+            other => {
+                self.conn = None;
+                let e = match (written, other) {
+                    (Err(w), _) => w,
+                    (_, Err(r)) => r,
+                    _ => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"),
+                };
+                return Err(ClientError::Io(addr, e));
+            }
         }
+        let conn = self.conn.as_mut().ok_or_else(|| ClientError::Protocol("no connection".into()))?;
         let mut len = None;
         let mut close = false;
         loop {

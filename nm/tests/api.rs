@@ -182,8 +182,9 @@ async fn wire_protocol_limits_and_errors() {
         let mut s = std::os::unix::net::UnixStream::connect(&sock2).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut ask = |line: &str| {
-            s.write_all(line.as_bytes()).unwrap();
-            s.write_all(b"\n").unwrap();
+            // The server may refuse and close while an oversized line is still being
+            // written (EPIPE here); its answer is readable all the same.
+            let _ = s.write_all(line.as_bytes()).and_then(|_| s.write_all(b"\n"));
             let mut out = String::new();
             r.read_line(&mut out).unwrap();
             serde_json::from_str::<Value>(&out).unwrap()
