@@ -185,6 +185,15 @@ impl Authority {
         self.generation.fetch_max(gen, Ordering::AcqRel);
     }
 
+    /// Commits a transaction that changes what some node should run: bumps the
+    /// generation inside it, commits, then publishes the new generation.
+    pub async fn commit_change(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), RpcError> {
+        let g = self.bump(&mut tx).await?;
+        tx.commit().await?;
+        self.published(g);
+        Ok(())
+    }
+
     /// Answers one HTTP request body.
     pub async fn handle(&self, body: &[u8], peer: IpAddr, chain: Option<&[Cert]>) -> Value {
         let req = match decode(body) {

@@ -246,9 +246,7 @@ impl Authority {
         self.require_site(c, n.site_id, "DeleteNode").await?;
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE nodes SET deleted = 1 WHERE id = ?")).bind(n.id).execute(&mut *tx).await?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({ "node_id": n.id, "deleted": true }))
     }
 

@@ -278,9 +278,7 @@ impl Authority {
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "ssh_key: you have this key already"))?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({}))
     }
 
@@ -348,9 +346,7 @@ impl Authority {
         }
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET rspec = ? WHERE id = ?")).bind(rspec.to_xml()).bind(s.id).execute(&mut *tx).await?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({}))
     }
 
@@ -374,9 +370,7 @@ impl Authority {
                     .await?;
             }
         }
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({}))
     }
 
@@ -400,9 +394,7 @@ impl Authority {
                 sqlx::query(&self.db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)")).bind(s.id).bind(id).execute(&mut *tx).await?;
             }
         }
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({}))
     }
 
@@ -427,9 +419,7 @@ impl Authority {
         .bind(s.id)
         .execute(&mut *tx)
         .await?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         let s2 = SliceRow {
             started: started.map_or(s.started, |v| v != 0),
             delegated: delegated.map_or(s.delegated, |v| v != 0),
@@ -451,9 +441,7 @@ impl Authority {
         }
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET expires = ? WHERE id = ?")).bind(expires).bind(s.id).execute(&mut *tx).await?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         Ok(json!({ "expires": expires }))
     }
 
@@ -512,9 +500,7 @@ impl Authority {
         let signed = body.sign(&self.ca.sa.key_pem, &self.ca.sa.cert_pem).map_err(|e| RpcError::new(Code::Internal, e.to_string()))?;
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET delegated = 1 WHERE id = ?")).bind(s.id).execute(&mut *tx).await?;
-        let g = self.bump(&mut tx).await?;
-        tx.commit().await?;
-        self.published(g);
+        self.commit_change(tx).await?;
         serde_json::to_value(signed).map_err(|e| RpcError::new(Code::Internal, e.to_string()))
     }
 
