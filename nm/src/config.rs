@@ -10,6 +10,8 @@
 //! image_dir = "/var/cache/plab/images/vserver-bookworm"
 //! oci_runtime = "runc"
 //! stop_timeout_secs = 10
+//! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
+//! node_key = "/var/lib/plab/node/node.key"
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -45,6 +47,10 @@ pub struct Config {
     pub oci_runtime: String,
     /// Seconds a stopping VM gets between SIGTERM and SIGKILL.
     pub stop_timeout_secs: u64,
+    /// The node's MA-signed certificate chain (node, MA), as plab-boot writes it.
+    pub node_cert: PathBuf,
+    /// The node's private key, as plab-boot writes it.
+    pub node_key: PathBuf,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             image_dir: "/var/cache/plab/images/vserver-bookworm".into(),
             oci_runtime: "runc".into(),
             stop_timeout_secs: 10,
+            node_cert: "/var/lib/plab/node/node-cert.pem".into(),
+            node_key: "/var/lib/plab/node/node.key".into(),
         }
     }
 }

@@ -269,7 +269,35 @@ impl Node {
                 owner_only(caller, method)?;
                 self.clean_orphans().await
             }
+            Method::SignCertificate => self.sign_certificate(caller, p.str("public_key")?),
         }
+    }
+
+    fn sign_certificate(&self, caller: &Caller, public_key: &str) -> Result<Value, RpcError> {
+        let Caller::Slice(slice) = caller else {
+            return Err(RpcError::new(
+                ErrorCode::PermissionDenied,
+                "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice)",
+            ));
+        };
+        let unavailable = |what: &std::path::Path, e: String| {
+            RpcError::new(
+                ErrorCode::Internal,
+                format!("this node has no node certificate yet ({}: {e}); plab-boot writes it when the node boots", what.display()),
+            )
+        };
+        let chain = std::fs::read_to_string(&self.cfg.node_cert).map_err(|e| unavailable(&self.cfg.node_cert, e.to_string()))?;
+        let key_pem = std::fs::read_to_string(&self.cfg.node_key).map_err(|e| unavailable(&self.cfg.node_key, e.to_string()))?;
+        let certs = credentials::pki::Cert::bundle_from_pem(&chain).map_err(|e| unavailable(&self.cfg.node_cert, e.to_string()))?;
+        let credentials::Identity::Node(node) = certs[0].identity else {
+            return Err(unavailable(&self.cfg.node_cert, format!("names {}, not a node", certs[0].identity)));
+        };
+        let key = credentials::pki::KeyPair::from_pem(&key_pem).map_err(|e| unavailable(&self.cfg.node_key, e.to_string()))?;
+        let id = credentials::Identity::Service { slice: slice.clone(), node };
+        let cert = credentials::pki::issue(&certs[0].pem, &key, &id, public_key, credentials::pki::Profile::Client, 7)
+            .map_err(|e| invalid("public_key", e))?;
+        let rest: String = certs.iter().map(|c| c.pem.as_str()).collect();
+        Ok(json!({ "certificate": format!("{cert}{rest}"), "identity": id.to_string() }))
     }
 
     fn create_pool(&self, caller: &Caller, xml: &str, slice: &str) -> Result<Value, RpcError> {

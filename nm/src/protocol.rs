@@ -67,11 +67,17 @@ pub enum Method {
     Orphans,
     /// `CleanOrphans() -> {removed: [...]}`: owner only; destroys the orphans.
     CleanOrphans,
+    /// `SignCertificate(public_key) -> {certificate}`: a slice only (section 5.5). The node
+    /// manager certifies that `public_key` belongs to the calling slice on this node,
+    /// signing with the node's MA-issued certificate; the chain (service, node, MA)
+    /// verifies back to the root, so the slice can `AuthenticateCertificate` with an
+    /// authority without holding any shared secret.
+    SignCertificate,
 }
 
 impl Method {
     /// Every method, for docs and tests.
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 17] = [
         Method::CreatePool,
         Method::GetRcap,
         Method::GetRSpec,
@@ -88,6 +94,7 @@ impl Method {
         Method::NodeInfo,
         Method::Orphans,
         Method::CleanOrphans,
+        Method::SignCertificate,
     ];
 
     /// The method's wire name.
@@ -109,6 +116,7 @@ impl Method {
             Method::NodeInfo => "NodeInfo",
             Method::Orphans => "Orphans",
             Method::CleanOrphans => "CleanOrphans",
+            Method::SignCertificate => "SignCertificate",
         }
     }
 
@@ -122,6 +130,7 @@ impl Method {
             Method::Bind => &["rcap", "slice_name"],
             Method::VmStatus | Method::StartVM | Method::StopVM | Method::DestroyVM => &["vm"],
             Method::VmLog => &["vm", "bytes"],
+            Method::SignCertificate => &["public_key"],
             Method::ListPools | Method::ListVMs | Method::NodeInfo | Method::Orphans | Method::CleanOrphans => &[],
         }
     }

@@ -130,6 +130,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert!(e.contains("only ask for its own"), "{e}");
     let e = call(&n, &me, Method::StopVM, json!(["plc_other"])).await.unwrap_err();
     assert!(e.contains("no VM named"), "{e}");
+    let e = call(&n, &me, Method::SignCertificate, json!(["x"])).await.unwrap_err();
+    assert!(e.contains("no node certificate yet"), "{e}");
 }
 
 #[tokio::test]
@@ -206,4 +208,40 @@ async fn wire_protocol_limits_and_errors() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn slices_get_service_certificates_that_verify_back_to_the_root() {
+    use credentials::identity::{AuthorityKind, Identity};
+    use credentials::pki::{issue, new_root, verify_pem, Cert, KeyPair, Profile};
+    let dir = tempfile::tempdir().unwrap();
+    // The chain plab-boot leaves on a booted node: root -> MA -> node 7.
+    let rk = KeyPair::generate();
+    let root = new_root("plc", &rk, 10).unwrap();
+    let mak = KeyPair::generate();
+    let ma = issue(&root, &rk, &Identity::Authority(AuthorityKind::Ma, "plc".into()), &mak.public_key_pem(), Profile::Authority, 10).unwrap();
+    let nk = KeyPair::generate();
+    let node_cert = issue(&ma, &mak, &Identity::Node(7), &nk.public_key_pem(), Profile::Node, 10).unwrap();
+    std::fs::write(dir.path().join("node-cert.pem"), format!("{node_cert}{ma}")).unwrap();
+    std::fs::write(dir.path().join("node.key"), nk.to_pem()).unwrap();
+    let cfg = Config {
+        state_dir: dir.path().join("state"),
+        node_cert: dir.path().join("node-cert.pem"),
+        node_key: dir.path().join("node.key"),
+        ..Config::default()
+    };
+    let mut reg = Registry::new();
+    reg.register(Arc::new(FakeBackend::new()));
+    let n = Node::open(cfg, reg).unwrap();
+
+    let sk = KeyPair::generate();
+    let r = call(&n, &slice("plc.scs"), Method::SignCertificate, json!([sk.public_key_pem()])).await.unwrap();
+    let chain = r["certificate"].as_str().unwrap();
+    let id = verify_pem(chain, &[Cert::from_pem(&root).unwrap()]).unwrap();
+    assert_eq!(id, Identity::Service { slice: SliceName::parse("plc.scs").unwrap(), node: 7 });
+    // The owner is no slice; a bad key is named.
+    let e = call(&n, &Caller::Owner, Method::SignCertificate, json!([sk.public_key_pem()])).await.unwrap_err();
+    assert!(e.contains("certifies the calling slice"), "{e}");
+    let e = call(&n, &slice("plc.scs"), Method::SignCertificate, json!(["not a key"])).await.unwrap_err();
+    assert!(e.starts_with("public_key:"), "{e}");
 }
