@@ -6,7 +6,10 @@
 #   3. the slice, as uid 65534, finds its rcap, reads the RSpec, splits a VServerSlice
 #      off it (with a freshly generated ssh key and a bootscript) and binds it
 #   4. log in with OpenSSH, show the bootscript's output and the limits in force
-#   5. tear everything down
+#   5. an authority (SA + MA): register an org, a site and this node; plab-boot boots the
+#      node (install, then boot with an MA-signed node certificate); the NM certifies the
+#      slice's service key with it and the authority accepts that chain; a slice ticket
+#   6. tear everything down
 set -euo pipefail
 bin=${1:-target/release}
 bin=$(cd "$bin" && pwd)
@@ -17,10 +20,12 @@ state=$(mktemp -d /var/tmp/plab-demo.XXXXXX)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ms() { date +%s%3N; }
 nm_pid=
+auth_pid=
 cleanup() {
   step "teardown"
   if [ -S "$run/nm.sock" ]; then "$bin/plab" nm --socket "$run/nm.sock" destroy plc_demo 2>/dev/null || true; fi
   [ -n "$nm_pid" ] && kill "$nm_pid" 2>/dev/null && wait "$nm_pid" 2>/dev/null || true
+  [ -n "$auth_pid" ] && kill "$auth_pid" 2>/dev/null && wait "$auth_pid" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$state" "$run"
   echo "removed the VM, the node manager, namespace $ns and $state"
@@ -37,6 +42,8 @@ state_dir = "$state/nm"
 socket = "$run/nm.sock"
 node_netns = "$ns"
 vm_prefix = "10.213.0.0/24"
+node_cert = "$state/node/node-cert.pem"
+node_key = "$state/node/node.key"
 [slice_uids]
 65534 = "plc.demo"
 CONF
@@ -89,6 +96,43 @@ echo "writing past the 0.5 GB disk quota:"
 
 step "VMs on this node"
 "$bin/plab" nm ls
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+step "authority: SA + MA on https://127.0.0.1:$port (state in $state/authority)"
+"$bin/plab-authority" --state-dir "$state/authority" init --url "https://127.0.0.1:$port" >/dev/null
+PLAB_LOG=warn "$bin/plab-authority" --state-dir "$state/authority" serve --listen "127.0.0.1:$port" &
+auth_pid=$!
+export PLAB_AUTHORITY_CONFIG=$state/authority/operator/plab.toml
+for _ in $(seq 100); do "$bin/plab" sa get-orgs >/dev/null 2>&1 && break; sleep 0.05; done
+"$bin/plab" sa add-org '{"name": "demo", "authority": "plc.demo", "address": "this machine"}' >/dev/null
+"$bin/plab" ma add-site '{"org": "demo", "name": "demo-site", "subnets": "127.0.0.0/8"}' >/dev/null
+node_id=$("$bin/plab" --json ma add-node '{"site": "demo-site", "hostname": "node1.demo.test", "ip": "127.0.0.1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')
+"$bin/plab" --json ma get-node-config "$node_id" | python3 -c 'import json,sys; d=json.load(sys.stdin); open(sys.argv[1],"w").write(d["plnode"]); open(sys.argv[2],"w").write(d["root"])' "$state/plnode.txt" "$state/root.pem"
+echo "registered node $node_id; its plnode.txt:"; sed 's/NODE_KEY = .*/NODE_KEY = "(secret)"/' "$state/plnode.txt"
+
+step "the node boots with plab-boot (HMAC with the node key, from its registered address)"
+"$bin/plab-boot" --plnode "$state/plnode.txt" --server "https://127.0.0.1:$port" --root "$state/root.pem" --state-dir "$state/node" run
+"$bin/plab" ma get-nodes
+
+step "the NM certifies the slice's service key with the node certificate (section 5.5)"
+"$bin/plab" keygen "$state/svc" >/dev/null
+python3 - "$state/nm/sockets/plc_demo/nm.sock" "$state/svc/public.pem" "$state/svc/chain.pem" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SignCertificate", "params": [open(sys.argv[2]).read()]}) + "\n"); f.flush()
+r = json.loads(f.readline())["result"]; open(sys.argv[3], "w").write(r["certificate"])
+print("the VM's own NM socket issued a certificate for", r["identity"])
+PY
+echo "the authority accepts it and seals a session key to it:"
+"$bin/plab" sa authenticate-certificate "@$state/svc/chain.pem" | grep -E 'identity|expires'
+
+step "a slice at the authority, and a ticket anyone with the SA certificate can verify"
+"$bin/plab" sa create-slice plc.demo.web >/dev/null
+"$bin/plab" sa add-slice-node plc.demo.web "[$node_id]" >/dev/null
+"$bin/plab" sa set-slice-attr plc.demo.web bootscript 'echo web' >/dev/null
+"$bin/plab" sa start-slice plc.demo.web
+"$bin/plab" --json sa get-slice-ticket plc.demo.web > "$state/ticket.json"
+"$bin/plab" verify-ticket "$state/ticket.json" --sa-cert "$state/authority/ca/sa.pem"
 
 step "timings"
 echo "Bind (create + start the container VM): $((t1 - t0)) ms"
