@@ -343,8 +343,14 @@ impl Backend for VserverBackend {
         if !self.dir(&spec.name).join("disk.img").exists() {
             return Err(BackendError::NotFound(spec.name.clone()));
         }
-        self.mount(&spec.name)?;
-        self.network(spec)?;
+        // Disk and network are independent: set them up side by side.
+        let (disk, net) = std::thread::scope(|sc| {
+            let net = sc.spawn(|| self.network(spec));
+            let disk = self.mount(&spec.name);
+            (disk, net.join().unwrap_or_else(|_| Err(BackendError::Invalid("network set-up panicked".into()))))
+        });
+        disk?;
+        net?;
         self.write_plab_files(spec)?;
         self.write_config(spec)?;
         match self.runtime_state(&spec.name)? {
@@ -378,26 +384,38 @@ impl Backend for VserverBackend {
     }
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        if self.runtime_state(name)?.is_some() {
-            match self.runtime(&["delete", "--force", name]) {
-                Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
-                    return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
-                }
-                _ => {}
-            }
-        }
         let d = self.dir(name);
-        // The VM's data is being deleted, so there is nothing to flush: detach the mounts
-        // lazily (the loop device frees itself when the last user is gone).
-        for m in [d.join("rootfs"), d.join("disk")] {
-            if is_mounted(&m) {
-                run("umount", &["-l", &s(&m)])?;
-            }
-        }
-        let ns = Self::netns(name);
-        if Path::new("/var/run/netns").join(&ns).exists() {
-            run("ip", &["netns", "del", &ns])?;
-        }
+        // Killing the container and taking its disk and network away are independent:
+        // a lazily detached mount and a deleted netns live on until the last process in
+        // them is gone. The VM's data is being deleted, so there is nothing to flush.
+        let (container, rest) = std::thread::scope(|sc| {
+            let container = sc.spawn(|| -> Result<(), BackendError> {
+                if self.runtime_state(name)?.is_some() {
+                    match self.runtime(&["delete", "--force", name]) {
+                        Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
+                            return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            });
+            let rest = (|| -> Result<(), BackendError> {
+                for m in [d.join("rootfs"), d.join("disk")] {
+                    if is_mounted(&m) {
+                        run("umount", &["-l", &s(&m)])?;
+                    }
+                }
+                let ns = Self::netns(name);
+                if Path::new("/var/run/netns").join(&ns).exists() {
+                    run("ip", &["netns", "del", &ns])?;
+                }
+                Ok(())
+            })();
+            (container.join().unwrap_or_else(|_| Err(BackendError::Invalid("runtime delete panicked".into()))), rest)
+        });
+        container?;
+        rest?;
         if d.exists() {
             if is_mounted(&d.join("rootfs")) || is_mounted(&d.join("disk")) {
                 return Err(BackendError::Invalid(format!("{name}: disk still mounted, not removing {}", d.display())));
