@@ -12,6 +12,7 @@
 //! stop_timeout_secs = 10
 //! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
 //! node_key = "/var/lib/plab/node/node.key"
+//! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -51,6 +52,9 @@ pub struct Config {
     pub node_cert: PathBuf,
     /// The node's private key, as plab-boot writes it.
     pub node_key: PathBuf,
+    /// Accelerator for hypervisor VM types: `auto` probes whether KVM really runs stock
+    /// guests here (see `vm_types::accel`), `kvm` or `tcg` force one.
+    pub accelerator: String,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             stop_timeout_secs: 10,
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
+            accelerator: "auto".into(),
         }
     }
 }
@@ -122,6 +127,9 @@ impl Config {
         for (uid, name) in &self.slice_uids {
             uid.parse::<u32>().map_err(|_| anyhow::anyhow!("slice_uids.{uid}: the key must be a numeric uid"))?;
             vm_types::SliceName::parse(name).map_err(|e| anyhow::anyhow!("slice_uids.{uid}: {e}"))?;
+        }
+        if !["auto", "kvm", "tcg"].contains(&self.accelerator.as_str()) {
+            anyhow::bail!("accelerator: {:?} must be auto, kvm or tcg", self.accelerator);
         }
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             anyhow::bail!("bridge: {:?} must be 1 to 15 characters", self.bridge);

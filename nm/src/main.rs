@@ -35,6 +35,8 @@ enum Cmd {
         #[arg(long)]
         image_dir: Option<PathBuf>,
     },
+    /// Say whether KVM really runs stock guests on this host, and why (exit 0 either way).
+    ProbeKvm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +44,19 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLAB_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let Cmd::Serve { config, state_dir, socket, node_netns, image_dir } = Cli::parse().cmd;
+    let (config, state_dir, socket, node_netns, image_dir) = match Cli::parse().cmd {
+        Cmd::ProbeKvm => {
+            let facts = vm_types::accel::probe(Duration::from_secs(5));
+            let a = vm_types::accel::decide(&facts);
+            println!("accelerator: {}", a.name());
+            if let vm_types::accel::Accelerator::Tcg(why) = &a {
+                println!("reason: {why}");
+            }
+            println!("facts: {facts:?}");
+            return Ok(());
+        }
+        Cmd::Serve { config, state_dir, socket, node_netns, image_dir } => (config, state_dir, socket, node_netns, image_dir),
+    };
     let mut cfg = match &config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -102,6 +116,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
     let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
     let node = Node::open(cfg.clone(), reg)?;
+    let (accel, why) = match cfg.accelerator.as_str() {
+        "kvm" => ("kvm".to_string(), "forced by the accelerator setting".to_string()),
+        "tcg" => ("tcg".to_string(), "forced by the accelerator setting".to_string()),
+        _ => match vm_types::accel::decide(&vm_types::accel::probe(Duration::from_secs(5))) {
+            vm_types::accel::Accelerator::Kvm => ("kvm".to_string(), "KVM ran a test guest".to_string()),
+            vm_types::accel::Accelerator::Tcg(why) => {
+                tracing::warn!("hypervisor guests will run under TCG (slow): {why}; set accelerator = \"kvm\" to override");
+                ("tcg".to_string(), why)
+            }
+        },
+    };
+    node.set_accelerator(&accel, &why);
     for line in node.reconcile().await {
         tracing::warn!("reconcile: {line}");
     }

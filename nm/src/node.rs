@@ -140,9 +140,15 @@ pub struct Node {
     tables: Mutex<Tables>,
     lifecycle: tokio::sync::Mutex<()>,
     vm_sockets: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    accelerator: Mutex<Option<(String, String)>>,
 }
 
 impl Node {
+    /// Records the accelerator hypervisor VM types get here, and why, for `NodeInfo`.
+    pub fn set_accelerator(&self, name: &str, reason: &str) {
+        *self.accelerator.lock().unwrap_or_else(|p| p.into_inner()) = Some((name.into(), reason.into()));
+    }
+
     /// Opens the state directory and loads the tables. Does not touch VMs: call
     /// [`Node::reconcile`] for that.
     pub fn open(cfg: Config, registry: Registry) -> anyhow::Result<Arc<Node>> {
@@ -188,6 +194,7 @@ impl Node {
             tables: Mutex::new(t),
             lifecycle: tokio::sync::Mutex::new(()),
             vm_sockets: Mutex::new(HashMap::new()),
+            accelerator: Mutex::new(None),
         }))
     }
 
@@ -702,8 +709,11 @@ impl Node {
     }
 
     fn node_info(&self) -> Value {
+        let accel = self.accelerator.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let t = self.tables();
         json!({
+            "accelerator": accel.as_ref().map(|a| a.0.clone()),
+            "accelerator_reason": accel.map(|a| a.1),
             "version": env!("CARGO_PKG_VERSION"),
             "vm_types": self.registry.types().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             "bridge": self.cfg.bridge,

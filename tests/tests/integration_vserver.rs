@@ -22,6 +22,14 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
 
+    // The node says which accelerator hypervisor VM types get, and why.
+    let info = c.call("NodeInfo", json!({})).unwrap();
+    assert!(info["accelerator"] == "kvm" || info["accelerator"] == "tcg", "{info}");
+    assert!(!info["accelerator_reason"].as_str().unwrap_or("").is_empty(), "{info}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() && !std::path::Path::new("/sys/module/kvm_intel").exists() {
+        assert_eq!(info["accelerator"], "tcg", "PVM must not be taken for working KVM: {info}");
+    }
+
     // Owner creates a pool for an authority; the slice splits off its VM and binds it.
     let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="512"/></PoolRSpec>"#;
     let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();

@@ -7,6 +7,8 @@
 //! modules (`vserver`), and [`fake`] is an in-memory backend for unit tests.
 #![warn(missing_docs)]
 
+#[cfg(feature = "kvm-probe")]
+pub mod accel;
 pub mod backend;
 pub mod fake;
 pub mod host;
