@@ -3,7 +3,8 @@
 # Used by `make demo`, `make test` and CI; safe to run again at any time.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
-need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils postgresql)
+need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils postgresql
+      libvirt-dev libvirt-clients qemu-utils dosfstools mtools)
 missing=()
 for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

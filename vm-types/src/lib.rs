@@ -12,6 +12,8 @@ pub mod accel;
 pub mod backend;
 pub mod fake;
 pub mod host;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod resources;
 pub mod rspec;
 pub mod slice_name;

@@ -1,0 +1,355 @@
+//! linux-kvm-x86 and linux-xen-x86 through libvirt (the `virt` crate, pinned at 0.4.3).
+//!
+//! Per VM, under `<vm_dir>/<name>/`: `disk.qcow2`, an overlay on the shared guest image
+//! whose virtual size is `disk_quota`; `seed.img`, a cloud-init NoCloud seed (a FAT image
+//! labelled `cidata` with `meta-data`, `user-data`, and `plab/` holding the login, keys and
+//! bootscript for the project's own image); `console.log`, the guest's serial output.
+//! Domains are named `plab-<name>` and carry the slice in their metadata.
+//!
+//! What exists and what does not: the domain XML (checked against libvirt's schema) and
+//! the lifecycle through libvirt (exercised against libvirt's test driver) are here. The
+//! guest image, a live KVM/TCG boot with ssh login, and tap attachment across the node's
+//! network namespace are not built yet, so the node manager does not register this
+//! backend for linux-kvm-x86; it registers it for linux-xen-x86 only when a Xen host's
+//! libvirt (`xen:///system`) answers.
+
+use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
+use crate::host::run;
+use crate::vm_type::VmType;
+use quick_xml::escape::escape;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+/// Settings of a libvirt backend.
+#[derive(Debug, Clone)]
+pub struct LibvirtConfig {
+    /// Connection URI: `qemu:///system`, `xen:///system`, or `test:///default` in tests.
+    pub uri: String,
+    /// The VM type served: linux-kvm-x86 or linux-xen-x86.
+    pub vm_type: VmType,
+    /// Domain type: `kvm`, `qemu` (TCG) or `xen`.
+    pub domain_type: String,
+    /// Where per-VM files live.
+    pub vm_dir: PathBuf,
+    /// Guest kernel for direct boot.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// The shared guest disk image (qcow2) that overlays are made on.
+    pub base_image: PathBuf,
+    /// The node bridge.
+    pub bridge: String,
+    /// How long `stop` waits for a clean shutdown before forcing the domain off.
+    pub stop_timeout: Duration,
+}
+
+/// The domain name of VM `name`.
+pub fn domain_name(name: &str) -> String {
+    format!("plab-{name}")
+}
+
+/// The libvirt domain XML of a VM; `uuid` keeps an existing domain's identity when it is
+/// redefined.
+pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> String {
+    let uuid = uuid.map(|u| format!("\n  <uuid>{}</uuid>", escape(u))).unwrap_or_default();
+    let dir = cfg.vm_dir.join(&spec.name);
+    let p = |f: &str| escape(dir.join(f).to_string_lossy().into_owned()).into_owned();
+    let e = |s: &Path| escape(s.to_string_lossy().into_owned()).into_owned();
+    let mem_kib = spec.resources.mem_limit_bytes() / 1024;
+    let mac = crate::vserver::vm_mac(spec.network.address);
+    let xen = cfg.vm_type == VmType::LinuxXenX86;
+    let (os_type, cmdline, bus, disk0, disk1) = if xen {
+        ("<type arch='x86_64' machine='xenpvh'>xenpvh</type>", "console=hvc0 root=/dev/xvda rw", "xen", "xvda", "xvdb")
+    } else {
+        ("<type arch='x86_64' machine='pc'>hvm</type>", "console=ttyS0 root=/dev/vda rw", "virtio", "vda", "vdb")
+    };
+    let console = if xen {
+        "<console type='pty'><target type='xen' port='0'/></console>".to_string()
+    } else {
+        format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", p("console.log"))
+    };
+    let model = if xen { String::new() } else { "<model type='virtio'/>".into() };
+    format!(
+        "<domain type='{dtype}'>
+  <name>{name}</name>{uuid}
+  <metadata><plab:vm xmlns:plab='urn:plab:vm:1' slice='{slice}' vm_type='{vm_type}'/></metadata>
+  <memory unit='KiB'>{mem_kib}</memory>
+  <currentMemory unit='KiB'>{mem_kib}</currentMemory>
+  <vcpu>1</vcpu>
+  <cputune><shares>{shares}</shares></cputune>
+  <os>{os_type}<kernel>{kernel}</kernel><initrd>{initrd}</initrd><cmdline>{cmdline} plab.ip={ip}/{len} plab.gw={gw}</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='{disk0}' bus='{bus}'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{seed}'/><target dev='{disk1}' bus='{bus}'/><readonly/></disk>
+    <interface type='bridge'><source bridge='{bridge}'/><mac address='{mac}'/>{model}</interface>
+    {console}
+  </devices>
+</domain>
+",
+        dtype = escape(&cfg.domain_type),
+        name = escape(&domain_name(&spec.name)),
+        slice = spec.slice,
+        vm_type = spec.vm_type,
+        shares = spec.resources.cpu_shares(),
+        kernel = e(&cfg.kernel),
+        initrd = e(&cfg.initrd),
+        ip = spec.network.address,
+        len = spec.network.prefix_len,
+        gw = spec.network.gateway,
+        disk = p("disk.qcow2"),
+        seed = p("seed.img"),
+        bridge = escape(&cfg.bridge),
+    )
+}
+
+/// The cloud-init NoCloud `user-data` of a VM: its login with the slice users' keys, and
+/// the bootscript run at every boot.
+pub fn user_data(spec: &VmSpec) -> String {
+    let login = spec.slice.login();
+    let mut s = format!("#cloud-config\nusers:\n  - name: {login}\n    shell: /bin/bash\n    ssh_authorized_keys:\n");
+    for k in &spec.keys {
+        s += &format!("      - \"{}\"\n", k.as_str().replace('\\', "\\\\").replace('"', "\\\""));
+    }
+    if let Some(b) = &spec.bootscript {
+        s += "bootcmd:\n  - [sh, -c, \"sh /var/lib/plab/bootscript\"]\nwrite_files:\n  - path: /var/lib/plab/bootscript\n    permissions: '0755'\n    content: |\n";
+        for line in b.lines() {
+            s += &format!("      {line}\n");
+        }
+    }
+    s
+}
+
+/// Disk sizes in whole 512-byte sectors, rounded down: qemu-img would round up, giving
+/// the VM more than its quota.
+pub fn sector_floor(bytes: u64) -> u64 {
+    bytes - bytes % 512
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let what = what.into();
+    move |e| BackendError::Io(what, e)
+}
+
+fn lv(what: &str) -> impl FnOnce(virt::error::Error) -> BackendError + '_ {
+    move |e| BackendError::Command { command: format!("libvirt {what}"), message: e.to_string() }
+}
+
+static EVENT_LOOP: Once = Once::new();
+
+/// A VM type served by libvirt.
+pub struct LibvirtBackend {
+    cfg: LibvirtConfig,
+    conn: Mutex<Connect>,
+}
+
+impl LibvirtBackend {
+    /// Connects to `cfg.uri`. libvirt's default error printer is silenced (errors come back
+    /// as values) and its event loop is registered before the first connection.
+    pub fn connect(cfg: LibvirtConfig) -> Result<LibvirtBackend, BackendError> {
+        EVENT_LOOP.call_once(|| {
+            let _ = virt::event::event_register_default_impl();
+        });
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(&cfg.uri)).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "libvirt at {} does not answer ({e}): start virtlogd and libvirtd (`libvirtd -d`), or install libvirt-daemon",
+                cfg.uri
+            ))
+        })?;
+        fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
+        Ok(LibvirtBackend { cfg, conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connect> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn domain(&self, name: &str) -> Option<Domain> {
+        Domain::lookup_by_name(&self.conn(), &domain_name(name)).ok()
+    }
+
+    fn write_seed(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let d = self.cfg.vm_dir.join(&spec.name);
+        let stage = d.join("seed");
+        let _ = fs::remove_dir_all(&stage);
+        fs::create_dir_all(stage.join("plab/keys")).map_err(io("seed"))?;
+        fs::write(stage.join("meta-data"), format!("instance-id: {}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-")))
+            .map_err(io("meta-data"))?;
+        fs::write(stage.join("user-data"), user_data(spec)).map_err(io("user-data"))?;
+        let login = spec.slice.login();
+        fs::write(stage.join("plab/login"), format!("{login}\n")).map_err(io("seed login"))?;
+        let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
+        fs::write(stage.join("plab/keys").join(&login), keys).map_err(io("seed keys"))?;
+        if let Some(b) = &spec.bootscript {
+            fs::write(stage.join("plab/bootscript"), b).map_err(io("seed bootscript"))?;
+        }
+        let img = d.join("seed.img");
+        let _ = fs::remove_file(&img);
+        let img_s = img.to_string_lossy().into_owned();
+        run("mkfs.vfat", &["-C", "-n", "CIDATA", &img_s, "2048"])?;
+        let mut args = vec!["-i".to_string(), img_s, "-s".into()];
+        for entry in ["meta-data", "user-data", "plab"] {
+            args.push(stage.join(entry).to_string_lossy().into_owned());
+        }
+        args.push("::/".into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("mcopy", &argv)?;
+        let _ = fs::remove_dir_all(&stage);
+        Ok(())
+    }
+
+    fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let d = self.cfg.vm_dir.join(&spec.name);
+        fs::create_dir_all(&d).map_err(io(d.display().to_string()))?;
+        if !self.cfg.base_image.exists() {
+            return Err(BackendError::Unavailable(format!(
+                "the guest image {} is missing: build it with `make image`",
+                self.cfg.base_image.display()
+            )));
+        }
+        let size = sector_floor(spec.resources.disk_quota_bytes()).to_string();
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &self.cfg.base_image.to_string_lossy(), &d.join("disk.qcow2").to_string_lossy(), &size],
+        )?;
+        self.write_seed(spec)?;
+        Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, spec, None)).map_err(lv("define"))?;
+        Ok(())
+    }
+}
+
+impl Backend for LibvirtBackend {
+    fn vm_type(&self) -> VmType {
+        self.cfg.vm_type
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        self.conn().get_lib_version().map_err(lv("version"))?;
+        for (tool, arg) in [("qemu-img", "--version"), ("mkfs.vfat", "--help"), ("mcopy", "-V")] {
+            if let Err(BackendError::Unavailable(m)) = run(tool, &[arg]) {
+                return Err(BackendError::Unavailable(m));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if self.domain(&spec.name).is_some() || self.cfg.vm_dir.join(&spec.name).exists() {
+            self.destroy(&spec.name)?;
+        }
+        let r = self.create_inner(spec);
+        if r.is_err() {
+            let _ = self.destroy(&spec.name);
+        }
+        r
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let dom = self.domain(&spec.name).ok_or_else(|| BackendError::NotFound(spec.name.clone()))?;
+        if dom.is_active().map_err(lv("is_active"))? {
+            return Ok(());
+        }
+        dom.create().map_err(lv("start")).map(|_| ())
+    }
+
+    fn stop(&self, name: &str) -> Result<(), BackendError> {
+        let Some(dom) = self.domain(name) else { return Ok(()) };
+        if !dom.is_active().map_err(lv("is_active"))? {
+            return Ok(());
+        }
+        let _ = dom.shutdown();
+        let deadline = Instant::now() + self.cfg.stop_timeout;
+        while Instant::now() < deadline {
+            if !dom.is_active().unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dom.destroy().map_err(lv("destroy"))
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        if let Some(dom) = self.domain(name) {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy().map_err(lv("destroy"))?;
+            }
+            dom.undefine().map_err(lv("undefine"))?;
+        }
+        let d = self.cfg.vm_dir.join(name);
+        if d.exists() {
+            fs::remove_dir_all(&d).map_err(io(d.display().to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn update(&self, old: &VmSpec, new: &VmSpec) -> Result<(), BackendError> {
+        let dom = self.domain(&new.name).ok_or_else(|| BackendError::NotFound(new.name.clone()))?;
+        let active = dom.is_active().map_err(lv("is_active"))?;
+        let (old_q, new_q) = (old.resources.disk_quota_bytes(), new.resources.disk_quota_bytes());
+        if new_q < old_q {
+            return Err(BackendError::Invalid("disk_quota: a VM disk cannot shrink".into()));
+        }
+        if new_q > old_q {
+            if active {
+                return Err(BackendError::Invalid("disk_quota: stop the VM to grow its disk; nothing was changed".into()));
+            }
+            let disk = self.cfg.vm_dir.join(&new.name).join("disk.qcow2");
+            run("qemu-img", &["resize", "-q", &disk.to_string_lossy(), &sector_floor(new_q).to_string()])?;
+        }
+        self.write_seed(new)?;
+        let uuid = dom.get_uuid_string().map_err(lv("uuid"))?;
+        Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, new, Some(&uuid))).map_err(lv("define"))?;
+        if active && new.resources.mem_limit != old.resources.mem_limit {
+            // Live, within the maximum the guest booted with; the rest at next start.
+            let _ = dom.set_memory(new.resources.mem_limit_bytes() / 1024);
+        }
+        Ok(())
+    }
+
+    fn status(&self, name: &str) -> Result<VmStatus, BackendError> {
+        let mut details = BTreeMap::new();
+        let Some(dom) = self.domain(name) else {
+            return Ok(VmStatus { state: VmState::Missing, details });
+        };
+        let info = dom.get_info().map_err(lv("info"))?;
+        details.insert("accelerator".into(), match self.cfg.domain_type.as_str() {
+            "kvm" => "kvm".to_string(),
+            "qemu" => "tcg".to_string(),
+            other => other.to_string(),
+        });
+        details.insert("memory_kib".into(), info.memory.to_string());
+        // virDomainState: 1 running, 2 blocked, 3 paused; 4 shutting down; 5 shut off.
+        let state = match info.state {
+            1..=4 => VmState::Running,
+            _ => VmState::Stopped,
+        };
+        Ok(VmStatus { state, details })
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        let doms = self.conn().list_all_domains(0).map_err(lv("list"))?;
+        let mut names: Vec<String> =
+            doms.iter().filter_map(|d| d.get_name().ok()).filter_map(|n| n.strip_prefix("plab-").map(str::to_owned)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.cfg.vm_dir.join(name).join("console.log");
+        let Ok(mut f) = fs::File::open(&path) else {
+            return if self.domain(name).is_some() { Ok(String::new()) } else { Err(BackendError::NotFound(name.into())) };
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(io("console.log"))?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
