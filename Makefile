@@ -26,6 +26,7 @@ setup:
 
 image:
 	bash images/build-rootfs.sh
+	bash images/build-guest.sh
 
 build:
 	$(CARGO) build --workspace --bins

@@ -4,14 +4,18 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
 need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils postgresql
-      libvirt-dev libvirt-clients qemu-utils dosfstools mtools)
-missing=()
-for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
+      libvirt-dev libvirt-clients qemu-system-x86 qemu-utils dosfstools mtools kmod cpio)
+# Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
+# carry, and apt removes that one; the second pass installs the matching qemu-utils.
+updated=
+for pass in 1 2; do
+  missing=()
+  for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || break
   echo "setup: installing ${missing[*]}" >&2
-  apt-get update -q >/dev/null
+  [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
 modprobe overlay 2>/dev/null || true
 
 # PostgreSQL for the authority tests (SQLite needs nothing): start the cluster if it is
@@ -30,3 +34,4 @@ for d in $(su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE da
   su postgres -c "psql -qc 'DROP DATABASE $d'" >/dev/null
 done
 bash "$(dirname "$0")/../images/build-rootfs.sh"
+bash "$(dirname "$0")/../images/build-guest.sh"

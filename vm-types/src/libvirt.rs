@@ -140,6 +140,37 @@ fn lv(what: &str) -> impl FnOnce(virt::error::Error) -> BackendError + '_ {
     move |e| BackendError::Command { command: format!("libvirt {what}"), message: e.to_string() }
 }
 
+/// Writes `<dir>/seed.img`: the VM's cloud-init NoCloud seed (FAT, label cidata) with
+/// `meta-data`, `user-data` and `plab/` (login, keys, bootscript) for the project's image.
+pub fn write_seed(d: &Path, spec: &VmSpec) -> Result<(), BackendError> {
+    let stage = d.join("seed");
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir_all(stage.join("plab/keys")).map_err(io("seed"))?;
+    fs::write(stage.join("meta-data"), format!("instance-id: {}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-")))
+        .map_err(io("meta-data"))?;
+    fs::write(stage.join("user-data"), user_data(spec)).map_err(io("user-data"))?;
+    let login = spec.slice.login();
+    fs::write(stage.join("plab/login"), format!("{login}\n")).map_err(io("seed login"))?;
+    let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
+    fs::write(stage.join("plab/keys").join(&login), keys).map_err(io("seed keys"))?;
+    if let Some(b) = &spec.bootscript {
+        fs::write(stage.join("plab/bootscript"), b).map_err(io("seed bootscript"))?;
+    }
+    let img = d.join("seed.img");
+    let _ = fs::remove_file(&img);
+    let img_s = img.to_string_lossy().into_owned();
+    run("mkfs.vfat", &["-C", "-n", "CIDATA", &img_s, "2048"])?;
+    let mut args = vec!["-i".to_string(), img_s, "-s".into()];
+    for entry in ["meta-data", "user-data", "plab"] {
+        args.push(stage.join(entry).to_string_lossy().into_owned());
+    }
+    args.push("::/".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("mcopy", &argv)?;
+    let _ = fs::remove_dir_all(&stage);
+    Ok(())
+}
+
 static EVENT_LOOP: Once = Once::new();
 
 /// A VM type served by libvirt.
@@ -174,36 +205,6 @@ impl LibvirtBackend {
         Domain::lookup_by_name(&self.conn(), &domain_name(name)).ok()
     }
 
-    fn write_seed(&self, spec: &VmSpec) -> Result<(), BackendError> {
-        let d = self.cfg.vm_dir.join(&spec.name);
-        let stage = d.join("seed");
-        let _ = fs::remove_dir_all(&stage);
-        fs::create_dir_all(stage.join("plab/keys")).map_err(io("seed"))?;
-        fs::write(stage.join("meta-data"), format!("instance-id: {}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-")))
-            .map_err(io("meta-data"))?;
-        fs::write(stage.join("user-data"), user_data(spec)).map_err(io("user-data"))?;
-        let login = spec.slice.login();
-        fs::write(stage.join("plab/login"), format!("{login}\n")).map_err(io("seed login"))?;
-        let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
-        fs::write(stage.join("plab/keys").join(&login), keys).map_err(io("seed keys"))?;
-        if let Some(b) = &spec.bootscript {
-            fs::write(stage.join("plab/bootscript"), b).map_err(io("seed bootscript"))?;
-        }
-        let img = d.join("seed.img");
-        let _ = fs::remove_file(&img);
-        let img_s = img.to_string_lossy().into_owned();
-        run("mkfs.vfat", &["-C", "-n", "CIDATA", &img_s, "2048"])?;
-        let mut args = vec!["-i".to_string(), img_s, "-s".into()];
-        for entry in ["meta-data", "user-data", "plab"] {
-            args.push(stage.join(entry).to_string_lossy().into_owned());
-        }
-        args.push("::/".into());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("mcopy", &argv)?;
-        let _ = fs::remove_dir_all(&stage);
-        Ok(())
-    }
-
     fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let d = self.cfg.vm_dir.join(&spec.name);
         fs::create_dir_all(&d).map_err(io(d.display().to_string()))?;
@@ -218,7 +219,7 @@ impl LibvirtBackend {
             "qemu-img",
             &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &self.cfg.base_image.to_string_lossy(), &d.join("disk.qcow2").to_string_lossy(), &size],
         )?;
-        self.write_seed(spec)?;
+        write_seed(&d, spec)?;
         Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, spec, None)).map_err(lv("define"))?;
         Ok(())
     }
@@ -302,7 +303,7 @@ impl Backend for LibvirtBackend {
             let disk = self.cfg.vm_dir.join(&new.name).join("disk.qcow2");
             run("qemu-img", &["resize", "-q", &disk.to_string_lossy(), &sector_floor(new_q).to_string()])?;
         }
-        self.write_seed(new)?;
+        write_seed(&self.cfg.vm_dir.join(&new.name), new)?;
         let uuid = dom.get_uuid_string().map_err(lv("uuid"))?;
         Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, new, Some(&uuid))).map_err(lv("define"))?;
         if active && new.resources.mem_limit != old.resources.mem_limit {
