@@ -4,7 +4,8 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
 need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 libxml2-utils postgresql
-      libvirt-dev libvirt-clients qemu-system-x86 qemu-utils dosfstools mtools kmod cpio)
+      libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
+      dosfstools mtools kmod cpio)
 # Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
 # carry, and apt removes that one; the second pass installs the matching qemu-utils.
 updated=
@@ -33,5 +34,12 @@ su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='plab'\"" |
 for d in $(su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE datname LIKE 'plab_t_%'\""); do
   su postgres -c "psql -qc 'DROP DATABASE $d'" >/dev/null
 done
+# libvirt for linux-kvm-x86 (no systemd here: start the daemons when they are not running).
+mkdir -p /var/log/libvirt /var/run/libvirt
+pgrep -x virtlogd >/dev/null || virtlogd -d
+pgrep -x libvirtd >/dev/null || libvirtd -d
+for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
+virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup: libvirtd does not answer (see /var/log/libvirt/libvirtd.log)" >&2; exit 1; }
+
 bash "$(dirname "$0")/../images/build-rootfs.sh"
 bash "$(dirname "$0")/../images/build-guest.sh"

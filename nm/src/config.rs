@@ -13,6 +13,9 @@
 //! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
 //! node_key = "/var/lib/plab/node/node.key"
 //! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
+//! libvirt_uri = "qemu:///system"        # linux-kvm-x86 through libvirt
+//! guest_image_dir = "/var/cache/plab/images/guest-bookworm"
+//! guest_dir = "/var/lib/plab/guests"    # guest disks and seeds (QEMU's user must traverse it)
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -55,6 +58,14 @@ pub struct Config {
     /// Accelerator for hypervisor VM types: `auto` probes whether KVM really runs stock
     /// guests here (see `vm_types::accel`), `kvm` or `tcg` force one.
     pub accelerator: String,
+    /// libvirt connection for linux-kvm-x86.
+    pub libvirt_uri: String,
+    /// The guest image built by `images/build-guest.sh`.
+    pub guest_image_dir: PathBuf,
+    /// Guest disks, seeds and console logs. Kept apart from `state_dir` (which holds the
+    /// rcap table and stays private): QEMU runs as libvirt's unprivileged user and must
+    /// be able to traverse this directory.
+    pub guest_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -73,6 +84,9 @@ impl Default for Config {
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
             accelerator: "auto".into(),
+            libvirt_uri: "qemu:///system".into(),
+            guest_image_dir: "/var/cache/plab/images/guest-bookworm".into(),
+            guest_dir: "/var/lib/plab/guests".into(),
         }
     }
 }

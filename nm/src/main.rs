@@ -74,6 +74,13 @@ fn main() -> anyhow::Result<()> {
         cfg.image_dir = v;
     }
     cfg.validate()?;
+    // Keep a handle on the host's network namespace (libvirtd's), so that guest taps made
+    // there can be moved into the node's namespace.
+    let host_netns = std::fs::File::open("/proc/self/ns/net").context("opening /proc/self/ns/net")?;
+    let host_netns_path = {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), host_netns.as_raw_fd()))
+    };
     // Enter the node's network namespace while still single-threaded: setns applies to the
     // calling thread only, and every thread and child made afterwards inherits it.
     if let Some(ns) = &cfg.node_netns {
@@ -83,10 +90,12 @@ fn main() -> anyhow::Result<()> {
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("node_netns: setns failed (run as root)")?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(cfg))
+    let r = rt.block_on(serve(cfg, host_netns_path));
+    drop(host_netns);
+    r
 }
 
-fn registry(cfg: &Config) -> anyhow::Result<Registry> {
+fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
     let vserver = vm_types::vserver::VserverBackend::new(vm_types::vserver::VserverConfig {
         vm_dir: cfg.state_dir.join("vms"),
@@ -101,21 +110,46 @@ fn registry(cfg: &Config) -> anyhow::Result<Registry> {
         Ok(()) => reg.register(Arc::new(vserver)),
         Err(e) => tracing::warn!("linux-vserver-x86 is unavailable on this node: {e}"),
     }
+    match kvm_backend(cfg, accel, host_netns) {
+        Ok(b) => reg.register(Arc::new(b)),
+        Err(e) => tracing::info!("linux-kvm-x86 is unavailable on this node: {e}"),
+    }
     if reg.types().is_empty() {
         anyhow::bail!("no VM type is usable on this node (see the warnings above)");
     }
     Ok(reg)
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+fn kvm_backend(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::Result<vm_types::libvirt::LibvirtBackend> {
+    use vm_types::Backend;
+    let img = &cfg.guest_image_dir;
+    if !img.join(".plab-image").exists() {
+        anyhow::bail!("the guest image {} is missing: build it with `make image`", img.display());
+    }
+    std::fs::create_dir_all(&cfg.guest_dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.guest_dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let b = vm_types::libvirt::LibvirtBackend::connect(vm_types::libvirt::LibvirtConfig {
+        uri: cfg.libvirt_uri.clone(),
+        vm_type: vm_types::VmType::LinuxKvmX86,
+        domain_type: if accel == "kvm" { "kvm".into() } else { "qemu".into() },
+        vm_dir: cfg.guest_dir.clone(),
+        kernel: img.join("vmlinuz"),
+        initrd: img.join("initrd.img"),
+        base_image: img.join("base.qcow2"),
+        bridge: cfg.bridge.clone(),
+        stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+        tap_move: cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)),
+    })?;
+    b.check()?;
+    Ok(b)
+}
+
+async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
     let prefix = plab_nm::config::Prefix::parse(&cfg.vm_prefix).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
-    let reg = registry(&cfg)?;
-    vm_types::host::ensure_bridge(&cfg.bridge, prefix.gateway(), prefix.len).context("node bridge")?;
-    // Owner-only unless local services act as slices; SO_PEERCRED decides either way.
-    let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
-    let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
-    let node = Node::open(cfg.clone(), reg)?;
     let (accel, why) = match cfg.accelerator.as_str() {
         "kvm" => ("kvm".to_string(), "forced by the accelerator setting".to_string()),
         "tcg" => ("tcg".to_string(), "forced by the accelerator setting".to_string()),
@@ -127,6 +161,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         },
     };
+    let reg = registry(&cfg, &accel, &host_netns)?;
+    vm_types::host::ensure_bridge(&cfg.bridge, prefix.gateway(), prefix.len).context("node bridge")?;
+    // Owner-only unless local services act as slices; SO_PEERCRED decides either way.
+    let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
+    let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
+    let node = Node::open(cfg.clone(), reg)?;
     node.set_accelerator(&accel, &why);
     for line in node.reconcile().await {
         tracing::warn!("reconcile: {line}");

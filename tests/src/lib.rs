@@ -120,7 +120,12 @@ impl TestNode {
 
     /// Waits until ssh answers (sshd starts a moment after the container).
     pub fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.ssh_wait(key, login, addr, Duration::from_secs(20))
+    }
+
+    /// Waits up to `limit` for ssh to answer (a guest under TCG takes a while to boot).
+    pub fn ssh_wait(&self, key: &Path, login: &str, addr: &str, limit: Duration) -> (i32, String) {
+        let deadline = Instant::now() + limit;
         loop {
             let r = self.ssh(key, login, addr, "true");
             if r.0 == 0 || Instant::now() > deadline {

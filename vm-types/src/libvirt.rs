@@ -46,6 +46,15 @@ pub struct LibvirtConfig {
     pub bridge: String,
     /// How long `stop` waits for a clean shutdown before forcing the domain off.
     pub stop_timeout: Duration,
+    /// When the node's network lives in a namespace other than libvirtd's: the path of
+    /// libvirtd's (the host's) network namespace and the node's namespace name. The
+    /// guest's tap, which libvirt makes on the host, is moved into the node's namespace.
+    pub tap_move: Option<(PathBuf, String)>,
+}
+
+/// The host-side tap of VM number `index` (interface names hold 15 characters at most).
+pub fn tap_name(index: u32) -> String {
+    format!("pvt{index}")
 }
 
 /// The domain name of VM `name`.
@@ -73,7 +82,16 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
     } else {
         format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", p("console.log"))
     };
-    let model = if xen { String::new() } else { "<model type='virtio'/>".into() };
+    // KVM guests get a tap the node manager attaches to the bridge itself (the bridge may
+    // live in a namespace libvirtd cannot see); Xen's vif joins the bridge directly.
+    let interface = if xen {
+        format!("<interface type='bridge'><source bridge='{}'/><mac address='{mac}'/></interface>", escape(&cfg.bridge))
+    } else {
+        format!(
+            "<interface type='ethernet'><target dev='{}' managed='yes'/><mac address='{mac}'/><model type='virtio'/></interface>",
+            tap_name(spec.network.index)
+        )
+    };
     format!(
         "<domain type='{dtype}'>
   <name>{name}</name>{uuid}
@@ -87,7 +105,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='{disk0}' bus='{bus}'/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{seed}'/><target dev='{disk1}' bus='{bus}'/><readonly/></disk>
-    <interface type='bridge'><source bridge='{bridge}'/><mac address='{mac}'/>{model}</interface>
+    {interface}
     {console}
   </devices>
 </domain>
@@ -104,7 +122,6 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
         gw = spec.network.gateway,
         disk = p("disk.qcow2"),
         seed = p("seed.img"),
-        bridge = escape(&cfg.bridge),
     )
 }
 
@@ -205,6 +222,17 @@ impl LibvirtBackend {
         Domain::lookup_by_name(&self.conn(), &domain_name(name)).ok()
     }
 
+    /// Moves the guest's tap into the node's namespace (when that differs from
+    /// libvirtd's) and puts it on the node bridge.
+    fn attach_tap(&self, index: u32) -> Result<(), BackendError> {
+        let tap = tap_name(index);
+        if let Some((host_ns, node_ns)) = &self.cfg.tap_move {
+            let host = format!("--net={}", host_ns.display());
+            run("nsenter", &[&host, "ip", "link", "set", &tap, "netns", node_ns])?;
+        }
+        run("ip", &["link", "set", &tap, "master", &self.cfg.bridge, "up"]).map(|_| ())
+    }
+
     fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let d = self.cfg.vm_dir.join(&spec.name);
         fs::create_dir_all(&d).map_err(io(d.display().to_string()))?;
@@ -256,7 +284,14 @@ impl Backend for LibvirtBackend {
         if dom.is_active().map_err(lv("is_active"))? {
             return Ok(());
         }
-        dom.create().map_err(lv("start")).map(|_| ())
+        dom.create().map_err(lv("start"))?;
+        if self.cfg.vm_type == VmType::LinuxKvmX86 && !self.cfg.uri.starts_with("test:") {
+            if let Err(e) = self.attach_tap(spec.network.index) {
+                let _ = dom.destroy();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn stop(&self, name: &str) -> Result<(), BackendError> {

@@ -37,6 +37,7 @@ fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
         base_image: dir.join("base.qcow2"),
         bridge: "plab0".into(),
         stop_timeout: Duration::from_secs(2),
+        tap_move: None,
     }
 }
 

@@ -1,0 +1,62 @@
+//! linux-kvm-x86 through the node manager: a KvmSlice bound on a node whose networking
+//! lives in a namespace the test creates becomes a libvirt/QEMU guest (KVM where it runs
+//! stock guests, TCG otherwise), reached with OpenSSH at its node-private address; it
+//! survives a `kill -9` of the node manager and is removed completely. Needs root,
+//! libvirtd (`make test` starts it), qemu-system-x86 and the guest image (`make image`).
+
+use plab_tests::{keypair, prerequisites, TestNode};
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn virsh_names() -> String {
+    let o = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn integration_kvm_guest_through_the_node_manager() {
+    prerequisites();
+    let up = Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(up, "libvirtd is not running: `make test` starts it (ci/setup.sh), or run `virtlogd -d; libvirtd -d`");
+    let mut node = TestNode::new("kvm");
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let info = c.call("NodeInfo", json!({})).unwrap();
+    assert!(info["vm_types"].as_array().unwrap().iter().any(|t| t == "linux-kvm-x86"), "the node offers linux-kvm-x86: {info}");
+
+    let pool = r#"<PoolRSpec><resources cpu_share="4" disk_quota="4" mem_limit="2048"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
+    let vm_rspec = format!(
+        r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="1" disk_quota="1" mem_limit="256"/><key>{public}</key><bootscript>echo "kvm bootscript ran on $(hostname)"</bootscript></KvmSlice>"#
+    );
+    let sub = c.call_str("SplitPool", json!([root, vm_rspec]), "rcap").unwrap();
+    let t0 = Instant::now();
+    let vm = c.call("Bind", json!([sub, "plc.it.kvm"])).unwrap();
+    let bind = t0.elapsed();
+    assert_eq!(vm["vm_type"], "linux-kvm-x86");
+    let addr = vm["address"].as_str().unwrap().to_owned();
+    let (code, out) = node.ssh_wait(&key, "plc_it_kvm", &addr, Duration::from_secs(120));
+    let log = c.call("VmLog", json!(["plc_it_kvm"])).map(|v| v["log"].as_str().unwrap_or("").to_owned()).unwrap_or_default();
+    assert_eq!(code, 0, "no ssh login into the guest: {out}\nconsole:\n{log}\nNM log:\n{}", node.nm_log());
+    eprintln!("kvm guest: Bind {:.2} s, first ssh login {:.1} s after Bind", bind.as_secs_f64(), t0.elapsed().as_secs_f64());
+    let (_, who) = node.ssh(&key, "plc_it_kvm", &addr, "id -un; hostname");
+    assert_eq!(who.lines().collect::<Vec<_>>(), ["plc_it_kvm", "plc-it-kvm"]);
+
+    let st = c.call("VmStatus", json!(["plc_it_kvm"])).unwrap();
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["details"]["accelerator"], info["accelerator"], "the guest runs with the node's accelerator: {st}");
+    let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
+    assert!(log.contains("kvm bootscript ran on plc-it-kvm"), "{log}");
+
+    // kill -9 the node manager: the guest keeps running and a new NM knows it.
+    node.kill_nm();
+    node.start_nm();
+    let mut c = node.client();
+    assert_eq!(c.call("VmStatus", json!(["plc_it_kvm"])).unwrap()["state"], "running");
+    assert_eq!(node.ssh(&key, "plc_it_kvm", &addr, "true").0, 0);
+
+    c.call("DestroyVM", json!(["plc_it_kvm"])).unwrap();
+    assert!(!virsh_names().contains("plab-plc_it_kvm"), "no domain left");
+    assert!(!std::path::Path::new("/var/lib/plab/guests/plc_it_kvm").exists(), "no disk or seed left");
+}
