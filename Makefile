@@ -14,11 +14,13 @@ test: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
-## make bench: NM vs raw runc lifecycle, socket throughput, memory; authority polling
+## make bench: NM vs raw runc lifecycle, socket throughput, memory; KVM guests through NM
+## vs virsh vs raw qemu; authority polling
 ## and ticket rates, SQLite against PostgreSQL.
 bench: setup
 	$(CARGO) build --release --bins
 	target/release/plab-bench
+	target/release/plab-bench-kvm
 	target/release/plab-bench-authority
 
 setup:

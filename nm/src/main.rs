@@ -106,13 +106,27 @@ fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::
         stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
     })?;
     use vm_types::Backend;
-    match vserver.check() {
-        Ok(()) => reg.register(Arc::new(vserver)),
-        Err(e) => tracing::warn!("linux-vserver-x86 is unavailable on this node: {e}"),
+    let vserver_ok = match vserver.check() {
+        Ok(()) => {
+            reg.register(Arc::new(vserver));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!("linux-vserver-x86 is unavailable on this node: {e}");
+            Err(e.to_string())
+        }
+    };
+    for t in [vm_types::VmType::LinuxKvmX86, vm_types::VmType::LinuxXenX86] {
+        match libvirt_backend(cfg, t, accel, host_netns) {
+            Ok(b) => reg.register(Arc::new(b)),
+            Err(e) => {
+                tracing::info!("{t} is unavailable on this node: {e:#}");
+                reg.mark_unavailable(t, format!("{e:#}"));
+            }
+        }
     }
-    match kvm_backend(cfg, accel, host_netns) {
-        Ok(b) => reg.register(Arc::new(b)),
-        Err(e) => tracing::info!("linux-kvm-x86 is unavailable on this node: {e}"),
+    if let Err(e) = vserver_ok {
+        reg.mark_unavailable(vm_types::VmType::LinuxVserverX86, e);
     }
     if reg.types().is_empty() {
         anyhow::bail!("no VM type is usable on this node (see the warnings above)");
@@ -120,7 +134,15 @@ fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::
     Ok(reg)
 }
 
-fn kvm_backend(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::Result<vm_types::libvirt::LibvirtBackend> {
+/// linux-kvm-x86 through `libvirt_uri`, or linux-xen-x86 through a Xen host's libvirt
+/// (`xen:///system`), when libvirt answers and the guest image is built.
+fn libvirt_backend(
+    cfg: &Config,
+    vm_type: vm_types::VmType,
+    accel: &str,
+    host_netns: &std::path::Path,
+) -> anyhow::Result<vm_types::libvirt::LibvirtBackend> {
+    let xen = vm_type == vm_types::VmType::LinuxXenX86;
     use vm_types::Backend;
     let img = &cfg.guest_image_dir;
     if !img.join(".plab-image").exists() {
@@ -131,17 +153,20 @@ fn kvm_backend(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyho
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg.guest_dir, std::fs::Permissions::from_mode(0o711))?;
     }
+    if xen && !std::path::Path::new("/proc/xen").exists() {
+        anyhow::bail!("this host is not a Xen host (no /proc/xen): linux-xen-x86 needs Xen and libvirt's Xen driver");
+    }
     let b = vm_types::libvirt::LibvirtBackend::connect(vm_types::libvirt::LibvirtConfig {
-        uri: cfg.libvirt_uri.clone(),
-        vm_type: vm_types::VmType::LinuxKvmX86,
-        domain_type: if accel == "kvm" { "kvm".into() } else { "qemu".into() },
+        uri: if xen { "xen:///system".into() } else { cfg.libvirt_uri.clone() },
+        vm_type,
+        domain_type: if xen { "xen".into() } else if accel == "kvm" { "kvm".into() } else { "qemu".into() },
         vm_dir: cfg.guest_dir.clone(),
         kernel: img.join("vmlinuz"),
         initrd: img.join("initrd.img"),
         base_image: img.join("base.qcow2"),
         bridge: cfg.bridge.clone(),
         stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
-        tap_move: cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)),
+        tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
     })?;
     b.check()?;
     Ok(b)

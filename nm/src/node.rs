@@ -218,9 +218,10 @@ impl Node {
             .ok_or_else(|| RpcError::new(ErrorCode::InvalidRSpec, "rspec: names no VM type"))?;
         self.registry.get(t).cloned().ok_or_else(|| {
             let have: Vec<String> = self.registry.types().iter().map(|t| t.to_string()).collect();
+            let why = self.registry.unavailable(t).map(|w| format!("; {w}")).unwrap_or_default();
             RpcError::new(
                 ErrorCode::Unsupported,
-                format!("vm_type: {t} is not supported on this node (supported: {})", have.join(", ")),
+                format!("vm_type: {t} is not supported on this node (supported: {}){why}", have.join(", ")),
             )
         })
     }
@@ -817,7 +818,22 @@ fn owner_only(caller: &Caller, m: Method) -> Result<(), RpcError> {
     }
 }
 
+/// The node's memory in MB, from /proc/meminfo.
+fn node_memory_mb() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn check_vm_minimums(r: &Resources) -> Result<(), RpcError> {
+    if let Some(total) = node_memory_mb() {
+        if r.mem_limit.scaled(1) > total {
+            return Err(RpcError::new(
+                ErrorCode::Resources,
+                format!("mem_limit: {} MB is more than this node's memory ({total} MB)", r.mem_limit),
+            ));
+        }
+    }
     if r.mem_limit.scaled(1) < MIN_VM_MEM_MB {
         return Err(RpcError::new(
             ErrorCode::Resources,

@@ -130,6 +130,18 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert!(e.contains("only ask for its own"), "{e}");
     let e = call(&n, &me, Method::StopVM, json!(["plc_other"])).await.unwrap_err();
     assert!(e.contains("no VM named"), "{e}");
+    // More memory than the node has: refused before anything is made.
+    let big = call(&n, &owner, Method::CreatePool, json!([pool_xml(100_000_000), "plc.huge"])).await.unwrap()["rcap"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let huge = Caller::Slice(SliceName::parse("plc.huge").unwrap());
+    let sub = call(&n, &huge, Method::SplitPool, json!([big, slice_xml("plc.huge", 90_000_000)])).await.unwrap()["rcap"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = call(&n, &huge, Method::Bind, json!([sub, "plc.huge"])).await.unwrap_err();
+    assert!(e.starts_with("mem_limit:") && e.contains("more than this node's memory"), "{e}");
     let e = call(&n, &me, Method::SignCertificate, json!(["x"])).await.unwrap_err();
     assert!(e.contains("no node certificate yet"), "{e}");
 }

@@ -56,6 +56,16 @@ fn integration_kvm_guest_through_the_node_manager() {
     assert_eq!(c.call("VmStatus", json!(["plc_it_kvm"])).unwrap()["state"], "running");
     assert_eq!(node.ssh(&key, "plc_it_kvm", &addr, "true").0, 0);
 
+    // A plab domain libvirt holds without a record is an orphan: reported, then cleaned.
+    let orphan = node.dir.path().join("orphan.xml");
+    std::fs::write(&orphan, "<domain type='qemu'><name>plab-orphan_x</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>").unwrap();
+    let st = Command::new("virsh").args(["-c", "qemu:///system", "define"]).arg(&orphan).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let o = c.call("Orphans", json!({})).unwrap();
+    assert!(o["orphans"].as_array().unwrap().iter().any(|x| x["vm"] == "orphan_x" && x["vm_type"] == "linux-kvm-x86"), "{o}");
+    c.call("CleanOrphans", json!({})).unwrap();
+    assert!(!virsh_names().contains("plab-orphan_x"), "the orphan is gone");
+
     c.call("DestroyVM", json!(["plc_it_kvm"])).unwrap();
     assert!(!virsh_names().contains("plab-plc_it_kvm"), "no domain left");
     assert!(!std::path::Path::new("/var/lib/plab/guests/plc_it_kvm").exists(), "no disk or seed left");

@@ -123,10 +123,12 @@ fn integration_vserver_failed_start_leaves_nothing() {
     let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
 
     // A VM type the node does not have is refused up front.
-    let kvm = format!(r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></KvmSlice>"#);
-    let sub = c.call_str("SplitPool", json!([root, kvm]), "rcap").unwrap();
-    let e = c.call("Bind", json!([sub, "plc.it.kvm"])).unwrap_err();
-    assert!(e.to_string().contains("linux-kvm-x86 is not supported on this node"), "{e}");
+    // (This is no Xen host: the refusal says so.)
+    let xen = format!(r#"<XenSlice name="plc.it.xen"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></XenSlice>"#);
+    let sub = c.call_str("SplitPool", json!([root, xen]), "rcap").unwrap();
+    let e = c.call("Bind", json!([sub, "plc.it.xen"])).unwrap_err();
+    assert!(e.to_string().contains("linux-xen-x86 is not supported on this node"), "{e}");
+    assert!(e.to_string().contains("Xen"), "the refusal says why: {e}");
 
     // A VM whose start fails is removed completely, and the pool is free again.
     let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.broken", &public, 64, "0.05")]), "rcap").unwrap();

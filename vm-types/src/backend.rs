@@ -139,6 +139,7 @@ pub trait Backend: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Registry {
     backends: BTreeMap<VmType, Arc<dyn Backend>>,
+    unavailable: BTreeMap<VmType, String>,
 }
 
 impl Registry {
@@ -155,6 +156,16 @@ impl Registry {
     /// The backend for a VM type.
     pub fn get(&self, t: VmType) -> Option<&Arc<dyn Backend>> {
         self.backends.get(&t)
+    }
+
+    /// Records why a VM type is not offered on this node (what to install or start).
+    pub fn mark_unavailable(&mut self, t: VmType, why: impl Into<String>) {
+        self.unavailable.insert(t, why.into());
+    }
+
+    /// Why a VM type is not offered, if that is known.
+    pub fn unavailable(&self, t: VmType) -> Option<&str> {
+        self.unavailable.get(&t).map(String::as_str)
     }
 
     /// The VM types this node supports.

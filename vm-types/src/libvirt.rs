@@ -200,8 +200,17 @@ impl LibvirtBackend {
     /// Connects to `cfg.uri`. libvirt's default error printer is silenced (errors come back
     /// as values) and its event loop is registered before the first connection.
     pub fn connect(cfg: LibvirtConfig) -> Result<LibvirtBackend, BackendError> {
+        // Registered before the first connection and run for the life of the process:
+        // without a running loop libvirt cannot answer keepalives, and the daemon drops
+        // an idle connection.
         EVENT_LOOP.call_once(|| {
-            let _ = virt::event::event_register_default_impl();
+            if virt::event::event_register_default_impl().is_ok() {
+                let _ = std::thread::Builder::new().name("libvirt-events".into()).spawn(|| loop {
+                    if virt::event::event_run_default_impl().is_err() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
         });
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(&cfg.uri)).map_err(|e| {
@@ -214,8 +223,16 @@ impl LibvirtBackend {
         Ok(LibvirtBackend { cfg, conn: Mutex::new(conn) })
     }
 
+    /// The connection, opened again if libvirtd closed it (a daemon restart).
     fn conn(&self) -> std::sync::MutexGuard<'_, Connect> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.is_alive().unwrap_or(false) {
+            match Connect::open(Some(&self.cfg.uri)) {
+                Ok(fresh) => *c = fresh,
+                Err(e) => tracing::warn!(uri = %self.cfg.uri, "libvirt connection lost and not reopened: {e}"),
+            }
+        }
+        c
     }
 
     fn domain(&self, name: &str) -> Option<Domain> {

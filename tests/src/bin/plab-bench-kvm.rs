@@ -1,0 +1,170 @@
+//! `plab-bench-kvm`: linux-kvm-x86 guests, three ways, alternating in one run:
+//!
+//! - through the node manager: `Bind` until the first OpenSSH login, then `DestroyVM`;
+//! - raw `virsh create` of the same domain XML (same kernel, initramfs, disk and seed);
+//! - raw `qemu-system-x86_64` with the same kernel, initramfs, disk and seed.
+//!
+//! It prints how long creating the guest took (NM Bind against `virsh create`: the NM's
+//! overhead) and the time to the first ssh login for each, and the node manager's
+//! resident memory per running guest (QEMU excluded: it is another process). The
+//! accelerator is the node's (TCG on hosts where KVM cannot run stock guests).
+
+use plab_tests::{keypair, prerequisites, TestNode};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vm_types::libvirt::{domain_xml, sector_floor, write_seed, LibvirtConfig};
+use vm_types::{Quantity, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmType};
+
+const GUEST: &str = "/var/cache/plab/images/guest-bookworm";
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ok(c: &mut Command) {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn main() {
+    prerequisites();
+    let iterations: usize = std::env::var("PLAB_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let g = Path::new(GUEST);
+    let node = TestNode::new("bkvm");
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let info = c.call("NodeInfo", json!({})).unwrap();
+    assert!(info["vm_types"].as_array().unwrap().iter().any(|t| t == "linux-kvm-x86"), "{info}");
+    let accel = info["accelerator"].as_str().unwrap_or("tcg").to_owned();
+    let pool = r#"<PoolRSpec><resources cpu_share="64" disk_quota="64" mem_limit="16384"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.bench"]), "rcap").unwrap();
+    let vm_rspec = |slice: &str| format!(r#"<KvmSlice name="{slice}"><resources cpu_share="1" disk_quota="1" mem_limit="256"/><key>{public}</key></KvmSlice>"#);
+    let sub = c.call_str("SplitPool", json!([root, vm_rspec("plc.bench.nm")]), "rcap").unwrap();
+
+    // The raw peers' guest: the same files the backend makes, at an address of its own.
+    let raw_dir = node.dir.path().join("bench_raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    ok(Command::new("chmod").arg("711").arg(node.dir.path()));
+    let mut resources = Resources::spec_default();
+    resources.disk_quota = Quantity::whole(1);
+    let spec = VmSpec {
+        name: "bench_raw".into(),
+        slice: SliceName::parse("plc.bench.raw").unwrap(),
+        vm_type: VmType::LinuxKvmX86,
+        resources,
+        keys: vec![SshKey::parse(&public).unwrap()],
+        bootscript: None,
+        network: VmNetwork { index: 250, address: "10.213.0.250".parse().unwrap(), prefix_len: 16, gateway: "10.213.0.1".parse().unwrap() },
+        nm_socket_dir: None,
+    };
+    let cfg = LibvirtConfig {
+        uri: "qemu:///system".into(),
+        vm_type: VmType::LinuxKvmX86,
+        domain_type: if accel == "kvm" { "kvm".into() } else { "qemu".into() },
+        vm_dir: node.dir.path().to_owned(),
+        kernel: g.join("vmlinuz"),
+        initrd: g.join("initrd.img"),
+        base_image: g.join("base.qcow2"),
+        bridge: "plab0".into(),
+        stop_timeout: Duration::from_secs(5),
+        tap_move: None,
+    };
+    let fresh_disk = || {
+        let _ = std::fs::remove_file(raw_dir.join("disk.qcow2"));
+        ok(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(g.join("base.qcow2"))
+            .arg(raw_dir.join("disk.qcow2"))
+            .arg(sector_floor(spec.resources.disk_quota_bytes()).to_string()));
+    };
+    write_seed(&raw_dir, &spec).unwrap();
+    let xml_path = node.dir.path().join("raw.xml");
+    std::fs::write(&xml_path, domain_xml(&cfg, &spec, None).replace("plab-bench_raw", "plabbench-raw")).unwrap();
+    let wait_ssh = |addr: &str, login: &str, since: Instant| -> f64 {
+        let (code, out) = node.ssh_wait(&key, login, addr, Duration::from_secs(180));
+        assert_eq!(code, 0, "{out}");
+        since.elapsed().as_secs_f64()
+    };
+
+    let (mut nm_create, mut nm_ssh, mut virsh_create, mut virsh_ssh, mut qemu_ssh) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..iterations {
+        let order: [u8; 3] = if i % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for which in order {
+            match which {
+                0 => {
+                    let t = Instant::now();
+                    let vm = c.call("Bind", json!([sub, "plc.bench.nm"])).unwrap();
+                    nm_create.push(t.elapsed().as_secs_f64());
+                    nm_ssh.push(wait_ssh(vm["address"].as_str().unwrap(), "plc_bench_nm", t));
+                    c.call("DestroyVM", json!(["plc_bench_nm"])).unwrap();
+                }
+                1 => {
+                    fresh_disk();
+                    let t = Instant::now();
+                    ok(Command::new("virsh").args(["-c", "qemu:///system", "create"]).arg(&xml_path));
+                    virsh_create.push(t.elapsed().as_secs_f64());
+                    // The same tap attachment the node manager does.
+                    ok(Command::new("ip").args(["link", "set", "pvt250", "netns", &node.netns]));
+                    ok(Command::new("ip").args(["-n", &node.netns, "link", "set", "pvt250", "master", "plab0", "up"]));
+                    virsh_ssh.push(wait_ssh("10.213.0.250", "plc_bench_raw", t));
+                    ok(Command::new("virsh").args(["-c", "qemu:///system", "destroy", "plabbench-raw"]));
+                }
+                _ => {
+                    fresh_disk();
+                    ok(Command::new("ip").args(["-n", &node.netns, "tuntap", "add", "pvt251", "mode", "tap"]));
+                    ok(Command::new("ip").args(["-n", &node.netns, "link", "set", "pvt251", "master", "plab0", "up"]));
+                    let t = Instant::now();
+                    let mut q = Command::new("ip")
+                        .args(["netns", "exec", &node.netns, "qemu-system-x86_64", "-accel", if accel == "kvm" { "kvm" } else { "tcg" }])
+                        .args(["-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-kernel"])
+                        .arg(g.join("vmlinuz"))
+                        .arg("-initrd")
+                        .arg(g.join("initrd.img"))
+                        .args(["-append", "console=ttyS0 root=/dev/vda rw plab.ip=10.213.0.250/16 plab.gw=10.213.0.1"])
+                        .arg("-drive")
+                        .arg(format!("file={},if=virtio,format=qcow2", raw_dir.join("disk.qcow2").display()))
+                        .arg("-drive")
+                        .arg(format!("file={},if=virtio,format=raw,readonly=on", raw_dir.join("seed.img").display()))
+                        .args(["-netdev", "tap,id=n0,ifname=pvt251,script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0,mac=02:00:0a:d5:00:fa"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    qemu_ssh.push(wait_ssh("10.213.0.250", "plc_bench_raw", t));
+                    let _ = q.kill();
+                    let _ = q.wait();
+                    let _ = Command::new("ip").args(["-n", &node.netns, "link", "del", "pvt251"]).status();
+                }
+            }
+        }
+    }
+    let (nc, vc) = (median(&mut nm_create), median(&mut virsh_create));
+    println!("linux-kvm-x86 guests ({accel}), {iterations} iterations, alternating:");
+    println!("  create: NM Bind {:8.0} ms   virsh create {:8.0} ms   NM adds {:+6.0} ms (target <= 100 ms)", nc * 1e3, vc * 1e3, (nc - vc) * 1e3);
+    println!("  first OpenSSH login: NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s   (target <= 10 s under TCG)",
+        median(&mut nm_ssh), median(&mut virsh_ssh), median(&mut qemu_ssh));
+
+    // NM memory per running guest (QEMU is another process).
+    let pid = node.nm_pid().unwrap();
+    let before = rss_kib(pid);
+    let n = 3;
+    for i in 0..n {
+        let slice = format!("plc.bench.m{i}");
+        let s = c.call_str("SplitPool", json!([root, vm_rspec(&slice)]), "rcap").unwrap();
+        c.call("Bind", json!([s, slice])).unwrap();
+    }
+    let after = rss_kib(pid);
+    println!("  NM resident memory: {:.1} MiB with no guest, {:.1} MiB with {n} running: {:.0} KiB per guest",
+        before as f64 / 1024.0, after as f64 / 1024.0, after.saturating_sub(before) as f64 / n as f64);
+    for i in 0..n {
+        let _ = c.call("DestroyVM", json!([format!("plc_bench_m{i}")]));
+    }
+}
