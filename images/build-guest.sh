@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the guest image for linux-kvm-x86 and linux-xen-x86 from Debian packages:
-#   vmlinuz      the Debian kernel (linux-image-amd64), booted directly by libvirt
-#   initrd.img   busybox-static plus the virtio/xen, ext4 and vfat modules
+#   vmlinuz      the Debian kernel (linux-image-amd64), uncompressed (its PVH ELF entry):
+#                under TCG, decompressing the bzImage costs seconds at every boot
+#   initrd.img   busybox-static plus the virtio/xen, ext4, vfat and rng modules
+#                (uncompressed cpio, for the same reason)
 #   base.qcow2   the root filesystem: the container image's Debian tree plus
 #                plab-guest-init; VMs get a qcow2 overlay on it sized to their quota
 # Usage: images/build-guest.sh [OUT_DIR]   (default /var/cache/plab/images/guest-bookworm)
@@ -35,7 +37,7 @@ mkdir -p "$ird/bin" "$ird/lib/modules"
 cp "$tree/bin/busybox" "$ird/bin/busybox"
 install -m 0755 "$here/initramfs-init.sh" "$ird/init"
 : > "$ird/modules.load"
-for m in virtio_pci virtio_blk virtio_net ext4 vfat nls_cp437 nls_iso8859_1 xen-blkfront xen-netfront; do
+for m in virtio_pci virtio_blk virtio_net virtio-rng ext4 vfat nls_cp437 nls_iso8859_1 xen-blkfront xen-netfront; do
   modprobe -d "$work/k" -S "$kver" --show-depends "$m" | awk '{print $2}'
 done | awk '!seen[$0]++' | while read -r path; do
   rel=${path#"$work/k/lib/modules/$kver/"}
@@ -43,7 +45,7 @@ done | awk '!seen[$0]++' | while read -r path; do
   cp "$path" "$ird/lib/modules/$rel"
   echo "$rel" >> "$ird/modules.load"
 done
-(cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd.img"
+(cd "$ird" && find . | cpio -o -H newc --quiet) > "$work/initrd.img"
 
 echo "guest image: root filesystem" >&2
 root="$work/root"
@@ -53,7 +55,16 @@ rm -f "$root/.plab-image"
 mkfs.ext4 -q -F -L plab-root -d "$root" "$work/root.raw" 512M
 mkdir -p "$out.tmp"
 qemu-img convert -O qcow2 "$work/root.raw" "$out.tmp/base.qcow2"
-cp "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
+python3 - "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz" <<'PY'
+import lzma, sys
+# The bzImage carries the kernel as an xz stream; its payload is an ELF with a PVH entry.
+data = open(sys.argv[1], "rb").read()
+start = data.find(b"\xfd7zXZ\x00")
+elf = lzma.LZMADecompressor().decompress(data[start:]) if start >= 0 else b""
+if not elf.startswith(b"\x7fELF"):
+    sys.exit("guest image: could not extract the kernel ELF from the bzImage")
+open(sys.argv[2], "wb").write(elf)
+PY
 cp "$work/initrd.img" "$out.tmp/initrd.img"
 echo "$stamp" > "$out.tmp/.plab-image"
 rm -rf "$out"; mv "$out.tmp" "$out"

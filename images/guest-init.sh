@@ -14,7 +14,8 @@ echo "plab-guest-init: starting"
 
 root=/dev/vda; seed=/dev/vdb
 [ -b /dev/xvda ] && root=/dev/xvda && seed=/dev/xvdb
-resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root"
+# Grow the root filesystem to the disk quota (online) while the rest of the boot goes on.
+( resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root" ) &
 
 mkdir -p /run/plab-seed /etc/plab/keys
 if mount -t vfat -o ro,iocharset=iso8859-1,codepage=437 "$seed" /run/plab-seed; then

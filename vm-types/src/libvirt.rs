@@ -73,10 +73,13 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
     let mac = crate::vserver::vm_mac(spec.network.address);
     let xen = cfg.vm_type == VmType::LinuxXenX86;
     let (os_type, cmdline, bus, disk0, disk1) = if xen {
-        ("<type arch='x86_64' machine='xenpvh'>xenpvh</type>", "console=hvc0 root=/dev/xvda rw", "xen", "xvda", "xvdb")
+        ("<type arch='x86_64' machine='xenpvh'>xenpvh</type>", "console=hvc0 root=/dev/xvda rw quiet", "xen", "xvda", "xvdb")
     } else {
-        ("<type arch='x86_64' machine='pc'>hvm</type>", "console=ttyS0 root=/dev/vda rw", "virtio", "vda", "vdb")
+        ("<type arch='x86_64' machine='pc'>hvm</type>", "console=ttyS0 root=/dev/vda rw quiet", "virtio", "vda", "vdb")
     };
+    // Entropy from the host: without it the guest's sshd waits seconds for the kernel's
+    // random pool under TCG. `quiet` keeps the (slow, emulated) serial console short.
+    let rng = if xen { "" } else { "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>" };
     let console = if xen {
         "<console type='pty'><target type='xen' port='0'/></console>".to_string()
     } else {
@@ -107,6 +110,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{seed}'/><target dev='{disk1}' bus='{bus}'/><readonly/></disk>
     {interface}
     {console}
+    {rng}
   </devices>
 </domain>
 ",
