@@ -177,3 +177,56 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` first (make test does)", p.display());
     p
 }
+
+/// The guest image `make image` builds for linux-kvm-x86.
+pub const GUEST_IMAGE: &str = "/var/cache/plab/images/guest-bookworm";
+
+/// The files a guest boots from, as the libvirt backend makes them: a qcow2 overlay on
+/// the guest image sized to the quota (`<dir>/disk.qcow2`) and the NoCloud seed
+/// (`<dir>/seed.img`).
+pub fn guest_files(dir: &Path, spec: &vm_types::VmSpec) {
+    let g = Path::new(GUEST_IMAGE);
+    assert!(g.join(".plab-image").exists(), "guest image {GUEST_IMAGE} missing: run `make image`");
+    vm_types::libvirt::write_seed(dir, spec).unwrap();
+    let _ = std::fs::remove_file(dir.join("disk.qcow2"));
+    let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes()).to_string();
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(g.join("base.qcow2"))
+        .arg(dir.join("disk.qcow2"))
+        .arg(&quota)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img create failed");
+}
+
+/// Raw QEMU booting the guest in `dir` (see [`guest_files`]) the way the libvirt backend's
+/// domain does (same kernel, initramfs, command line, rng device), inside network
+/// namespace `netns` on an existing tap.
+pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, tap: &str, console: Option<&Path>) -> Command {
+    let g = Path::new(GUEST_IMAGE);
+    let n = &spec.network;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", if accel == "kvm" { "kvm" } else { "tcg" }])
+        .args(["-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-kernel"])
+        .arg(g.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(g.join("initrd.img"))
+        .arg("-append")
+        .arg(format!("console=ttyS0 root=/dev/vda rw quiet plab.ip={}/{} plab.gw={}", n.address, n.prefix_len, n.gateway))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", dir.join("disk.qcow2").display()))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw,readonly=on", dir.join("seed.img").display()))
+        .arg("-netdev")
+        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm_types::vserver::vm_mac(n.address)))
+        .args(["-device", "virtio-rng-pci"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(p) = console {
+        c.arg("-serial").arg(format!("file:{}", p.display()));
+    }
+    c
+}

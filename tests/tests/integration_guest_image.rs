@@ -5,13 +5,10 @@
 //! with OpenSSH. QEMU runs inside a network namespace this test creates, on a tap in a
 //! bridge there. Needs root, qemu-system-x86 and the guest image (`make image`).
 
-use plab_tests::{keypair, prerequisites};
-use std::path::Path;
+use plab_tests::{guest_files, keypair, prerequisites, raw_qemu};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vm_types::{Quantity, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmType};
-
-const GUEST: &str = "/var/cache/plab/images/guest-bookworm";
 
 struct Netns(String);
 impl Drop for Netns {
@@ -38,8 +35,6 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     prerequisites();
     let ok = Command::new("sh").arg("-c").arg("command -v qemu-system-x86_64").stdout(Stdio::null()).status().unwrap().success();
     assert!(ok, "qemu-system-x86_64 is missing: apt-get install qemu-system-x86 (make test installs it)");
-    let g = Path::new(GUEST);
-    assert!(g.join(".plab-image").exists(), "guest image {GUEST} missing: run `make image`");
 
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keypair(dir.path());
@@ -55,17 +50,7 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
         network: VmNetwork { index: 1, address: "10.214.0.2".parse().unwrap(), prefix_len: 24, gateway: "10.214.0.1".parse().unwrap() },
         nm_socket_dir: None,
     };
-    vm_types::libvirt::write_seed(dir.path(), &spec).unwrap();
-    let disk = dir.path().join("disk.qcow2");
-    let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes()).to_string();
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(g.join("base.qcow2"))
-        .arg(&disk)
-        .arg(&quota)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    guest_files(dir.path(), &spec);
 
     let ns = Netns(format!("plab-gi-{}", std::process::id()));
     let _ = Command::new("ip").args(["netns", "del", &ns.0]).stderr(Stdio::null()).status();
@@ -79,26 +64,7 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
 
     let console = dir.path().join("console.log");
     let started = Instant::now();
-    let _qemu = Qemu(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none"])
-            .arg("-kernel")
-            .arg(g.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(g.join("initrd.img"))
-            .args(["-append", "console=ttyS0 root=/dev/vda rw quiet plab.ip=10.214.0.2/24 plab.gw=10.214.0.1"])
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,readonly=on", dir.path().join("seed.img").display()))
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0,mac=02:00:0a:d6:00:02", "-device", "virtio-rng-pci"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _qemu = Qemu(raw_qemu(&ns.0, "tcg", dir.path(), &spec, "tap0", Some(&console)).spawn().unwrap());
     let ssh = |cmd: &str| {
         Command::new("ip")
             .args(["netns", "exec", &ns.0, "ssh", "-i"])

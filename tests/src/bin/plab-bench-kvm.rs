@@ -9,15 +9,14 @@
 //! resident memory per running guest (QEMU excluded: it is another process). The
 //! accelerator is the node's (TCG on hosts where KVM cannot run stock guests).
 
-use plab_tests::{keypair, prerequisites, TestNode};
+use plab_tests::{guest_files, keypair, prerequisites, raw_qemu, TestNode, GUEST_IMAGE};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use vm_types::libvirt::{domain_xml, sector_floor, write_seed, LibvirtConfig};
+use vm_types::libvirt::{domain_xml, LibvirtConfig};
 use vm_types::{Quantity, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmType};
 
-const GUEST: &str = "/var/cache/plab/images/guest-bookworm";
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -37,7 +36,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn main() {
     prerequisites();
     let iterations: usize = std::env::var("PLAB_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let g = Path::new(GUEST);
+    let g = Path::new(GUEST_IMAGE);
     let node = TestNode::new("bkvm");
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
@@ -77,15 +76,7 @@ fn main() {
         stop_timeout: Duration::from_secs(5),
         tap_move: None,
     };
-    let fresh_disk = || {
-        let _ = std::fs::remove_file(raw_dir.join("disk.qcow2"));
-        ok(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(g.join("base.qcow2"))
-            .arg(raw_dir.join("disk.qcow2"))
-            .arg(sector_floor(spec.resources.disk_quota_bytes()).to_string()));
-    };
-    write_seed(&raw_dir, &spec).unwrap();
+    let fresh_disk = || guest_files(&raw_dir, &spec);
     let xml_path = node.dir.path().join("raw.xml");
     std::fs::write(&xml_path, domain_xml(&cfg, &spec, None).replace("plab-bench_raw", "plabbench-raw")).unwrap();
     let wait_ssh = |addr: &str, login: &str, since: Instant| -> f64 {
@@ -122,22 +113,7 @@ fn main() {
                     ok(Command::new("ip").args(["-n", &node.netns, "tuntap", "add", "pvt251", "mode", "tap"]));
                     ok(Command::new("ip").args(["-n", &node.netns, "link", "set", "pvt251", "master", "plab0", "up"]));
                     let t = Instant::now();
-                    let mut q = Command::new("ip")
-                        .args(["netns", "exec", &node.netns, "qemu-system-x86_64", "-accel", if accel == "kvm" { "kvm" } else { "tcg" }])
-                        .args(["-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-kernel"])
-                        .arg(g.join("vmlinuz"))
-                        .arg("-initrd")
-                        .arg(g.join("initrd.img"))
-                        .args(["-append", "console=ttyS0 root=/dev/vda rw quiet plab.ip=10.213.0.250/16 plab.gw=10.213.0.1"])
-                        .arg("-drive")
-                        .arg(format!("file={},if=virtio,format=qcow2", raw_dir.join("disk.qcow2").display()))
-                        .arg("-drive")
-                        .arg(format!("file={},if=virtio,format=raw,readonly=on", raw_dir.join("seed.img").display()))
-                        .args(["-netdev", "tap,id=n0,ifname=pvt251,script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0,mac=02:00:0a:d5:00:fa", "-device", "virtio-rng-pci"])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .unwrap();
+                    let mut q = raw_qemu(&node.netns, &accel, &raw_dir, &spec, "pvt251", None).spawn().unwrap();
                     qemu_ssh.push(wait_ssh("10.213.0.250", "plc_bench_raw", t));
                     let _ = q.kill();
                     let _ = q.wait();
