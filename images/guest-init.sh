@@ -5,6 +5,8 @@
 # sets up the network from the kernel command line (plab.ip=, plab.gw=), grows the root
 # filesystem to the disk quota, then hands over to plab-init (the same init as container
 # VMs: slice login, sshd, bootscript). Everything goes to the serial console.
+# Under TCG every program started costs tens of milliseconds, so this script uses shell
+# built-ins where it can.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc 2>/dev/null
 mount -t sysfs sys /sys 2>/dev/null
@@ -14,31 +16,39 @@ echo "plab-guest-init: starting"
 
 root=/dev/vda; seed=/dev/vdb
 [ -b /dev/xvda ] && root=/dev/xvda && seed=/dev/xvdb
-# Grow the root filesystem to the disk quota (online) while the rest of the boot goes on.
-( resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root" ) &
 
-mkdir -p /run/plab-seed /etc/plab/keys
-if mount -t vfat -o ro,iocharset=iso8859-1,codepage=437 "$seed" /run/plab-seed; then
-  cp /run/plab-seed/plab/login /etc/plab/login
-  rm -f /etc/plab/keys/* /etc/plab/bootscript
-  cp /run/plab-seed/plab/keys/* /etc/plab/keys/ 2>/dev/null
-  [ -f /run/plab-seed/plab/bootscript ] && cp /run/plab-seed/plab/bootscript /etc/plab/bootscript
-  host=$(sed -n 's/^local-hostname: *//p' /run/plab-seed/meta-data)
-  [ -n "$host" ] && hostname "$host"
+# The seed's plab/ holds what container VMs find at /etc/plab: login, keys/<login>,
+# bootscript, and the VM's ssh host key (made by the node manager, which shows its
+# public half in the VM's status).
+mkdir -p /run/plab-seed /etc/plab
+if mount -t vfat -o ro,fmask=0133,dmask=0022,iocharset=iso8859-1,codepage=437 "$seed" /run/plab-seed; then
+  rm -rf /etc/plab/keys /etc/plab/bootscript /etc/plab/ssh_host_ed25519_key
+  cp -r /run/plab-seed/plab/. /etc/plab/
+  [ -f /etc/plab/ssh_host_ed25519_key ] && chmod 600 /etc/plab/ssh_host_ed25519_key
+  while read -r key value; do
+    [ "$key" = local-hostname: ] && echo "$value" > /proc/sys/kernel/hostname
+  done < /run/plab-seed/meta-data
   umount /run/plab-seed
 else
   echo "plab-guest-init: no seed on $seed"
 fi
-chmod 755 /etc/plab /etc/plab/keys; chmod 644 /etc/plab/keys/* 2>/dev/null
 
-for arg in $(cat /proc/cmdline); do
+read -r cmdline < /proc/cmdline
+for arg in $cmdline; do
   case "$arg" in plab.ip=*) ip=${arg#plab.ip=} ;; plab.gw=*) gw=${arg#plab.gw=} ;; esac
 done
-ip link set lo up
-dev=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
+dev=
+for d in /sys/class/net/*; do
+  d=${d##*/}; [ "$d" = lo ] || { dev=$d; break; }
+done
 if [ -n "${ip:-}" ] && [ -n "$dev" ]; then
-  ip addr add "$ip" dev "$dev" && ip link set "$dev" up
-  [ -n "${gw:-}" ] && ip route add default via "$gw"
-  echo "plab-guest-init: $dev is $ip"
+  { echo "link set lo up"; echo "addr add $ip dev $dev"; echo "link set $dev up"
+    [ -n "${gw:-}" ] && echo "route add default via $gw"; } | ip -batch - && echo "plab-guest-init: $dev is $ip"
+else
+  ip link set lo up
 fi
+
+# Grow the root filesystem to the disk quota (online), at the lowest priority so that it
+# does not slow the way to sshd.
+( nice -n 19 resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root" ) &
 exec /usr/bin/tini -s -- /sbin/plab-init

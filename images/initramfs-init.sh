@@ -4,7 +4,12 @@
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /newroot
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /modules.load); do insmod "/lib/modules/$m" 2>/dev/null; done
+# The Xen front ends only on Xen (a tenth of a second saved elsewhere under TCG).
+hv=; [ -r /sys/hypervisor/type ] && read -r hv < /sys/hypervisor/type
+for m in $(cat /modules.load); do
+  case "$m" in */xen-*) [ "$hv" = xen ] || continue ;; esac
+  insmod "/lib/modules/$m" 2>/dev/null
+done
 for _ in $(seq 100); do [ -b /dev/vda ] || [ -b /dev/xvda ] && break; sleep 0.1; done
 root=/dev/vda; [ -b /dev/xvda ] && root=/dev/xvda
 if ! mount -t ext4 -o rw "$root" /newroot; then

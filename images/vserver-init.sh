@@ -5,13 +5,16 @@
 #   login       the slice's Unix login (derived from the slice name, see docs/naming.md)
 #   keys/LOGIN  the slice users' ssh public keys
 #   bootscript  the slice's bootscript (optional), run at every VM start
+#   ssh_host_ed25519_key  the VM's ssh host key (0600), made by the node manager, which
+#               shows its public half in the VM's status
 set -u
-login=$(cat /etc/plab/login)
+read -r login < /etc/plab/login
 echo "plab-init: VM for login $login starting"
 
 # The slice's account lives in the VM's own /etc: create it on first boot only, so a
 # slice may change its shell or home afterwards.
-if ! grep -q "^$login:" /etc/passwd; then
+known=; while IFS=: read -r user _; do [ "$user" = "$login" ] && known=1; done < /etc/passwd
+if [ -z "$known" ]; then
   echo "$login:x:1000:1000:plab slice:/home/$login:/bin/bash" >> /etc/passwd
   echo "$login:x:1000:" >> /etc/group
   echo "$login:*:19000:0:99999:7:::" >> /etc/shadow
@@ -19,7 +22,12 @@ if ! grep -q "^$login:" /etc/passwd; then
 fi
 
 mkdir -p /run/sshd
-[ -s /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+if [ -s /etc/plab/ssh_host_ed25519_key ]; then
+  # Copied with shell built-ins only (each program costs time in a TCG guest).
+  (umask 077; while IFS= read -r l; do printf '%s\n' "$l"; done < /etc/plab/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key)
+elif [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
+  ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+fi
 /usr/sbin/sshd -E /var/log/sshd.log || echo "plab-init: sshd failed to start (see /var/log/sshd.log)"
 echo "plab-init: sshd listening"
 

@@ -14,7 +14,7 @@
 //! node_key = "/var/lib/plab/node/node.key"
 //! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
 //! libvirt_uri = "qemu:///system"        # linux-kvm-x86 through libvirt
-//! guest_image_dir = "/var/cache/plab/images/guest-bookworm"
+//! guest_image = "/var/cache/plab/images/guest-bookworm"   # or a cloud image file (qcow2/raw)
 //! guest_dir = "/var/lib/plab/guests"    # guest disks and seeds (QEMU's user must traverse it)
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
@@ -60,8 +60,12 @@ pub struct Config {
     pub accelerator: String,
     /// libvirt connection for linux-kvm-x86.
     pub libvirt_uri: String,
-    /// The guest image built by `images/build-guest.sh`.
-    pub guest_image_dir: PathBuf,
+    /// The image hypervisor VMs boot: the directory `images/build-guest.sh` builds (the
+    /// project's image, booted directly), or a stock cloud image file, qcow2 or raw, with
+    /// its own boot loader and cloud-init (see `vm_types::libvirt::GuestImage`).
+    /// `guest_image_dir` is accepted as an older name.
+    #[serde(alias = "guest_image_dir")]
+    pub guest_image: PathBuf,
     /// Guest disks, seeds and console logs. Kept apart from `state_dir` (which holds the
     /// rcap table and stays private): QEMU runs as libvirt's unprivileged user and must
     /// be able to traverse this directory.
@@ -85,7 +89,7 @@ impl Default for Config {
             node_key: "/var/lib/plab/node/node.key".into(),
             accelerator: "auto".into(),
             libvirt_uri: "qemu:///system".into(),
-            guest_image_dir: "/var/cache/plab/images/guest-bookworm".into(),
+            guest_image: "/var/cache/plab/images/guest-bookworm".into(),
             guest_dir: "/var/lib/plab/guests".into(),
         }
     }

@@ -135,7 +135,7 @@ fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::
 }
 
 /// linux-kvm-x86 through `libvirt_uri`, or linux-xen-x86 through a Xen host's libvirt
-/// (`xen:///system`), when libvirt answers and the guest image is built.
+/// (`xen:///system`), when libvirt answers and the guest image (`guest_image`) is there.
 fn libvirt_backend(
     cfg: &Config,
     vm_type: vm_types::VmType,
@@ -144,10 +144,7 @@ fn libvirt_backend(
 ) -> anyhow::Result<vm_types::libvirt::LibvirtBackend> {
     let xen = vm_type == vm_types::VmType::LinuxXenX86;
     use vm_types::Backend;
-    let img = &cfg.guest_image_dir;
-    if !img.join(".plab-image").exists() {
-        anyhow::bail!("the guest image {} is missing: build it with `make image`", img.display());
-    }
+    let image = vm_types::libvirt::GuestImage::open(&cfg.guest_image)?;
     std::fs::create_dir_all(&cfg.guest_dir)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -161,9 +158,7 @@ fn libvirt_backend(
         vm_type,
         domain_type: if xen { "xen".into() } else if accel == "kvm" { "kvm".into() } else { "qemu".into() },
         vm_dir: cfg.guest_dir.clone(),
-        kernel: img.join("vmlinuz"),
-        initrd: img.join("initrd.img"),
-        base_image: img.join("base.qcow2"),
+        image,
         bridge: cfg.bridge.clone(),
         stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
         tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },

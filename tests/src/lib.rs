@@ -118,6 +118,25 @@ impl TestNode {
         (out.status.code().unwrap_or(-1), text)
     }
 
+    /// Runs `cmd` over ssh, accepting only `host_key` (an OpenSSH public key line, as the
+    /// node manager shows it in a VM's status) as the server's key.
+    pub fn ssh_verified(&self, key: &Path, login: &str, addr: &str, host_key: &str, cmd: &str) -> (i32, String) {
+        let known = self.dir.path().join(format!("known_hosts-{addr}"));
+        std::fs::write(&known, format!("{addr} {host_key}\n")).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ssh", "-i"])
+            .arg(key)
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg(format!("{login}@{addr}"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
     /// Waits until ssh answers (sshd starts a moment after the container).
     pub fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
         self.ssh_wait(key, login, addr, Duration::from_secs(20))
@@ -213,7 +232,13 @@ pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, t
         .arg("-initrd")
         .arg(g.join("initrd.img"))
         .arg("-append")
-        .arg(format!("console=ttyS0 root=/dev/vda rw quiet plab.ip={}/{} plab.gw={}", n.address, n.prefix_len, n.gateway))
+        .arg(format!(
+            "console=ttyS0 root=/dev/vda {} plab.ip={}/{} plab.gw={}",
+            vm_types::libvirt::DIRECT_CMDLINE,
+            n.address,
+            n.prefix_len,
+            n.gateway
+        ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", dir.join("disk.qcow2").display()))
         .arg("-drive")

@@ -46,6 +46,13 @@ fn integration_kvm_guest_through_the_node_manager() {
     let st = c.call("VmStatus", json!(["plc_it_kvm"])).unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["details"]["accelerator"], info["accelerator"], "the guest runs with the node's accelerator: {st}");
+    // The host key the node manager made and shows is the one the guest's sshd presents.
+    let host_key = st["details"]["ssh_host_key"].as_str().expect("status shows the ssh host key").to_owned();
+    let (code, out) = node.ssh_verified(&key, "plc_it_kvm", &addr, &host_key, "true");
+    assert_eq!(code, 0, "the guest presents the host key in its status: {out}");
+    let other = vm_types::host_key::generate("x").unwrap().public_openssh;
+    let (code, out) = node.ssh_verified(&key, "plc_it_kvm", &addr, &other, "true");
+    assert_ne!(code, 0, "a different host key must be refused: {out}");
     let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
     assert!(log.contains("kvm bootscript ran on plc-it-kvm"), "{log}");
 

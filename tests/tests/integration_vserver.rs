@@ -65,12 +65,19 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert_eq!(st["state"], "running");
     assert_eq!(st["details"]["memory_limit_bytes"], (64u64 << 20).to_string());
     assert_eq!(st["details"]["cpu_shares"], "2048");
+    // sshd presents the host key the node manager made and shows, and the slice's login
+    // cannot read its private half.
+    let host_key = st["details"]["ssh_host_key"].as_str().expect("status shows the ssh host key").to_owned();
+    let (code, out) = node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "cat /etc/plab/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Permission denied") && !out.contains("PRIVATE KEY"), "{out}");
 
     // The bootscript runs at every start; its output is in the console log.
     c.call("StopVM", json!([name])).unwrap();
     assert_eq!(c.call("VmStatus", json!([name])).unwrap()["state"], "stopped");
     c.call("StartVM", json!([name])).unwrap();
     assert_eq!(node.ssh_ready(&key, "plc_it_demo", &addr).0, 0);
+    assert_eq!(node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "true").0, 0, "the same host key after a restart");
     let log = c.call("VmLog", json!([name])).unwrap()["log"].as_str().unwrap().to_owned();
     assert_eq!(log.matches("bootscript ran as root on plc-it-demo").count(), 2, "{log}");
 

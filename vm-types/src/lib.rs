@@ -12,6 +12,7 @@ pub mod accel;
 pub mod backend;
 pub mod fake;
 pub mod host;
+pub mod host_key;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod resources;

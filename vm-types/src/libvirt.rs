@@ -2,18 +2,18 @@
 //!
 //! Per VM, under `<vm_dir>/<name>/`: `disk.qcow2`, an overlay on the shared guest image
 //! whose virtual size is `disk_quota`; `seed.img`, a cloud-init NoCloud seed (a FAT image
-//! labelled `cidata` with `meta-data`, `user-data`, and `plab/` holding the login, keys and
-//! bootscript for the project's own image); `console.log`, the guest's serial output.
-//! Domains are named `plab-<name>` and carry the slice in their metadata.
+//! labelled `cidata`, see [`write_seed`]); `ssh_host_ed25519_key`, the VM's host key
+//! ([`crate::host_key`]); `console.log`, the guest's serial output. Domains are named
+//! `plab-<name>` and carry the slice in their metadata.
 //!
-//! What exists and what does not: the domain XML (checked against libvirt's schema) and
-//! the lifecycle through libvirt (exercised against libvirt's test driver) are here. The
-//! guest image, a live KVM/TCG boot with ssh login, and tap attachment across the node's
-//! network namespace are not built yet, so the node manager does not register this
-//! backend for linux-kvm-x86; it registers it for linux-xen-x86 only when a Xen host's
-//! libvirt (`xen:///system`) answers.
+//! Two kinds of guest image ([`GuestImage`]): the project's image (`images/build-guest.sh`),
+//! booted directly from its kernel and initramfs, which reads the seed's `plab/` files;
+//! or a stock cloud image (a qcow2 or raw disk with its own boot loader and cloud-init),
+//! booted by the firmware from its disk and configured by cloud-init from the seed's
+//! `user-data` and `network-config`.
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
+use crate::host_key::HostKey;
 use crate::host::run;
 use crate::vm_type::VmType;
 use quick_xml::escape::escape;
@@ -36,12 +36,8 @@ pub struct LibvirtConfig {
     pub domain_type: String,
     /// Where per-VM files live.
     pub vm_dir: PathBuf,
-    /// Guest kernel for direct boot.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initrd: PathBuf,
-    /// The shared guest disk image (qcow2) that overlays are made on.
-    pub base_image: PathBuf,
+    /// The guest image VM disks are overlays on.
+    pub image: GuestImage,
     /// The node bridge.
     pub bridge: String,
     /// How long `stop` waits for a clean shutdown before forcing the domain off.
@@ -52,10 +48,107 @@ pub struct LibvirtConfig {
     pub tap_move: Option<(PathBuf, String)>,
 }
 
+/// The format (`qcow2` or `raw`) and guest-visible size of a disk image: a qcow2 file
+/// starts with `QFI\xfb` and holds its size big-endian at byte 24; anything else is taken
+/// as raw, whose size is the file's.
+pub fn disk_virtual_size(path: &Path) -> std::io::Result<(&'static str, u64)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut head = [0u8; 32];
+    let n = f.read(&mut head)?;
+    if n == 32 && &head[..4] == b"QFI\xfb" {
+        let size = u64::from_be_bytes(head[24..32].try_into().expect("8 bytes"));
+        return Ok(("qcow2", size));
+    }
+    Ok(("raw", f.metadata()?.len()))
+}
+
+/// How a guest image boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestBoot {
+    /// The project's image: the kernel and initramfs are given to QEMU (or Xen) directly.
+    Direct {
+        /// Guest kernel.
+        kernel: PathBuf,
+        /// Guest initramfs.
+        initrd: PathBuf,
+    },
+    /// A stock cloud image: the firmware boots the disk's own boot loader.
+    Firmware,
+}
+
+/// The shared, read-only image every VM disk of one backend is an overlay on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// The disk image.
+    pub disk: PathBuf,
+    /// Its format as qemu-img names it: `qcow2` or `raw`.
+    pub format: &'static str,
+    /// The disk size the guest sees, in bytes: the smallest possible `disk_quota`.
+    pub virtual_size: u64,
+    /// How it boots.
+    pub boot: GuestBoot,
+}
+
+impl GuestImage {
+    /// The project's image built by `images/build-guest.sh` in directory `dir`.
+    pub fn project(dir: &Path) -> GuestImage {
+        let disk = dir.join("base.qcow2");
+        GuestImage {
+            virtual_size: disk_virtual_size(&disk).map(|(_, n)| n).unwrap_or(0),
+            disk,
+            format: "qcow2",
+            boot: GuestBoot::Direct { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img") },
+        }
+    }
+
+    /// The image at `path`: a directory is the project's image (it must have been built
+    /// completely); a file is a stock cloud image, qcow2 or raw (told apart by the qcow2
+    /// magic), that boots by itself and runs cloud-init.
+    pub fn open(path: &Path) -> Result<GuestImage, BackendError> {
+        let meta = fs::metadata(path).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "guest_image {}: {e}: build the project's image with `make image`, or point guest_image at a cloud image file",
+                path.display()
+            ))
+        })?;
+        if meta.is_dir() {
+            let img = GuestImage::project(path);
+            let GuestBoot::Direct { kernel, initrd } = &img.boot else { unreachable!() };
+            for f in [path.join(".plab-image"), img.disk.clone(), kernel.clone(), initrd.clone()] {
+                if !f.exists() {
+                    return Err(BackendError::Unavailable(format!(
+                        "guest_image {}: {} is missing: build the image with `make image`",
+                        path.display(),
+                        f.display()
+                    )));
+                }
+            }
+            return Ok(img);
+        }
+        let (format, virtual_size) = disk_virtual_size(path).map_err(|e| {
+            BackendError::Unavailable(format!("guest_image {}: not a readable disk image: {e}", path.display()))
+        })?;
+        Ok(GuestImage { disk: path.to_owned(), format, virtual_size, boot: GuestBoot::Firmware })
+    }
+
+    /// Whether this is the project's image (which reads `plab/` from the seed and takes
+    /// its address from the kernel command line).
+    pub fn is_project(&self) -> bool {
+        matches!(self.boot, GuestBoot::Direct { .. })
+    }
+}
+
 /// The host-side tap of VM number `index` (interface names hold 15 characters at most).
 pub fn tap_name(index: u32) -> String {
     format!("pvt{index}")
 }
+
+/// Kernel arguments of the project's image besides console, root and address. Under TCG
+/// every one counts: `quiet` keeps the (slow, emulated) serial console short, and
+/// `cryptomgr.notests` skips the boot-time self-tests of the kernel's crypto algorithms
+/// (about 0.5 s of a 10 s boot here; the algorithms themselves are unchanged).
+pub const DIRECT_CMDLINE: &str = "rw quiet cryptomgr.notests";
 
 /// The domain name of VM `name`.
 pub fn domain_name(name: &str) -> String {
@@ -72,14 +165,35 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
     let mem_kib = spec.resources.mem_limit_bytes() / 1024;
     let mac = crate::vserver::vm_mac(spec.network.address);
     let xen = cfg.vm_type == VmType::LinuxXenX86;
-    let (os_type, cmdline, bus, disk0, disk1) = if xen {
-        ("<type arch='x86_64' machine='xenpvh'>xenpvh</type>", "console=hvc0 root=/dev/xvda rw quiet", "xen", "xvda", "xvdb")
-    } else {
-        ("<type arch='x86_64' machine='pc'>hvm</type>", "console=ttyS0 root=/dev/vda rw quiet", "virtio", "vda", "vdb")
+    let (bus, disk0, disk1) = if xen { ("xen", "xvda", "xvdb") } else { ("virtio", "vda", "vdb") };
+    let os = match &cfg.image.boot {
+        GuestBoot::Direct { kernel, initrd } => {
+            let (os_type, cmdline) = if xen {
+                ("<type arch='x86_64' machine='xenpvh'>xenpvh</type>", "console=hvc0 root=/dev/xvda")
+            } else {
+                ("<type arch='x86_64' machine='pc'>hvm</type>", "console=ttyS0 root=/dev/vda")
+            };
+            format!(
+                "<os>{os_type}<kernel>{}</kernel><initrd>{}</initrd><cmdline>{cmdline} {DIRECT_CMDLINE} plab.ip={}/{} plab.gw={}</cmdline></os>",
+                e(kernel),
+                e(initrd),
+                spec.network.address,
+                spec.network.prefix_len,
+                spec.network.gateway
+            )
+        }
+        // The image's own boot loader and kernel; cloud-init takes the address from the
+        // seed's network-config.
+        GuestBoot::Firmware if xen => {
+            "<os><type arch='x86_64' machine='xenfv'>hvm</type><loader type='rom'>/usr/lib/xen/boot/hvmloader</loader><boot dev='hd'/></os>".to_string()
+        }
+        GuestBoot::Firmware => "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>".to_string(),
     };
     // Entropy from the host: without it the guest's sshd waits seconds for the kernel's
-    // random pool under TCG. `quiet` keeps the (slow, emulated) serial console short.
+    // random pool under TCG. No USB controller and no balloon, which libvirt would add by
+    // default: probing them cost a TCG guest about 1.3 s of boot.
     let rng = if xen { "" } else { "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>" };
+    let lean = if xen { "" } else { "\n    <controller type='usb' model='none'/>\n    <memballoon model='none'/>" };
     let console = if xen {
         "<console type='pty'><target type='xen' port='0'/></console>".to_string()
     } else {
@@ -103,47 +217,77 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
   <currentMemory unit='KiB'>{mem_kib}</currentMemory>
   <vcpu>1</vcpu>
   <cputune><shares>{shares}</shares></cputune>
-  <os>{os_type}<kernel>{kernel}</kernel><initrd>{initrd}</initrd><cmdline>{cmdline} plab.ip={ip}/{len} plab.gw={gw}</cmdline></os>
+  {os}
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='{disk0}' bus='{bus}'/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{seed}'/><target dev='{disk1}' bus='{bus}'/><readonly/></disk>
     {interface}
     {console}
-    {rng}
+    {rng}{lean}
   </devices>
 </domain>
 ",
         dtype = escape(&cfg.domain_type),
-        name = escape(&domain_name(&spec.name)),
+        name = escape(domain_name(&spec.name)),
         slice = spec.slice,
         vm_type = spec.vm_type,
         shares = spec.resources.cpu_shares(),
-        kernel = e(&cfg.kernel),
-        initrd = e(&cfg.initrd),
-        ip = spec.network.address,
-        len = spec.network.prefix_len,
-        gw = spec.network.gateway,
         disk = p("disk.qcow2"),
         seed = p("seed.img"),
     )
 }
 
-/// The cloud-init NoCloud `user-data` of a VM: its login with the slice users' keys, and
-/// the bootscript run at every boot.
-pub fn user_data(spec: &VmSpec) -> String {
+/// The cloud-init NoCloud `user-data` of a VM, for stock cloud images: the slice login
+/// (no other user, no password) with the slice users' keys; the VM's host key, made by the
+/// node manager, instead of keys generated in the guest; the bootscript as a per-boot
+/// script, so cloud-init runs it at every boot. Free text travels base64-encoded, so no
+/// bootscript can break the YAML.
+pub fn user_data(spec: &VmSpec, host_key: &HostKey) -> String {
+    use base64::Engine;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t.as_bytes());
     let login = spec.slice.login();
-    let mut s = format!("#cloud-config\nusers:\n  - name: {login}\n    shell: /bin/bash\n    ssh_authorized_keys:\n");
+    let mut s = format!(
+        "#cloud-config\nusers:\n  - name: {login}\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n"
+    );
     for k in &spec.keys {
         s += &format!("      - \"{}\"\n", k.as_str().replace('\\', "\\\\").replace('"', "\\\""));
     }
+    s += "disable_root: true\nssh_pwauth: false\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n";
+    for line in host_key.private_openssh.lines() {
+        s += &format!("    {line}\n");
+    }
+    s += &format!("  ed25519_public: \"{}\"\n", host_key.public_openssh);
     if let Some(b) = &spec.bootscript {
-        s += "bootcmd:\n  - [sh, -c, \"sh /var/lib/plab/bootscript\"]\nwrite_files:\n  - path: /var/lib/plab/bootscript\n    permissions: '0755'\n    content: |\n";
-        for line in b.lines() {
-            s += &format!("      {line}\n");
-        }
+        s += &format!(
+            "write_files:\n  - path: /var/lib/cloud/scripts/per-boot/plab-bootscript\n    permissions: '0700'\n    encoding: b64\n    content: {}\n",
+            b64(b)
+        );
     }
     s
+}
+
+/// The cloud-init NoCloud `network-config` (version 2) of a VM: its address on the node
+/// network and the default route, on the interface with the VM's MAC.
+pub fn network_config(spec: &VmSpec) -> String {
+    let n = &spec.network;
+    format!(
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    set-name: eth0\n    addresses: [\"{ip}/{len}\"]\n    routes:\n      - to: 0.0.0.0/0\n        via: {gw}\n",
+        mac = crate::vserver::vm_mac(n.address),
+        ip = n.address,
+        len = n.prefix_len,
+        gw = n.gateway,
+    )
+}
+
+/// The NoCloud `meta-data`. The instance id changes with the seed's content, so that a
+/// stock image's cloud-init applies changed keys or bootscript at the next boot (it runs
+/// its per-instance steps once per instance id).
+pub fn meta_data(spec: &VmSpec, user_data: &str, network_config: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(user_data).chain_update(network_config).finalize();
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("instance-id: {}-{tag}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-"))
 }
 
 /// Disk sizes in whole 512-byte sectors, rounded down: qemu-img would round up, giving
@@ -161,15 +305,23 @@ fn lv(what: &str) -> impl FnOnce(virt::error::Error) -> BackendError + '_ {
     move |e| BackendError::Command { command: format!("libvirt {what}"), message: e.to_string() }
 }
 
-/// Writes `<dir>/seed.img`: the VM's cloud-init NoCloud seed (FAT, label cidata) with
-/// `meta-data`, `user-data` and `plab/` (login, keys, bootscript) for the project's image.
+/// Writes `<dir>/seed.img`: the VM's cloud-init NoCloud seed, a FAT image labelled
+/// `cidata` and readable by root only, holding
+/// - `meta-data`, `user-data` and `network-config` for stock cloud images (see
+///   [`user_data`], [`network_config`], [`meta_data`]);
+/// - `plab/` for the project's image: `login`, `keys/<login>`, `bootscript` (if any) and
+///   `ssh_host_ed25519_key`, the same layout the container VMs see at `/etc/plab`.
+///
+/// The VM's host key is made first if it has none (kept in `<dir>`).
 pub fn write_seed(d: &Path, spec: &VmSpec) -> Result<(), BackendError> {
+    let host_key = crate::host_key::ensure(d, &spec.name)?;
     let stage = d.join("seed");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(stage.join("plab/keys")).map_err(io("seed"))?;
-    fs::write(stage.join("meta-data"), format!("instance-id: {}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-")))
-        .map_err(io("meta-data"))?;
-    fs::write(stage.join("user-data"), user_data(spec)).map_err(io("user-data"))?;
+    let (user, net) = (user_data(spec, &host_key), network_config(spec));
+    fs::write(stage.join("meta-data"), meta_data(spec, &user, &net)).map_err(io("meta-data"))?;
+    fs::write(stage.join("user-data"), user).map_err(io("user-data"))?;
+    fs::write(stage.join("network-config"), net).map_err(io("network-config"))?;
     let login = spec.slice.login();
     fs::write(stage.join("plab/login"), format!("{login}\n")).map_err(io("seed login"))?;
     let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
@@ -177,19 +329,24 @@ pub fn write_seed(d: &Path, spec: &VmSpec) -> Result<(), BackendError> {
     if let Some(b) = &spec.bootscript {
         fs::write(stage.join("plab/bootscript"), b).map_err(io("seed bootscript"))?;
     }
+    fs::write(stage.join("plab").join(crate::host_key::FILE), &host_key.private_openssh).map_err(io("seed host key"))?;
     let img = d.join("seed.img");
     let _ = fs::remove_file(&img);
     let img_s = img.to_string_lossy().into_owned();
     run("mkfs.vfat", &["-C", "-n", "CIDATA", &img_s, "2048"])?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o600)).map_err(io("seed.img"))?;
+    }
     let mut args = vec!["-i".to_string(), img_s, "-s".into()];
-    for entry in ["meta-data", "user-data", "plab"] {
+    for entry in ["meta-data", "user-data", "network-config", "plab"] {
         args.push(stage.join(entry).to_string_lossy().into_owned());
     }
     args.push("::/".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("mcopy", &argv)?;
+    let r = run("mcopy", &argv);
     let _ = fs::remove_dir_all(&stage);
-    Ok(())
+    r.map(|_| ())
 }
 
 static EVENT_LOOP: Once = Once::new();
@@ -257,16 +414,36 @@ impl LibvirtBackend {
     fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let d = self.cfg.vm_dir.join(&spec.name);
         fs::create_dir_all(&d).map_err(io(d.display().to_string()))?;
-        if !self.cfg.base_image.exists() {
+        if !self.cfg.image.disk.exists() {
             return Err(BackendError::Unavailable(format!(
-                "the guest image {} is missing: build it with `make image`",
-                self.cfg.base_image.display()
+                "the guest image {} is missing: build it with `make image`, or set guest_image",
+                self.cfg.image.disk.display()
             )));
         }
-        let size = sector_floor(spec.resources.disk_quota_bytes()).to_string();
+        let quota = sector_floor(spec.resources.disk_quota_bytes());
+        if quota < self.cfg.image.virtual_size {
+            return Err(BackendError::Invalid(format!(
+                "disk_quota: {} bytes is smaller than the guest image ({} bytes, {}); ask for at least that much",
+                quota,
+                self.cfg.image.virtual_size,
+                self.cfg.image.disk.display()
+            )));
+        }
+        let size = quota.to_string();
         run(
             "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &self.cfg.base_image.to_string_lossy(), &d.join("disk.qcow2").to_string_lossy(), &size],
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                self.cfg.image.format,
+                "-b",
+                &self.cfg.image.disk.to_string_lossy(),
+                &d.join("disk.qcow2").to_string_lossy(),
+                &size,
+            ],
         )?;
         write_seed(&d, spec)?;
         Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, spec, None)).map_err(lv("define"))?;
@@ -381,6 +558,9 @@ impl Backend for LibvirtBackend {
             other => other.to_string(),
         });
         details.insert("memory_kib".into(), info.memory.to_string());
+        if let Some(k) = crate::host_key::public(&self.cfg.vm_dir.join(name)) {
+            details.insert("ssh_host_key".into(), k);
+        }
         // virDomainState: 1 running, 2 blocked, 3 paused; 4 shutting down; 5 shut off.
         let state = match info.state {
             1..=4 => VmState::Running,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vm_types::libvirt::{domain_xml, user_data, LibvirtBackend, LibvirtConfig};
+use vm_types::libvirt::{domain_xml, meta_data, network_config, user_data, GuestBoot, GuestImage, LibvirtBackend, LibvirtConfig};
 use vm_types::{Backend, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmState, VmType};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
@@ -32,9 +32,7 @@ fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
         vm_type,
         domain_type: domain_type.into(),
         vm_dir: dir.join("vms"),
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        base_image: dir.join("base.qcow2"),
+        image: GuestImage::project(dir),
         bridge: "plab0".into(),
         stop_timeout: Duration::from_secs(2),
         tap_move: None,
@@ -50,8 +48,24 @@ fn require(tool: &str, pkg: &str) {
 fn domain_xml_is_valid_for_libvirts_schema() {
     require("virt-xml-validate", "libvirt-clients");
     let dir = tempfile::tempdir().unwrap();
-    for (t, dtype) in [(VmType::LinuxKvmX86, "qemu"), (VmType::LinuxKvmX86, "kvm"), (VmType::LinuxXenX86, "xen")] {
-        let xml = domain_xml(&config(dir.path(), t, dtype), &spec(t), Some("8d7a1e1c-2b7e-4c55-9d7e-0a1b2c3d4e5f"));
+    let stock_image = GuestImage { disk: dir.path().join("cloud.qcow2"), format: "qcow2", virtual_size: 0, boot: GuestBoot::Firmware };
+    for (t, dtype, stock) in [
+        (VmType::LinuxKvmX86, "qemu", false),
+        (VmType::LinuxKvmX86, "kvm", false),
+        (VmType::LinuxXenX86, "xen", false),
+        (VmType::LinuxKvmX86, "qemu", true),
+        (VmType::LinuxXenX86, "xen", true),
+    ] {
+        let mut cfg = config(dir.path(), t, dtype);
+        if stock {
+            cfg.image = stock_image.clone();
+        }
+        let xml = domain_xml(&cfg, &spec(t), Some("8d7a1e1c-2b7e-4c55-9d7e-0a1b2c3d4e5f"));
+        // The project's image boots directly with the address on its command line; a
+        // stock image boots from its disk and takes the address from cloud-init.
+        assert_eq!(xml.contains("<kernel>"), !stock, "{xml}");
+        assert_eq!(xml.contains("<boot dev='hd'/>"), stock, "{xml}");
+        assert_eq!(xml.contains("plab.ip=10.213.0.2/24 plab.gw=10.213.0.1"), !stock, "{xml}");
         let f = dir.path().join("d.xml");
         std::fs::write(&f, &xml).unwrap();
         let out = Command::new("virt-xml-validate").arg(&f).arg("domain").output().unwrap();
@@ -62,13 +76,93 @@ fn domain_xml_is_valid_for_libvirts_schema() {
     }
 }
 
+/// Parses YAML with Python's yaml module into JSON (the test needs python3-yaml).
+fn yaml(text: &str) -> serde_json::Value {
+    let mut child = Command::new("python3")
+        .args(["-c", "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is missing: apt-get install python3-yaml");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not YAML (python3-yaml installed?):\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
-fn user_data_carries_keys_and_bootscript() {
-    let u = user_data(&spec(VmType::LinuxKvmX86));
-    assert!(u.starts_with("#cloud-config\n"));
-    assert!(u.contains("  - name: plc_demo\n"));
-    assert!(u.contains(&format!("      - \"{KEY}\"\n")));
-    assert!(u.contains("      echo \"hello <&> world\"\n"), "{u}");
+fn cloud_init_seed_carries_login_keys_host_key_bootscript_and_address() {
+    let mut s = spec(VmType::LinuxKvmX86);
+    // A bootscript YAML could choke on, were it not encoded.
+    s.bootscript = Some("#!/bin/sh\necho \"hello <&> world\": 'x' # not a comment\n  indented: [1\n\ttab\n".into());
+    let host_key = vm_types::host_key::generate("plc_demo").unwrap();
+    let text = user_data(&s, &host_key);
+    assert!(text.starts_with("#cloud-config\n"));
+    let u = yaml(&text);
+    assert_eq!(u["users"][0]["name"], "plc_demo");
+    assert_eq!(u["users"][0]["ssh_authorized_keys"][0], KEY);
+    assert_eq!(u["users"][0]["lock_passwd"], true);
+    assert_eq!(u["users"].as_array().unwrap().len(), 1, "no default user");
+    assert_eq!(u["ssh_keys"]["ed25519_private"], host_key.private_openssh);
+    assert_eq!(u["ssh_keys"]["ed25519_public"], host_key.public_openssh);
+    assert_eq!(u["ssh_genkeytypes"], serde_json::json!([]), "the guest makes no host keys of its own");
+    let f = &u["write_files"][0];
+    assert_eq!(f["path"], "/var/lib/cloud/scripts/per-boot/plab-bootscript", "run by cloud-init at every boot");
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.decode(f["content"].as_str().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(body).unwrap(), s.bootscript.clone().unwrap());
+
+    let n = yaml(&network_config(&s));
+    assert_eq!(n["version"], 2);
+    let eth = &n["ethernets"]["eth0"];
+    assert_eq!(eth["match"]["macaddress"], "02:00:0a:d5:00:02");
+    assert_eq!(eth["addresses"][0], "10.213.0.2/24");
+    assert_eq!(eth["routes"][0]["via"], "10.213.0.1");
+
+    // The instance id follows the content: changed keys reach a stock image's cloud-init.
+    let m = yaml(&meta_data(&s, &text, &network_config(&s)));
+    assert_eq!(m["local-hostname"], "plc-demo");
+    let id = m["instance-id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("plc_demo-"), "{id}");
+    assert_eq!(yaml(&meta_data(&s, &text, &network_config(&s)))["instance-id"], id.as_str(), "stable");
+    let mut t = s.clone();
+    t.bootscript = None;
+    assert_ne!(yaml(&meta_data(&t, &user_data(&t, &host_key), &network_config(&t)))["instance-id"], id.as_str());
+    assert!(yaml(&user_data(&t, &host_key)).get("write_files").is_none());
+}
+
+#[test]
+fn guest_images_are_told_apart_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory must hold the project's whole image.
+    let e = GuestImage::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("make image") && e.contains(".plab-image"), "{e}");
+    let e = GuestImage::open(&dir.path().join("nope.qcow2")).unwrap_err().to_string();
+    assert!(e.contains("nope.qcow2") && e.contains("guest_image"), "{e}");
+    // A file is a stock image; its format and guest-visible size are read from it.
+    let q = dir.path().join("cloud.qcow2");
+    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("96M").status().unwrap().success());
+    let img = GuestImage::open(&q).unwrap();
+    assert_eq!((img.format, img.virtual_size, img.boot.clone()), ("qcow2", 96 << 20, GuestBoot::Firmware));
+    let r = dir.path().join("cloud.raw");
+    std::fs::File::create(&r).unwrap().set_len(80 << 20).unwrap();
+    let img = GuestImage::open(&r).unwrap();
+    assert_eq!((img.format, img.virtual_size), ("raw", 80 << 20));
+}
+
+#[test]
+fn a_quota_smaller_than_the_image_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("cloud.qcow2");
+    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("2G").status().unwrap().success());
+    let mut cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
+    cfg.image = GuestImage::open(&q).unwrap();
+    let b = LibvirtBackend::connect(cfg.clone()).unwrap();
+    let e = b.create(&spec(VmType::LinuxKvmX86)).unwrap_err().to_string();
+    assert!(e.starts_with("disk_quota:") && e.contains("smaller than the guest image"), "{e}");
+    assert!(b.list().unwrap().is_empty(), "no half-made domain");
+    assert!(!cfg.vm_dir.join("plc_demo").exists(), "no half-made overlay");
 }
 
 #[test]
@@ -78,7 +172,7 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), VmType::LinuxXenX86, "xen");
-    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.base_image).arg("64M").status().unwrap();
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.image.disk).arg("64M").status().unwrap();
     assert!(st.success());
     let b = LibvirtBackend::connect(cfg.clone()).unwrap();
     b.check().unwrap();
@@ -94,12 +188,20 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     assert_eq!(info["virtual-size"], quota - quota % 512, "at most the quota, in whole sectors");
     let seed = Command::new("mdir").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("-b").arg("::/").output().unwrap();
     let listing = String::from_utf8_lossy(&seed.stdout);
-    assert!(listing.contains("user-data") && listing.contains("meta-data") && listing.contains("plab"), "{listing}");
+    for f in ["user-data", "meta-data", "network-config", "plab"] {
+        assert!(listing.contains(f), "{f} missing from the seed: {listing}");
+    }
+    let key = Command::new("mtype").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("::/plab/ssh_host_ed25519_key").output().unwrap();
+    assert!(String::from_utf8_lossy(&key.stdout).starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cfg.vm_dir.join("plc_demo/seed.img")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the seed holds the host key: root only");
 
     b.start(&s).unwrap();
     let st = b.status("plc_demo").unwrap();
     assert_eq!(st.state, VmState::Running);
     assert_eq!(st.details["accelerator"], "xen");
+    assert!(st.details["ssh_host_key"].starts_with("ssh-ed25519 "), "status shows the host key");
     b.start(&s).unwrap(); // idempotent
 
     // Growing the disk needs a stopped VM; nothing changes when refused.

@@ -7,7 +7,7 @@
 //! | `disk.img`    | sparse ext4 image of `disk_quota` bytes: the VM's writable layer, so writing past the quota fails with ENOSPC |
 //! | `disk/`       | where `disk.img` is loop-mounted (`upper/`, `work/` of the overlay) |
 //! | `rootfs/`     | overlay of the shared read-only image and `disk/upper`: the VM's `/` |
-//! | `plab/`       | node-manager-owned files, read-only at `/etc/plab` in the VM: `login`, `keys/<login>`, `bootscript` |
+//! | `plab/`       | node-manager-owned files, read-only at `/etc/plab` in the VM: `login`, `keys/<login>`, `bootscript`, `ssh_host_ed25519_key` (0600, see [`crate::host_key`]) |
 //! | `bundle/`     | the OCI bundle (`config.json`) |
 //! | `console.log` | everything the VM's init and bootscript print |
 //!
@@ -112,6 +112,7 @@ impl VserverBackend {
         write_atomic(&plab.join("login"), &format!("{login}\n"))?;
         let keys: String = spec.keys.iter().map(|k| format!("{}\n", k.as_str())).collect();
         write_atomic(&plab.join("keys").join(&login), &keys)?;
+        crate::host_key::ensure(&plab, &spec.name)?;
         let boot = plab.join("bootscript");
         match &spec.bootscript {
             Some(b) => write_atomic(&boot, b)?,
@@ -472,6 +473,9 @@ impl Backend for VserverBackend {
         };
         if let Ok(len) = fs::metadata(self.dir(name).join("disk.img")).map(|m| m.len()) {
             details.insert("disk_bytes".into(), len.to_string());
+        }
+        if let Some(k) = crate::host_key::public(&self.dir(name).join("plab")) {
+            details.insert("ssh_host_key".into(), k);
         }
         Ok(VmStatus { state, details })
     }
