@@ -2,15 +2,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test setup image build bench clean-demo
+.PHONY: demo test setup image cloud-image build bench clean-demo
 
 ## make demo: a node manager, an owner, a slice and a container VM on this machine.
 demo: setup
 	$(CARGO) build --release --bins
 	bash examples/demo.sh target/release
 
-## make test: unit, property and root integration tests (real runc, OpenSSH).
+## make test: unit, property and root integration tests (real runc, libvirt/QEMU, OpenSSH;
+## the stock cloud image test boots images/build-cloud.sh's image).
 test: setup
+	bash images/build-cloud.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -29,6 +31,10 @@ setup:
 image:
 	bash images/build-rootfs.sh
 	bash images/build-guest.sh
+
+## make cloud-image: a stock-style Debian cloud image (GRUB, cloud-init) for guest_image.
+cloud-image:
+	bash images/build-cloud.sh
 
 build:
 	$(CARGO) build --workspace --bins

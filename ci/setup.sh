@@ -5,7 +5,7 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
 need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
       libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
-      dosfstools mtools kmod cpio)
+      dosfstools mtools kmod cpio fdisk grub-pc-bin)
 # Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
 # carry, and apt removes that one; the second pass installs the matching qemu-utils.
 updated=
@@ -37,8 +37,21 @@ done
 # libvirt for linux-kvm-x86 (no systemd here: start the daemons when they are not running).
 mkdir -p /var/log/libvirt /var/run/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
-pgrep -x libvirtd >/dev/null || libvirtd -d
-for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
+libvirt_up() {
+  for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+if ! pgrep -x libvirtd >/dev/null; then
+  libvirtd -d
+  # A freshly started libvirtd was seen to rebuild its QEMU capabilities cache at every
+  # domain start (about a minute each) until it had been restarted once with the cache
+  # written (docs/hypervisors.md): probe the capabilities, then restart it.
+  libvirt_up && virsh -c qemu:///system domcapabilities >/dev/null 2>&1 || true
+  pkill -x libvirtd || true
+  for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+  libvirtd -d
+fi
+libvirt_up || true
 virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup: libvirtd does not answer (see /var/log/libvirt/libvirtd.log)" >&2; exit 1; }
 
 bash "$(dirname "$0")/../images/build-rootfs.sh"

@@ -2,8 +2,9 @@
 # Build the guest image for linux-kvm-x86 and linux-xen-x86 from Debian packages:
 #   vmlinuz      the Debian kernel (linux-image-amd64), uncompressed (its PVH ELF entry):
 #                under TCG, decompressing the bzImage costs seconds at every boot
-#   initrd.img   busybox-static plus the virtio/xen, ext4, vfat and rng modules
-#                (uncompressed cpio, for the same reason)
+#   initrd.img   busybox-static plus the virtio/xen, ext4, vfat and rng modules,
+#                and evdev/button, so the ACPI power button (libvirt shutdown) reaches
+#                acpid (uncompressed cpio, for the same reason)
 #   base.qcow2   the root filesystem: the container image's Debian tree plus
 #                plab-guest-init; VMs get a qcow2 overlay on it sized to their quota
 # Usage: images/build-guest.sh [OUT_DIR]   (default /var/cache/plab/images/guest-bookworm)
@@ -37,7 +38,7 @@ mkdir -p "$ird/bin" "$ird/lib/modules"
 cp "$tree/bin/busybox" "$ird/bin/busybox"
 install -m 0755 "$here/initramfs-init.sh" "$ird/init"
 : > "$ird/modules.load"
-for m in virtio_pci virtio_blk virtio_net virtio-rng ext4 vfat nls_cp437 nls_iso8859_1 xen-blkfront xen-netfront; do
+for m in virtio_pci virtio_blk virtio_net virtio-rng ext4 vfat nls_cp437 nls_iso8859_1 evdev button xen-blkfront xen-netfront; do
   modprobe -d "$work/k" -S "$kver" --show-depends "$m" | awk '{print $2}'
 done | awk '!seen[$0]++' | while read -r path; do
   rel=${path#"$work/k/lib/modules/$kver/"}
@@ -51,6 +52,13 @@ echo "guest image: root filesystem" >&2
 root="$work/root"
 cp -a "$tree" "$root"
 install -m 0755 "$here/guest-init.sh" "$root/sbin/plab-guest-init"
+mkdir -p "$root/etc/acpi/PWRF"
+cat > "$root/etc/acpi/PWRF/00000080" <<'SH'
+#!/bin/sh
+# The ACPI power button (libvirt's shutdown of the domain): plab-init stops the VM cleanly.
+read -r pid < /run/plab-init.pid && kill -TERM "$pid"
+SH
+chmod 0755 "$root/etc/acpi/PWRF/00000080"
 rm -f "$root/.plab-image"
 mkfs.ext4 -q -F -L plab-root -d "$root" "$work/root.raw" 512M
 mkdir -p "$out.tmp"

@@ -51,4 +51,8 @@ fi
 # Grow the root filesystem to the disk quota (online), at the lowest priority so that it
 # does not slow the way to sshd.
 ( nice -n 19 resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root" ) &
+# libvirt's shutdown presses the ACPI power button; acpid hands it to plab-init, which
+# stops the VM cleanly (see /etc/acpi/PWRF/00000080).
+/bin/busybox acpid -c /etc/acpi -l /run/acpid.log
+export PLAB_GUEST=1
 exec /usr/bin/tini -s -- /sbin/plab-init

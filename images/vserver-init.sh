@@ -36,5 +36,20 @@ if [ -f /etc/plab/bootscript ]; then
   ( sh /etc/plab/bootscript; echo "plab-init: bootscript exited with status $?" ) &
 fi
 
-trap 'echo "plab-init: stopping"; kill -TERM -1 2>/dev/null; exit 0' TERM INT
+# Stopping: every other process gets TERM. A container then simply ends; a hypervisor
+# guest (PLAB_GUEST, set by plab-guest-init) also writes everything out, remounts its
+# root read-only and powers off, so that libvirt's shutdown loses no data.
+stop() {
+  echo "plab-init: stopping"
+  kill -TERM -1 2>/dev/null
+  if [ -n "${PLAB_GUEST:-}" ]; then
+    sleep 0.5; kill -KILL -1 2>/dev/null
+    sync; mount -o remount,ro / 2>/dev/null
+    echo "plab-init: powering off"
+    /bin/busybox poweroff -f
+  fi
+  exit 0
+}
+trap stop TERM INT
+echo $$ > /run/plab-init.pid
 while :; do sleep 3600 & wait $!; done

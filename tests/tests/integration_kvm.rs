@@ -56,6 +56,25 @@ fn integration_kvm_guest_through_the_node_manager() {
     let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
     assert!(log.contains("kvm bootscript ran on plc-it-kvm"), "{log}");
 
+    // StopVM is a clean shutdown (the ACPI power button): a file written just before,
+    // with no sync, is still there after the next start, and so is the host key.
+    let (code, out) = node.ssh(&key, "plc_it_kvm", &addr, "echo kept > ~/unsynced");
+    assert_eq!(code, 0, "{out}");
+    let t = Instant::now();
+    c.call("StopVM", json!(["plc_it_kvm"])).unwrap();
+    let stop = t.elapsed();
+    assert_eq!(c.call("VmStatus", json!(["plc_it_kvm"])).unwrap()["state"], "stopped");
+    let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
+    assert!(log.contains("plab-init: powering off"), "the guest powered itself off: {log}");
+    c.call("StartVM", json!(["plc_it_kvm"])).unwrap();
+    let (code, out) = node.ssh_wait(&key, "plc_it_kvm", &addr, Duration::from_secs(120));
+    assert_eq!(code, 0, "no ssh after restart: {out}");
+    eprintln!("kvm guest: StopVM {:.2} s", stop.as_secs_f64());
+    let (code, out) = node.ssh_verified(&key, "plc_it_kvm", &addr, &host_key, "cat ~/unsynced");
+    assert_eq!((code, out.trim()), (0, "kept"), "data written before StopVM survives: {out}");
+    let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
+    assert_eq!(log.matches("kvm bootscript ran on plc-it-kvm").count(), 2, "the bootscript runs at every start: {log}");
+
     // kill -9 the node manager: the guest keeps running and a new NM knows it.
     node.kill_nm();
     node.start_nm();
