@@ -15,7 +15,7 @@ out=${1:-${PLAB_CLOUD_IMAGE:-/var/cache/plab/images/cloud-bookworm.qcow2}}
 mirror=${PLAB_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 suite=${PLAB_DEBIAN_SUITE:-bookworm}
-packages="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev cloud-init openssh-server ifupdown iproute2 netbase procps locales sudo"
+packages="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev dbus cloud-init openssh-server ifupdown iproute2 netbase procps locales sudo"
 stamp=$(sha256sum < "$0" | cut -c1-16)
 if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "cloud image: $out is up to date" >&2; exit 0

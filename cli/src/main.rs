@@ -125,6 +125,12 @@ enum NmCmd {
         /// VM name.
         vm: String,
     },
+    /// Print a VM's `known_hosts` line (its address and the ssh host key the node manager
+    /// made for it), for `>> ~/.ssh/known_hosts`.
+    KnownHosts {
+        /// VM name.
+        vm: String,
+    },
     /// Start a VM.
     Start {
         /// VM name.
@@ -262,7 +268,7 @@ fn nm(socket: &PathBuf, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
         NmCmd::DestroyPool { rcap } => ("DestroyPool", json!({"rcap": rcap})),
         NmCmd::Ls => ("ListVMs", json!({})),
         NmCmd::Pools => ("ListPools", json!({})),
-        NmCmd::Status { vm } => ("VmStatus", json!({"vm": vm})),
+        NmCmd::Status { vm } | NmCmd::KnownHosts { vm } => ("VmStatus", json!({"vm": vm})),
         NmCmd::Start { vm } => ("StartVM", json!({"vm": vm})),
         NmCmd::Stop { vm } => ("StopVM", json!({"vm": vm})),
         NmCmd::Destroy { vm } => ("DestroyVM", json!({"vm": vm})),
@@ -317,6 +323,10 @@ fn nm(socket: &PathBuf, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
             }
             println!("{}", table(&["FIELD", "VALUE"], rows));
         }
+        NmCmd::KnownHosts { vm } => match v["details"]["ssh_host_key"].as_str() {
+            Some(key) => println!("{} {key}", s(&v["address"])),
+            None => anyhow::bail!("VM {vm} has no ssh host key yet (it is made when the VM is created)"),
+        },
         NmCmd::Destroy { vm } => println!("destroyed {vm}"),
         NmCmd::DestroyPool { .. } => println!("pool destroyed; its resources went back to its parent"),
         NmCmd::Orphans => v["orphans"].as_array().into_iter().flatten().for_each(|o| println!("{} ({})", s(&o["vm"]), s(&o["vm_type"]))),

@@ -9,7 +9,7 @@
 //! vm_prefix = "10.213.0.0/16"           # node-private VM addresses; .1 is the bridge
 //! image_dir = "/var/cache/plab/images/vserver-bookworm"
 //! oci_runtime = "runc"
-//! stop_timeout_secs = 10
+//! stop_timeout_secs = 30                # a clean stop may take this long before the VM is forced off
 //! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
 //! node_key = "/var/lib/plab/node/node.key"
 //! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
@@ -49,7 +49,9 @@ pub struct Config {
     pub image_dir: PathBuf,
     /// The OCI runtime binary.
     pub oci_runtime: String,
-    /// Seconds a stopping VM gets between SIGTERM and SIGKILL.
+    /// Seconds a stopping VM gets to stop cleanly (SIGTERM to a container, the ACPI power
+    /// button of a hypervisor guest) before it is forced off. A stock cloud image's
+    /// systemd may need most of it under TCG.
     pub stop_timeout_secs: u64,
     /// The node's MA-signed certificate chain (node, MA), as plab-boot writes it.
     pub node_cert: PathBuf,
@@ -84,7 +86,7 @@ impl Default for Config {
             vm_prefix: "10.213.0.0/16".into(),
             image_dir: "/var/cache/plab/images/vserver-bookworm".into(),
             oci_runtime: "runc".into(),
-            stop_timeout_secs: 10,
+            stop_timeout_secs: 30,
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
             accelerator: "auto".into(),

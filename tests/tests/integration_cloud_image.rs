@@ -21,7 +21,8 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     assert!(up, "libvirtd is not running: `make test` starts it (ci/setup.sh), or run `virtlogd -d; libvirtd -d`");
     let image = std::env::var("PLAB_CLOUD_IMAGE").unwrap_or_else(|_| CLOUD_IMAGE.into());
     assert!(Path::new(&image).exists(), "stock cloud image {image} missing: run `make cloud-image` (images/build-cloud.sh)");
-    let node = TestNode::with_config("cloud", &format!("guest_image = \"{image}\"\n"));
+    // systemd's shutdown takes a while under TCG: give it a minute before forcing it off.
+    let node = TestNode::with_config("cloud", &format!("guest_image = \"{image}\"\nstop_timeout_secs = 60\n"));
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
 
@@ -70,7 +71,7 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     // It is a stock image: its own kernel from its own disk, configured by cloud-init.
     assert!(run("uname -r").contains("cloud-amd64"));
     let status = run("cloud-init status --wait --long || true");
-    assert!(status.contains("status: done"), "cloud-init finished without errors: {status}");
+    assert!(status.contains("status: done"), "cloud-init finished without errors: {status}\n{}", run("sudo -n tail -30 /var/log/cloud-init-output.log 2>&1 || true"));
     // The bootscript ran as root, once per boot (cloud-init may be a little behind ssh).
     let boots = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -95,6 +96,8 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     c.call("StopVM", json!(["plc_it_cloud"])).unwrap();
     eprintln!("stock cloud image: StopVM {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(c.call("VmStatus", json!(["plc_it_cloud"])).unwrap()["state"], "stopped");
+    let log = c_log(&node);
+    assert!(log.contains("reboot: Power down"), "systemd powered the guest off (not forced): {}", &log[log.len().saturating_sub(3000)..]);
     c.call("StartVM", json!(["plc_it_cloud"])).unwrap();
     login("after StopVM/StartVM");
     assert_eq!(run("cat ~/unsynced").trim(), "kept");

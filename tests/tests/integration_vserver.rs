@@ -68,6 +68,8 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     // sshd presents the host key the node manager made and shows, and the slice's login
     // cannot read its private half.
     let host_key = st["details"]["ssh_host_key"].as_str().expect("status shows the ssh host key").to_owned();
+    let kh = Command::new(plab_tests::bin("plab")).args(["nm", "--socket"]).arg(node.socket()).args(["known-hosts", &name]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&kh.stdout).trim(), format!("{addr} {host_key}"), "plab nm known-hosts");
     let (code, out) = node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "cat /etc/plab/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key");
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("Permission denied") && !out.contains("PRIVATE KEY"), "{out}");

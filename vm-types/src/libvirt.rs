@@ -244,7 +244,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
 /// The cloud-init NoCloud `user-data` of a VM, for stock cloud images: the slice login
 /// (no other user, no password) with the slice users' keys; the VM's host key, made by the
 /// node manager, instead of keys generated in the guest; the bootscript as a per-boot
-/// script, so cloud-init runs it at every boot. Free text travels base64-encoded, so no
+/// script (run with `sh`), so cloud-init runs it at every boot. Free text travels base64-encoded, so no
 /// bootscript can break the YAML.
 pub fn user_data(spec: &VmSpec, host_key: &HostKey) -> String {
     use base64::Engine;
@@ -262,8 +262,9 @@ pub fn user_data(spec: &VmSpec, host_key: &HostKey) -> String {
     }
     s += &format!("  ed25519_public: \"{}\"\n", host_key.public_openssh);
     if let Some(b) = &spec.bootscript {
+        // Run with sh, as in every other VM, whether or not it starts with `#!`.
         s += &format!(
-            "write_files:\n  - path: /var/lib/cloud/scripts/per-boot/plab-bootscript\n    permissions: '0700'\n    encoding: b64\n    content: {}\n",
+            "write_files:\n  - path: /var/lib/plab/bootscript\n    permissions: '0700'\n    encoding: b64\n    content: {}\n  - path: /var/lib/cloud/scripts/per-boot/plab-bootscript\n    permissions: '0700'\n    content: |\n      #!/bin/sh\n      exec sh /var/lib/plab/bootscript\n",
             b64(b)
         );
     }

@@ -108,7 +108,10 @@ fn cloud_init_seed_carries_login_keys_host_key_bootscript_and_address() {
     assert_eq!(u["ssh_keys"]["ed25519_public"], host_key.public_openssh);
     assert_eq!(u["ssh_genkeytypes"], serde_json::json!([]), "the guest makes no host keys of its own");
     let f = &u["write_files"][0];
-    assert_eq!(f["path"], "/var/lib/cloud/scripts/per-boot/plab-bootscript", "run by cloud-init at every boot");
+    assert_eq!(f["path"], "/var/lib/plab/bootscript");
+    let runner = &u["write_files"][1];
+    assert_eq!(runner["path"], "/var/lib/cloud/scripts/per-boot/plab-bootscript", "run by cloud-init at every boot");
+    assert_eq!(runner["content"], "#!/bin/sh\nexec sh /var/lib/plab/bootscript\n", "with sh, shebang or not");
     use base64::Engine;
     let body = base64::engine::general_purpose::STANDARD.decode(f["content"].as_str().unwrap()).unwrap();
     assert_eq!(String::from_utf8(body).unwrap(), s.bootscript.clone().unwrap());
