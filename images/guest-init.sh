@@ -44,6 +44,9 @@ done
 if [ -n "${ip:-}" ] && [ -n "$dev" ]; then
   { echo "link set lo up"; echo "addr add $ip dev $dev"; echo "link set $dev up"
     [ -n "${gw:-}" ] && echo "route add default via $gw"; } | ip -batch - && echo "plab-guest-init: $dev is $ip"
+  # Announce the address (gratuitous ARP): a peer already waiting for it, such as a first
+  # ssh attempt, goes ahead at once instead of at its next ARP retry, up to a second later.
+  /bin/busybox arping -q -U -c 1 -I "$dev" "${ip%/*}" &
 else
   ip link set lo up
 fi

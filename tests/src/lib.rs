@@ -137,6 +137,25 @@ impl TestNode {
         (out.status.code().unwrap_or(-1), text)
     }
 
+    /// Waits up to `limit` until a TCP connection to `addr`:22 gets sshd's banner
+    /// (`SSH-`): the moment a VM reaches ssh, before any key exchange or login.
+    pub fn ssh_banner_wait(&self, addr: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let probe = format!("exec 3<>/dev/tcp/{addr}/22 && head -c 4 <&3");
+        while Instant::now() < deadline {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.netns, "timeout", "3", "bash", "-c", &probe])
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            if out.stdout.starts_with(b"SSH-") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Waits until ssh answers (sshd starts a moment after the container).
     pub fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
         self.ssh_wait(key, login, addr, Duration::from_secs(20))

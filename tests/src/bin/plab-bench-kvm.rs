@@ -5,7 +5,8 @@
 //! - raw `qemu-system-x86_64` with the same kernel, initramfs, disk and seed.
 //!
 //! It prints how long creating the guest took (NM Bind against `virsh create`: the NM's
-//! overhead) and the time to the first ssh login for each, and the node manager's
+//! overhead), the time until sshd's banner answers and until the first ssh login for
+//! each, what one more login costs on a running guest, and the node manager's
 //! resident memory per running guest (QEMU excluded: it is another process). The
 //! accelerator is the node's (TCG on hosts where KVM cannot run stock guests).
 
@@ -77,13 +78,27 @@ fn main() {
     let fresh_disk = || guest_files(&raw_dir, &spec);
     let xml_path = node.dir.path().join("raw.xml");
     std::fs::write(&xml_path, domain_xml(&cfg, &spec, None).replace("plab-bench_raw", "plabbench-raw")).unwrap();
-    let wait_ssh = |addr: &str, login: &str, since: Instant| -> f64 {
+    // (sshd's banner, first login), both from `since`; then one more login on the running
+    // guest, which is what ssh itself costs there.
+    let mut later_login = vec![];
+    let mut wait_ssh = |addr: &str, login: &str, since: Instant| -> (f64, f64) {
+        assert!(node.ssh_banner_wait(addr, Duration::from_secs(180)), "no ssh banner from {addr}");
+        let banner = since.elapsed().as_secs_f64();
         let (code, out) = node.ssh_wait(&key, login, addr, Duration::from_secs(180));
         assert_eq!(code, 0, "{out}");
-        since.elapsed().as_secs_f64()
+        let first = since.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (code, out) = node.ssh(&key, login, addr, "true");
+        assert_eq!(code, 0, "{out}");
+        later_login.push(t.elapsed().as_secs_f64());
+        (banner, first)
     };
-
     let (mut nm_create, mut nm_ssh, mut virsh_create, mut virsh_ssh, mut qemu_ssh) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut nm_banner, mut virsh_banner, mut qemu_banner) = (vec![], vec![], vec![]);
+    let record = |(banner, login): (f64, f64), b: &mut Vec<f64>, l: &mut Vec<f64>| {
+        b.push(banner);
+        l.push(login);
+    };
     for i in 0..iterations {
         let order: [u8; 3] = if i % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for which in order {
@@ -92,7 +107,7 @@ fn main() {
                     let t = Instant::now();
                     let vm = c.call("Bind", json!([sub, "plc.bench.nm"])).unwrap();
                     nm_create.push(t.elapsed().as_secs_f64());
-                    nm_ssh.push(wait_ssh(vm["address"].as_str().unwrap(), "plc_bench_nm", t));
+                    record(wait_ssh(vm["address"].as_str().unwrap(), "plc_bench_nm", t), &mut nm_banner, &mut nm_ssh);
                     c.call("DestroyVM", json!(["plc_bench_nm"])).unwrap();
                 }
                 1 => {
@@ -103,7 +118,7 @@ fn main() {
                     // The same tap attachment the node manager does.
                     ok(Command::new("ip").args(["link", "set", "pvt250", "netns", &node.netns]));
                     ok(Command::new("ip").args(["-n", &node.netns, "link", "set", "pvt250", "master", "plab0", "up"]));
-                    virsh_ssh.push(wait_ssh("10.213.0.250", "plc_bench_raw", t));
+                    record(wait_ssh("10.213.0.250", "plc_bench_raw", t), &mut virsh_banner, &mut virsh_ssh);
                     ok(Command::new("virsh").args(["-c", "qemu:///system", "destroy", "plabbench-raw"]));
                 }
                 _ => {
@@ -112,7 +127,7 @@ fn main() {
                     ok(Command::new("ip").args(["-n", &node.netns, "link", "set", "pvt251", "master", "plab0", "up"]));
                     let t = Instant::now();
                     let mut q = raw_qemu(&node.netns, &accel, &raw_dir, &spec, "pvt251", None).spawn().unwrap();
-                    qemu_ssh.push(wait_ssh("10.213.0.250", "plc_bench_raw", t));
+                    record(wait_ssh("10.213.0.250", "plc_bench_raw", t), &mut qemu_banner, &mut qemu_ssh);
                     let _ = q.kill();
                     let _ = q.wait();
                     let _ = Command::new("ip").args(["-n", &node.netns, "link", "del", "pvt251"]).status();
@@ -123,8 +138,11 @@ fn main() {
     let (nc, vc) = (median(&mut nm_create), median(&mut virsh_create));
     println!("linux-kvm-x86 guests ({accel}), {iterations} iterations, alternating:");
     println!("  create: NM Bind {:8.0} ms   virsh create {:8.0} ms   NM adds {:+6.0} ms (target <= 100 ms)", nc * 1e3, vc * 1e3, (nc - vc) * 1e3);
-    println!("  first OpenSSH login: NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s   (target <= 10 s under TCG)",
+    println!("  sshd's banner:       NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s   (target <= 10 s under TCG)",
+        median(&mut nm_banner), median(&mut virsh_banner), median(&mut qemu_banner));
+    println!("  first OpenSSH login: NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s",
         median(&mut nm_ssh), median(&mut virsh_ssh), median(&mut qemu_ssh));
+    println!("  one more login on a running guest (what ssh itself costs under {accel}): {:.2} s", median(&mut later_login));
 
     // NM memory per running guest (QEMU is another process).
     let pid = node.nm_pid().unwrap();
