@@ -3,8 +3,8 @@
 //! from Debian packages, as Debian builds its genericcloud images; none can be downloaded
 //! here). The node manager boots it from its disk and cloud-init configures it from the
 //! NoCloud seed alone: the address (network-config), the slice login and keys, the VM's
-//! host key (the one the node manager shows), and the bootscript at every boot. StopVM
-//! is a clean ACPI shutdown. Needs root, libvirtd and the image (`make test` makes both).
+//! host key (the one the node manager shows), and the bootscript at every boot; keys
+//! added later arrive at the next boot. StopVM is a clean ACPI shutdown. Needs root, libvirtd and the image (`make test` makes both).
 
 use plab_tests::{keypair, prerequisites, TestNode};
 use serde_json::json;
@@ -89,6 +89,16 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     let sshd = run("sudo -n true 2>&1; awk -F: '$2 !~ /^[*!]/ {print $1}' /etc/shadow 2>&1 || true");
     assert!(!sshd.contains("plc_it_cloud"), "the slice login has no password: {sshd}");
 
+    // A second pool bound to the slice brings another user's key. It reaches the guest
+    // at its next boot: the seed's instance id changes with it, so cloud-init applies it.
+    let bob_dir = node.dir.path().join("bob");
+    std::fs::create_dir_all(&bob_dir).unwrap();
+    let (bob, bob_public) = keypair(&bob_dir);
+    let more = format!(r#"<KvmSlice name="plc.it.cloud"><resources cpu_share="0" disk_quota="0" mem_limit="0"/><key>{bob_public}</key></KvmSlice>"#);
+    let more = c.call_str("SplitPool", json!([root, more]), "rcap").unwrap();
+    c.call("Bind", json!([more, "plc.it.cloud"])).unwrap();
+    assert_ne!(node.ssh_verified(&bob, "plc_it_cloud", &addr, &host_key, "true").0, 0, "not before the next boot");
+
     // StopVM is systemd's clean shutdown (ACPI); the next boot runs the bootscript again
     // and keeps the same host key.
     run("echo kept > ~/unsynced");
@@ -101,6 +111,8 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     c.call("StartVM", json!(["plc_it_cloud"])).unwrap();
     login("after StopVM/StartVM");
     assert_eq!(run("cat ~/unsynced").trim(), "kept");
+    let (code, out) = node.ssh_verified(&bob, "plc_it_cloud", &addr, &host_key, "id -un");
+    assert_eq!((code, out.trim()), (0, "plc_it_cloud"), "the second user's key works after the reboot: {out}");
     boots(2);
 
     c.call("DestroyVM", json!(["plc_it_cloud"])).unwrap();

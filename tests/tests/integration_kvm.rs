@@ -60,6 +60,14 @@ fn integration_kvm_guest_through_the_node_manager() {
 
     // StopVM is a clean shutdown (the ACPI power button): a file written just before,
     // with no sync, is still there after the next start, and so is the host key.
+    // A second pool bound to the slice brings another user's key, which the guest reads
+    // from the seed at its next boot.
+    let bob_dir = node.dir.path().join("bob");
+    std::fs::create_dir_all(&bob_dir).unwrap();
+    let (bob, bob_public) = keypair(&bob_dir);
+    let more = format!(r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="0" disk_quota="0" mem_limit="0"/><key>{bob_public}</key></KvmSlice>"#);
+    let more = c.call_str("SplitPool", json!([root, more]), "rcap").unwrap();
+    c.call("Bind", json!([more, "plc.it.kvm"])).unwrap();
     let (code, out) = node.ssh(&key, "plc_it_kvm", &addr, "echo kept > ~/unsynced");
     assert_eq!(code, 0, "{out}");
     let t = Instant::now();
@@ -74,6 +82,8 @@ fn integration_kvm_guest_through_the_node_manager() {
     eprintln!("kvm guest: StopVM {:.2} s", stop.as_secs_f64());
     let (code, out) = node.ssh_verified(&key, "plc_it_kvm", &addr, &host_key, "cat ~/unsynced");
     assert_eq!((code, out.trim()), (0, "kept"), "data written before StopVM survives: {out}");
+    let (code, out) = node.ssh_verified(&bob, "plc_it_kvm", &addr, &host_key, "id -un");
+    assert_eq!((code, out.trim()), (0, "plc_it_kvm"), "the second user's key works after the restart: {out}");
     let log = c.call("VmLog", json!(["plc_it_kvm"])).unwrap()["log"].as_str().unwrap().to_owned();
     assert_eq!(log.matches("kvm bootscript ran on plc-it-kvm").count(), 2, "the bootscript runs at every start: {log}");
 
