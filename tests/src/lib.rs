@@ -103,19 +103,7 @@ impl TestNode {
 
     /// Runs `cmd` in the VM over OpenSSH as the slice's login; returns (status, output).
     pub fn ssh(&self, key: &Path, login: &str, addr: &str, cmd: &str) -> (i32, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ssh", "-i"])
-            .arg(key)
-            .args([
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
-            ])
-            .arg(format!("{login}@{addr}"))
-            .arg(cmd)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), text)
+        self.ssh_with(key, login, addr, &["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"], cmd)
     }
 
     /// Runs `cmd` over ssh, accepting only `host_key` (an OpenSSH public key line, as the
@@ -123,16 +111,18 @@ impl TestNode {
     pub fn ssh_verified(&self, key: &Path, login: &str, addr: &str, host_key: &str, cmd: &str) -> (i32, String) {
         let known = self.dir.path().join(format!("known_hosts-{addr}"));
         std::fs::write(&known, format!("{addr} {host_key}\n")).unwrap();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ssh", "-i"])
-            .arg(key)
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known.display()))
-            .arg(format!("{login}@{addr}"))
-            .arg(cmd)
-            .output()
-            .unwrap();
+        let known = format!("UserKnownHostsFile={}", known.display());
+        self.ssh_with(key, login, addr, &["StrictHostKeyChecking=yes", &known], cmd)
+    }
+
+    /// OpenSSH from inside the node's namespace, batch mode, with host key `options`.
+    fn ssh_with(&self, key: &Path, login: &str, addr: &str, options: &[&str], cmd: &str) -> (i32, String) {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, "ssh", "-i"]).arg(key);
+        for o in options.iter().chain(&["BatchMode=yes", "ConnectTimeout=5", "LogLevel=ERROR"]) {
+            c.args(["-o", o]);
+        }
+        let out = c.arg(format!("{login}@{addr}")).arg(cmd).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code().unwrap_or(-1), text)
     }
@@ -227,15 +217,8 @@ pub fn guest_files(dir: &Path, spec: &vm_types::VmSpec) {
     assert!(g.join(".plab-image").exists(), "guest image {GUEST_IMAGE} missing: run `make image`");
     vm_types::libvirt::write_seed(dir, spec).unwrap();
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
-    let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes()).to_string();
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(g.join("base.qcow2"))
-        .arg(dir.join("disk.qcow2"))
-        .arg(&quota)
-        .status()
-        .unwrap();
-    assert!(st.success(), "qemu-img create failed");
+    let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes());
+    vm_types::libvirt::GuestImage::project(g).create_overlay(&dir.join("disk.qcow2"), quota).unwrap();
 }
 
 /// Raw QEMU booting the guest in `dir` (see [`guest_files`]) the way the libvirt backend's

@@ -57,8 +57,9 @@ pub fn disk_virtual_size(path: &Path) -> std::io::Result<(&'static str, u64)> {
     let mut head = [0u8; 32];
     let n = f.read(&mut head)?;
     if n == 32 && &head[..4] == b"QFI\xfb" {
-        let size = u64::from_be_bytes(head[24..32].try_into().expect("8 bytes"));
-        return Ok(("qcow2", size));
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&head[24..32]);
+        return Ok(("qcow2", u64::from_be_bytes(size)));
     }
     Ok(("raw", f.metadata()?.len()))
 }
@@ -113,9 +114,8 @@ impl GuestImage {
             ))
         })?;
         if meta.is_dir() {
-            let img = GuestImage::project(path);
-            let GuestBoot::Direct { kernel, initrd } = &img.boot else { unreachable!() };
-            for f in [path.join(".plab-image"), img.disk.clone(), kernel.clone(), initrd.clone()] {
+            // Checked before reading the disk's size, so a half-built image is named as such.
+            for f in [".plab-image", "base.qcow2", "vmlinuz", "initrd.img"].map(|f| path.join(f)) {
                 if !f.exists() {
                     return Err(BackendError::Unavailable(format!(
                         "guest_image {}: {} is missing: build the image with `make image`",
@@ -124,7 +124,7 @@ impl GuestImage {
                     )));
                 }
             }
-            return Ok(img);
+            return Ok(GuestImage::project(path));
         }
         let (format, virtual_size) = disk_virtual_size(path).map_err(|e| {
             BackendError::Unavailable(format!("guest_image {}: not a readable disk image: {e}", path.display()))
@@ -132,10 +132,11 @@ impl GuestImage {
         Ok(GuestImage { disk: path.to_owned(), format, virtual_size, boot: GuestBoot::Firmware })
     }
 
-    /// Whether this is the project's image (which reads `plab/` from the seed and takes
-    /// its address from the kernel command line).
-    pub fn is_project(&self) -> bool {
-        matches!(self.boot, GuestBoot::Direct { .. })
+    /// Makes `disk`, a qcow2 overlay on this image whose virtual size is `bytes`.
+    pub fn create_overlay(&self, disk: &Path, bytes: u64) -> Result<(), BackendError> {
+        let size = bytes.to_string();
+        let (base, disk) = (self.disk.to_string_lossy(), disk.to_string_lossy());
+        run("qemu-img", &["create", "-q", "-f", "qcow2", "-F", self.format, "-b", &base, &disk, &size]).map(|_| ())
     }
 }
 
@@ -433,22 +434,7 @@ impl LibvirtBackend {
                 self.cfg.image.disk.display()
             )));
         }
-        let size = quota.to_string();
-        run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                self.cfg.image.format,
-                "-b",
-                &self.cfg.image.disk.to_string_lossy(),
-                &d.join("disk.qcow2").to_string_lossy(),
-                &size,
-            ],
-        )?;
+        self.cfg.image.create_overlay(&d.join("disk.qcow2"), quota)?;
         write_seed(&d, spec)?;
         Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, spec, None)).map_err(lv("define"))?;
         Ok(())
