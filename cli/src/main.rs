@@ -4,9 +4,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use plab_nm::api::VmInfo;
 use plab_nm::NmClient;
-use serde_json::{json, Value};
-use std::path::PathBuf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 
 mod authority;
 
@@ -162,7 +163,7 @@ enum NmCmd {
     CleanOrphans,
 }
 
-fn read(p: &PathBuf) -> anyhow::Result<String> {
+fn read(p: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))
 }
 
@@ -181,10 +182,6 @@ fn s(v: &Value) -> String {
         Value::String(s) => s.clone(),
         v => v.to_string(),
     }
-}
-
-fn resources(v: &Value) -> String {
-    ["cpu_share", "mem_limit", "disk_quota"].iter().map(|k| format!("{k}={}", s(&v[*k]))).collect::<Vec<_>>().join(" ")
 }
 
 /// A result as text: a table for arrays of objects and for objects, the value otherwise.
@@ -257,80 +254,150 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn nm(socket: &PathBuf, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
-    let mut c = NmClient::connect(socket)?;
-    let (method, params) = match &cmd {
-        NmCmd::CreatePool { rspec, slice } => ("CreatePool", json!({"rspec": read(rspec)?, "slice_name": slice})),
-        NmCmd::GetRcap { slice } => ("GetRcap", json!({"slice_name": slice})),
-        NmCmd::GetRspec { rcap } => ("GetRSpec", json!({"rcap": rcap})),
-        NmCmd::SplitPool { rcap, rspec } => ("SplitPool", json!({"rcap": rcap, "rspec": read(rspec)?})),
-        NmCmd::Bind { rcap, slice } => ("Bind", json!({"rcap": rcap, "slice_name": slice})),
-        NmCmd::DestroyPool { rcap } => ("DestroyPool", json!({"rcap": rcap})),
-        NmCmd::Ls => ("ListVMs", json!({})),
-        NmCmd::Pools => ("ListPools", json!({})),
-        NmCmd::Status { vm } | NmCmd::KnownHosts { vm } => ("VmStatus", json!({"vm": vm})),
-        NmCmd::Start { vm } => ("StartVM", json!({"vm": vm})),
-        NmCmd::Stop { vm } => ("StopVM", json!({"vm": vm})),
-        NmCmd::Destroy { vm } => ("DestroyVM", json!({"vm": vm})),
-        NmCmd::Log { vm, bytes } => ("VmLog", json!({"vm": vm, "bytes": bytes})),
-        NmCmd::Info => ("NodeInfo", json!({})),
-        NmCmd::Orphans => ("Orphans", json!({})),
-        NmCmd::CleanOrphans => ("CleanOrphans", json!({})),
-    };
-    let v = c.call(method, params)?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+/// Prints `v` as JSON for scripts.
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn resources(r: &std::collections::BTreeMap<String, String>) -> String {
+    ["cpu_share", "mem_limit", "disk_quota"].iter().map(|k| format!("{k}={}", r.get(*k).map_or("-", String::as_str))).collect::<Vec<_>>().join(" ")
+}
+
+/// A VM as FIELD/VALUE rows.
+fn vm_rows(v: &VmInfo) -> Vec<Vec<String>> {
+    let mut rows = vec![
+        vec!["vm".into(), v.vm.clone()],
+        vec!["slice".into(), v.slice.to_string()],
+        vec!["vm_type".into(), v.vm_type.to_string()],
+        vec!["wanted".into(), v.wanted.to_string()],
+    ];
+    if let Some(st) = v.state {
+        rows.push(vec!["state".into(), st.to_string()]);
+    }
+    rows.extend([
+        vec!["address".into(), v.address.clone()],
+        vec!["ssh".into(), v.ssh.clone()],
+        vec!["keys".into(), v.keys.to_string()],
+        vec!["pools".into(), v.pools.to_string()],
+    ]);
+    rows.extend(v.resources.iter().map(|(k, x)| vec![format!("resources.{k}"), x.clone()]));
+    rows.extend(v.details.iter().flatten().map(|(k, x)| vec![format!("details.{k}"), x.clone()]));
+    rows
+}
+
+/// Output a VM's console log may hold: the VM writes it, so control sequences that would
+/// act on the reader's terminal (colours, titles, clipboard writes) are shown, not run.
+fn printable(log: &str) -> String {
+    log.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => format!("\\x{:02x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
+    use plab_nm::api::{calls as c, *};
+    let mut nm = NmClient::connect(socket)?;
+    macro_rules! show {
+        ($v:expr) => {{
+            let v = $v;
+            if as_json {
+                return print_json(&v);
+            }
+            v
+        }};
     }
     match cmd {
-        NmCmd::CreatePool { .. } | NmCmd::SplitPool { .. } => println!("{}", s(&v["rcap"])),
-        NmCmd::GetRcap { .. } => v["rcaps"].as_array().into_iter().flatten().for_each(|r| println!("{}", s(r))),
-        NmCmd::GetRspec { .. } => print!("{}", s(&v["rspec"])),
-        NmCmd::Log { .. } => print!("{}", s(&v["log"])),
+        NmCmd::CreatePool { rspec, slice } => {
+            let slice_name = parse_slice(&slice)?;
+            let r = show!(nm.call::<c::CreatePool>(&CreatePoolParams { rspec: read(&rspec)?, slice_name })?);
+            println!("{}", r.rcap);
+        }
+        NmCmd::GetRcap { slice } => {
+            let slice_name = slice.as_deref().map(parse_slice).transpose()?;
+            let r = show!(nm.call::<c::GetRcap>(&GetRcapParams { slice_name })?);
+            r.rcaps.iter().for_each(|x| println!("{x}"));
+        }
+        NmCmd::GetRspec { rcap } => print!("{}", show!(nm.call::<c::GetRSpec>(&RcapParams { rcap })?).rspec),
+        NmCmd::SplitPool { rcap, rspec } => {
+            println!("{}", show!(nm.call::<c::SplitPool>(&SplitPoolParams { rcap, rspec: read(&rspec)? })?).rcap)
+        }
+        NmCmd::Bind { rcap, slice } => {
+            let v = show!(nm.call::<c::Bind>(&BindParams { rcap, slice_name: parse_slice(&slice)? })?);
+            println!("{}", table(&["FIELD", "VALUE"], vm_rows(&v)));
+        }
+        NmCmd::DestroyPool { rcap } => {
+            show!(nm.call::<c::DestroyPool>(&RcapParams { rcap })?);
+            println!("pool destroyed; its resources went back to its parent");
+        }
         NmCmd::Ls => {
-            let rows = v["vms"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let v = show!(nm.call::<c::ListVMs>(&jsonrpc::NoParams {})?);
+            let rows = v
+                .vms
+                .iter()
                 .map(|vm| {
-                    vec![s(&vm["vm"]), s(&vm["slice"]), s(&vm["vm_type"]), s(&vm["state"]), s(&vm["ssh"]), resources(&vm["resources"])]
+                    let state = vm.state.map_or("-".into(), |s| s.to_string());
+                    vec![vm.vm.clone(), vm.slice.to_string(), vm.vm_type.to_string(), state, vm.ssh.clone(), resources(&vm.resources)]
                 })
                 .collect();
             println!("{}", table(&["VM", "SLICE", "TYPE", "STATE", "SSH", "RESOURCES"], rows));
         }
         NmCmd::Pools => {
-            let rows = v["pools"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| vec![s(&p["id"]), s(&p["parent"]), s(&p["slice"]), s(&p["class"]), s(&p["vm"]), resources(&p["resources"])])
+            let v = show!(nm.call::<c::ListPools>(&jsonrpc::NoParams {})?);
+            let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+            let rows = v
+                .pools
+                .iter()
+                .map(|p| {
+                    vec![p.id.to_string(), opt(p.parent.map(|x| x.to_string())), p.slice.to_string(), p.class.clone(), opt(p.vm.clone()), resources(&p.resources)]
+                })
                 .collect();
             println!("{}", table(&["ID", "PARENT", "SLICE", "CLASS", "VM", "RESOURCES"], rows));
         }
-        NmCmd::Status { .. } | NmCmd::Start { .. } | NmCmd::Stop { .. } | NmCmd::Bind { .. } | NmCmd::Info => {
-            let mut rows = Vec::new();
-            if let Value::Object(o) = &v {
-                for (k, val) in o {
-                    match val {
-                        Value::Object(inner) => {
-                            for (ik, iv) in inner {
-                                rows.push(vec![format!("{k}.{ik}"), s(iv)]);
-                            }
-                        }
-                        _ => rows.push(vec![k.clone(), s(val)]),
-                    }
-                }
+        NmCmd::Status { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::VmStatus>(&VmParams { vm })?)))),
+        NmCmd::Start { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StartVM>(&VmParams { vm })?)))),
+        NmCmd::Stop { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StopVM>(&VmParams { vm })?)))),
+        NmCmd::KnownHosts { vm } => {
+            let v = show!(nm.call::<c::VmStatus>(&VmParams { vm: vm.clone() })?);
+            match v.details.as_ref().and_then(|d| d.get("ssh_host_key")) {
+                Some(key) => println!("{} {key}", v.address),
+                None => anyhow::bail!("VM {vm} has no ssh host key yet (it is made when the VM is created)"),
             }
+        }
+        NmCmd::Destroy { vm } => println!("destroyed {}", show!(nm.call::<c::DestroyVM>(&VmParams { vm })?).vm),
+        NmCmd::Log { vm, bytes } => {
+            let v = show!(nm.call::<c::VmLog>(&VmLogParams { vm, bytes: Some(bytes) })?);
+            print!("{}", printable(&v.log));
+        }
+        NmCmd::Info => {
+            let v = show!(nm.call::<c::NodeInfo>(&jsonrpc::NoParams {})?);
+            let mut rows = vec![
+                vec!["version".into(), v.version.clone()],
+                vec!["vm_types".into(), v.vm_types.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")],
+                vec!["accelerator".into(), v.accelerator.clone().unwrap_or_else(|| "-".into())],
+                vec!["accelerator_reason".into(), v.accelerator_reason.clone().unwrap_or_else(|| "-".into())],
+                vec!["bridge".into(), v.bridge.clone()],
+                vec!["vm_prefix".into(), v.vm_prefix.clone()],
+                vec!["gateway".into(), v.gateway.clone()],
+                vec!["node_netns".into(), v.node_netns.clone().unwrap_or_else(|| "-".into())],
+                vec!["pools".into(), v.pools.to_string()],
+                vec!["vms".into(), v.vms.to_string()],
+            ];
+            rows.extend(v.unavailable.iter().map(|(t, why)| vec![format!("unavailable.{t}"), why.clone()]));
+            rows.extend(v.warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
             println!("{}", table(&["FIELD", "VALUE"], rows));
         }
-        NmCmd::KnownHosts { vm } => match v["details"]["ssh_host_key"].as_str() {
-            Some(key) => println!("{} {key}", s(&v["address"])),
-            None => anyhow::bail!("VM {vm} has no ssh host key yet (it is made when the VM is created)"),
-        },
-        NmCmd::Destroy { vm } => println!("destroyed {vm}"),
-        NmCmd::DestroyPool { .. } => println!("pool destroyed; its resources went back to its parent"),
-        NmCmd::Orphans => v["orphans"].as_array().into_iter().flatten().for_each(|o| println!("{} ({})", s(&o["vm"]), s(&o["vm_type"]))),
-        NmCmd::CleanOrphans => v["removed"].as_array().into_iter().flatten().for_each(|o| println!("removed {}", s(o))),
+        NmCmd::Orphans => show!(nm.call::<c::Orphans>(&jsonrpc::NoParams {})?).orphans.iter().for_each(|o| println!("{} ({})", o.vm, o.vm_type)),
+        NmCmd::CleanOrphans => {
+            show!(nm.call::<c::CleanOrphans>(&jsonrpc::NoParams {})?).removed.iter().for_each(|o| println!("removed {o}"))
+        }
     }
     Ok(())
+}
+
+fn parse_slice(s: &str) -> anyhow::Result<vm_types::SliceName> {
+    vm_types::SliceName::parse(s).map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -21,10 +21,37 @@
 //! 998 = "plc.scs"
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use vm_types::SliceName;
+
+/// Which accelerator hypervisor VM types get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, strum::Display)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum AcceleratorSetting {
+    /// Probe whether KVM really runs stock guests here (see `vm_types::accel`).
+    Auto,
+    /// KVM, whatever the probe would say.
+    Kvm,
+    /// QEMU's TCG.
+    Tcg,
+}
+
+/// `slice_uids` keys are uids written as TOML keys (strings): read them as numbers here, so
+/// the rest of the program never parses them again.
+fn slice_uids<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, SliceName>, D::Error> {
+    let raw = BTreeMap::<String, SliceName>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.parse::<u32>()
+                .map(|uid| (uid, v))
+                .map_err(|_| serde::de::Error::custom(format!("slice_uids.{k}: the key must be a numeric uid")))
+        })
+        .collect()
+}
 
 /// Node manager settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,13 +65,14 @@ pub struct Config {
     pub owner_uids: Vec<u32>,
     /// Uids of local services that act as a slice (for example a slice creation service
     /// running as an unprivileged user).
-    pub slice_uids: BTreeMap<String, String>,
+    #[serde(deserialize_with = "slice_uids")]
+    pub slice_uids: BTreeMap<u32, SliceName>,
     /// A network namespace (under /var/run/netns) that holds the node's networking.
     pub node_netns: Option<String>,
     /// The node bridge.
     pub bridge: String,
     /// The node-private VM prefix, `a.b.c.d/len`.
-    pub vm_prefix: String,
+    pub vm_prefix: Prefix,
     /// The container root filesystem image.
     pub image_dir: PathBuf,
     /// The OCI runtime binary.
@@ -59,7 +87,7 @@ pub struct Config {
     pub node_key: PathBuf,
     /// Accelerator for hypervisor VM types: `auto` probes whether KVM really runs stock
     /// guests here (see `vm_types::accel`), `kvm` or `tcg` force one.
-    pub accelerator: String,
+    pub accelerator: AcceleratorSetting,
     /// libvirt connection for linux-kvm-x86.
     pub libvirt_uri: String,
     /// The image hypervisor VMs boot: the directory `images/build-guest.sh` builds (the
@@ -83,13 +111,13 @@ impl Default for Config {
             slice_uids: BTreeMap::new(),
             node_netns: None,
             bridge: "plab0".into(),
-            vm_prefix: "10.213.0.0/16".into(),
+            vm_prefix: Prefix { network: Ipv4Addr::new(10, 213, 0, 0), len: 16 },
             image_dir: "/var/cache/plab/images/vserver-bookworm".into(),
             oci_runtime: "runc".into(),
             stop_timeout_secs: 30,
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
-            accelerator: "auto".into(),
+            accelerator: AcceleratorSetting::Auto,
             libvirt_uri: "qemu:///system".into(),
             guest_image: "/var/cache/plab/images/guest-bookworm".into(),
             guest_dir: "/var/lib/plab/guests".into(),
@@ -132,6 +160,25 @@ impl Prefix {
     }
 }
 
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        Prefix::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+        Prefix::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Config {
     /// Reads a TOML file; unknown keys are errors.
     pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -143,14 +190,6 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
-        Prefix::parse(&self.vm_prefix).map_err(anyhow::Error::msg)?;
-        for (uid, name) in &self.slice_uids {
-            uid.parse::<u32>().map_err(|_| anyhow::anyhow!("slice_uids.{uid}: the key must be a numeric uid"))?;
-            vm_types::SliceName::parse(name).map_err(|e| anyhow::anyhow!("slice_uids.{uid}: {e}"))?;
-        }
-        if !["auto", "kvm", "tcg"].contains(&self.accelerator.as_str()) {
-            anyhow::bail!("accelerator: {:?} must be auto, kvm or tcg", self.accelerator);
-        }
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             anyhow::bail!("bridge: {:?} must be 1 to 15 characters", self.bridge);
         }
@@ -179,9 +218,15 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<Config>("bridge = \"x\"\nbrige = 1").is_err());
         let c: Config = toml::from_str("[slice_uids]\n998 = \"plc.scs\"").unwrap();
-        assert_eq!(c.slice_uids["998"], "plc.scs");
+        assert_eq!(c.slice_uids[&998].as_str(), "plc.scs");
         c.validate().unwrap();
-        let bad: Config = toml::from_str("[slice_uids]\nroot = \"plc.scs\"").unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("numeric uid"));
+        let bad = toml::from_str::<Config>("[slice_uids]\nroot = \"plc.scs\"").unwrap_err();
+        assert!(bad.to_string().contains("numeric uid"), "{bad}");
+        let bad = toml::from_str::<Config>("[slice_uids]\n7 = \"plc.S\"").unwrap_err();
+        assert!(bad.to_string().contains("plc.S"), "{bad}");
+        let bad = toml::from_str::<Config>("accelerator = \"fast\"").unwrap_err();
+        assert!(bad.to_string().contains("accelerator"), "{bad}");
+        let bad = toml::from_str::<Config>("vm_prefix = \"10.0.0.0/31\"").unwrap_err();
+        assert!(bad.to_string().contains("between 8 and 30"), "{bad}");
     }
 }

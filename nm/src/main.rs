@@ -2,11 +2,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use plab_nm::{server, Config, Node};
-use std::path::PathBuf;
+use plab_nm::config::AcceleratorSetting;
+use plab_nm::node::NodeFacts;
+use plab_nm::{server, Config, NodeManager};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use vm_types::Registry;
+use vm_types::{Registry, VmType};
 
 #[derive(Parser)]
 #[command(name = "plab-nm", version, about = "The plab node manager")]
@@ -36,6 +38,7 @@ enum Cmd {
         image_dir: Option<PathBuf>,
     },
     /// Say whether KVM really runs stock guests on this host, and why (exit 0 either way).
+    #[cfg(feature = "kvm-probe")]
     ProbeKvm,
 }
 
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let (config, state_dir, socket, node_netns, image_dir) = match Cli::parse().cmd {
+        #[cfg(feature = "kvm-probe")]
         Cmd::ProbeKvm => {
             let facts = vm_types::accel::probe(Duration::from_secs(5));
             let a = vm_types::accel::decide(&facts);
@@ -95,38 +99,58 @@ fn main() -> anyhow::Result<()> {
     r
 }
 
-fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::Result<Registry> {
+/// The accelerator hypervisor VM types get, and why.
+fn accelerator(setting: AcceleratorSetting) -> (String, String) {
+    match setting {
+        AcceleratorSetting::Kvm => ("kvm".into(), "forced by the accelerator setting".into()),
+        AcceleratorSetting::Tcg => ("tcg".into(), "forced by the accelerator setting".into()),
+        #[cfg(feature = "kvm-probe")]
+        AcceleratorSetting::Auto => match vm_types::accel::decide(&vm_types::accel::probe(Duration::from_secs(5))) {
+            vm_types::accel::Accelerator::Kvm => ("kvm".into(), "KVM ran a test guest".into()),
+            vm_types::accel::Accelerator::Tcg(why) => {
+                tracing::warn!("hypervisor guests will run under TCG (slow): {why}; set accelerator = \"kvm\" to override");
+                ("tcg".into(), why)
+            }
+        },
+        #[cfg(not(feature = "kvm-probe"))]
+        AcceleratorSetting::Auto => ("tcg".into(), "this node manager was built without the KVM probe".into()),
+    }
+}
+
+fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
-    let vserver = vm_types::vserver::VserverBackend::new(vm_types::vserver::VserverConfig {
-        vm_dir: cfg.state_dir.join("vms"),
-        image_dir: cfg.image_dir.clone(),
-        runtime: cfg.oci_runtime.clone(),
-        runtime_root: cfg.state_dir.join("runc"),
-        bridge: cfg.bridge.clone(),
-        stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
-    })?;
-    use vm_types::Backend;
-    let vserver_ok = match vserver.check() {
-        Ok(()) => {
-            reg.register(Arc::new(vserver));
-            Ok(())
+    #[cfg(feature = "vserver")]
+    {
+        use vm_types::Backend;
+        let vserver = vm_types::vserver::VserverBackend::new(
+            vm_types::vserver::VserverConfig {
+                vm_dir: cfg.state_dir.join("vms"),
+                image_dir: cfg.image_dir.clone(),
+                runtime: cfg.oci_runtime.clone(),
+                runtime_root: cfg.state_dir.join("runc"),
+                bridge: cfg.bridge.clone(),
+                stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+            },
+            vm_types::host::linux(),
+        )?;
+        match vserver.check() {
+            Ok(()) => reg.register(Arc::new(vserver)),
+            Err(e) => {
+                tracing::warn!("{} is unavailable on this node: {e}", VmType::LinuxVserverX86);
+                reg.mark_unavailable(VmType::LinuxVserverX86, e.to_string());
+            }
         }
-        Err(e) => {
-            tracing::warn!("linux-vserver-x86 is unavailable on this node: {e}");
-            Err(e.to_string())
-        }
-    };
-    for t in [vm_types::VmType::LinuxKvmX86, vm_types::VmType::LinuxXenX86] {
+    }
+    #[cfg(not(feature = "vserver"))]
+    reg.mark_unavailable(VmType::LinuxVserverX86, "this node manager was built without the vserver feature");
+    for t in [VmType::LinuxKvmX86, VmType::LinuxXenX86] {
         match libvirt_backend(cfg, t, accel, host_netns) {
-            Ok(b) => reg.register(Arc::new(b)),
+            Ok(b) => reg.register(b),
             Err(e) => {
                 tracing::info!("{t} is unavailable on this node: {e:#}");
                 reg.mark_unavailable(t, format!("{e:#}"));
             }
         }
-    }
-    if let Err(e) = vserver_ok {
-        reg.mark_unavailable(vm_types::VmType::LinuxVserverX86, e);
     }
     if reg.types().is_empty() {
         anyhow::bail!("no VM type is usable on this node (see the warnings above)");
@@ -136,63 +160,76 @@ fn registry(cfg: &Config, accel: &str, host_netns: &std::path::Path) -> anyhow::
 
 /// linux-kvm-x86 through `libvirt_uri`, or linux-xen-x86 through a Xen host's libvirt
 /// (`xen:///system`), when libvirt answers and the guest image (`guest_image`) is there.
-fn libvirt_backend(
-    cfg: &Config,
-    vm_type: vm_types::VmType,
-    accel: &str,
-    host_netns: &std::path::Path,
-) -> anyhow::Result<vm_types::libvirt::LibvirtBackend> {
-    let xen = vm_type == vm_types::VmType::LinuxXenX86;
+#[cfg(feature = "libvirt")]
+fn libvirt_backend(cfg: &Config, vm_type: VmType, accel: &str, host_netns: &Path) -> anyhow::Result<Arc<dyn vm_types::Backend>> {
+    use vm_types::libvirt::{GuestImage, LibvirtBackend, LibvirtConfig};
     use vm_types::Backend;
-    let image = vm_types::libvirt::GuestImage::open(&cfg.guest_image)?;
+    let xen = vm_type == VmType::LinuxXenX86;
+    let image = GuestImage::open(&cfg.guest_image)?;
     std::fs::create_dir_all(&cfg.guest_dir)?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg.guest_dir, std::fs::Permissions::from_mode(0o711))?;
     }
-    if xen && !std::path::Path::new("/proc/xen").exists() {
+    if xen && !Path::new("/proc/xen").exists() {
         anyhow::bail!("this host is not a Xen host (no /proc/xen): linux-xen-x86 needs Xen and libvirt's Xen driver");
     }
-    let b = vm_types::libvirt::LibvirtBackend::connect(vm_types::libvirt::LibvirtConfig {
-        uri: if xen { "xen:///system".into() } else { cfg.libvirt_uri.clone() },
-        vm_type,
-        domain_type: if xen { "xen".into() } else if accel == "kvm" { "kvm".into() } else { "qemu".into() },
-        vm_dir: cfg.guest_dir.clone(),
-        image,
-        bridge: cfg.bridge.clone(),
-        stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
-        tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
-    })?;
+    let b = LibvirtBackend::connect(
+        LibvirtConfig {
+            uri: if xen { "xen:///system".into() } else { cfg.libvirt_uri.clone() },
+            vm_type,
+            domain_type: if xen { "xen".into() } else if accel == "kvm" { "kvm".into() } else { "qemu".into() },
+            vm_dir: cfg.guest_dir.clone(),
+            image,
+            bridge: cfg.bridge.clone(),
+            stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+            tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
+            owner: LibvirtConfig::owner_of(&cfg.guest_dir),
+        },
+        vm_types::host::linux(),
+    )?;
     b.check()?;
-    Ok(b)
+    Ok(Arc::new(b))
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn libvirt_backend(_: &Config, _: VmType, _: &str, _: &Path) -> anyhow::Result<Arc<dyn vm_types::Backend>> {
+    anyhow::bail!("this node manager was built without the libvirt feature")
+}
+
+/// Problems on this host that make hypervisor VMs slow or fail, each with its fix.
+fn warnings(cfg: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    #[cfg(feature = "libvirt")]
+    if cfg.libvirt_uri.starts_with("qemu:") {
+        if let Err(e) = vm_types::libvirt::qemu_user_can_open_kvm(Path::new("/dev/kvm")) {
+            w.push(e);
+        }
+    }
+    let _ = cfg;
+    w
 }
 
 async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
-    let prefix = plab_nm::config::Prefix::parse(&cfg.vm_prefix).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
-    let (accel, why) = match cfg.accelerator.as_str() {
-        "kvm" => ("kvm".to_string(), "forced by the accelerator setting".to_string()),
-        "tcg" => ("tcg".to_string(), "forced by the accelerator setting".to_string()),
-        _ => match vm_types::accel::decide(&vm_types::accel::probe(Duration::from_secs(5))) {
-            vm_types::accel::Accelerator::Kvm => ("kvm".to_string(), "KVM ran a test guest".to_string()),
-            vm_types::accel::Accelerator::Tcg(why) => {
-                tracing::warn!("hypervisor guests will run under TCG (slow): {why}; set accelerator = \"kvm\" to override");
-                ("tcg".to_string(), why)
-            }
-        },
-    };
+    let (accel, why) = accelerator(cfg.accelerator);
+    let warnings = warnings(&cfg);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let reg = registry(&cfg, &accel, &host_netns)?;
-    vm_types::host::ensure_bridge(&cfg.bridge, prefix.gateway(), prefix.len).context("node bridge")?;
+    vm_types::host::ensure_bridge(&*vm_types::host::linux(), &cfg.bridge, cfg.vm_prefix.gateway(), cfg.vm_prefix.len)
+        .context("node bridge")?;
     // Owner-only unless local services act as slices; SO_PEERCRED decides either way.
     let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
     let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
-    let node = Node::open(cfg.clone(), reg)?;
-    node.set_accelerator(&accel, &why);
-    for line in node.reconcile().await {
+    let nm = NodeManager::open(cfg.clone(), reg)?;
+    nm.set_facts(NodeFacts { accelerator: Some((accel, why)), warnings });
+    for line in nm.reconcile().await {
         tracing::warn!("reconcile: {line}");
     }
     tracing::info!(socket = %cfg.socket.display(), state = %cfg.state_dir.display(), "plab-nm serving");
-    let serving = tokio::spawn(server::serve(node.clone(), listener));
+    let serving = tokio::spawn(server::serve(nm.clone(), listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

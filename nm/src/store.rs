@@ -1,17 +1,25 @@
-//! The persistent rcap/RSpec table and VM records: SQLite in WAL mode. A committed
+//! The persistent rcap/RSpec table and VM records: SQLite in WAL mode, with its schema
+//! versioned by `rusqlite_migration` (SQLite's `user_version`). A committed
 //! transaction is in the WAL before the call returns, so every acknowledged change
 //! survives a restart or `kill -9` of the node manager; `synchronous = NORMAL` leaves out
 //! the fsync per commit, so a power cut may lose the last changes, never corrupt the table. Every multi-row change is
 //! one transaction; a failure changes nothing.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
 use std::path::Path;
 use std::sync::Mutex;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
-#[error("state database: {0}")]
-pub struct StoreError(#[from] rusqlite::Error);
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+pub enum StoreError {
+    /// state database: {0}
+    Sql(#[from] rusqlite::Error),
+    /// state database schema: {0}
+    Schema(#[from] rusqlite_migration::Error),
+    /// state database: {0} changed under the node manager (expected one row)
+    Lost(&'static str),
+}
 
 /// A pool row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +60,11 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
+/// The schema, one step per version. Step 1 is the schema of the first release (0.1.0),
+/// which wrote no version: `IF NOT EXISTS` lets a database it made take the step without
+/// change. Later steps only ever add to this list.
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "
 CREATE TABLE IF NOT EXISTS pools (
     id      INTEGER PRIMARY KEY,
     rcap    TEXT NOT NULL UNIQUE,
@@ -71,7 +83,13 @@ CREATE TABLE IF NOT EXISTS vms (
     state   TEXT NOT NULL CHECK (state IN ('creating', 'running', 'stopped')),
     created INTEGER NOT NULL DEFAULT (unixepoch())
 );
-";
+",
+)];
+
+/// The schema version this node manager writes.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -80,13 +98,14 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        Migrations::new(MIGRATIONS.to_vec()).to_latest(&mut conn)?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&mut c)?)
+        f(&mut c)
     }
 
     /// Every pool and VM.
@@ -116,11 +135,13 @@ impl Store {
         })
     }
 
-    /// Shrinks `parent` to `parent_rspec` and adds the split-off child; returns its id.
+    /// Shrinks unbound `parent` to `parent_rspec` and adds the split-off child; returns its id.
     pub fn split(&self, parent: i64, parent_rspec: &str, rcap: &str, slice: &str, rspec: &str) -> Result<i64, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute("UPDATE pools SET rspec = ?1 WHERE id = ?2", params![parent_rspec, parent])?;
+            if tx.execute("UPDATE pools SET rspec = ?1 WHERE id = ?2 AND vm IS NULL", params![parent_rspec, parent])? != 1 {
+                return Err(StoreError::Lost("the pool (bound, or gone)"));
+            }
             tx.execute(
                 "INSERT INTO pools (rcap, parent, slice, rspec) VALUES (?1, ?2, ?3, ?4)",
                 params![rcap, parent, slice, rspec],
@@ -138,12 +159,15 @@ impl Store {
             if let Some((p, rspec)) = parent {
                 tx.execute("UPDATE pools SET rspec = ?1 WHERE id = ?2", params![rspec, p])?;
             }
-            tx.execute("DELETE FROM pools WHERE id = ?1", params![pool])?;
-            tx.commit()
+            if tx.execute("DELETE FROM pools WHERE id = ?1 AND vm IS NULL", params![pool])? != 1 {
+                return Err(StoreError::Lost("the pool (bound, or gone)"));
+            }
+            Ok(tx.commit()?)
         })
     }
 
-    /// Records a new VM (state `creating`) and binds `pool` to it, in one transaction.
+    /// Records a new VM (state `creating`) and binds `pool` to it, in one transaction. The
+    /// pool must be unbound: a pool is never spent twice.
     pub fn bind_new(&self, pool: i64, vm: &VmRow) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -151,24 +175,30 @@ impl Store {
                 "INSERT INTO vms (name, slice, rspec, idx, address, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![vm.name, vm.slice, vm.rspec, vm.idx, vm.address, vm.state],
             )?;
-            tx.execute("UPDATE pools SET vm = ?1 WHERE id = ?2", params![vm.name, pool])?;
-            tx.commit()
+            if tx.execute("UPDATE pools SET vm = ?1 WHERE id = ?2 AND vm IS NULL", params![vm.name, pool])? != 1 {
+                return Err(StoreError::Lost("the pool (bound already, or gone)"));
+            }
+            Ok(tx.commit()?)
         })
     }
 
-    /// Binds `pool` to an existing VM whose RSpec becomes `rspec`.
+    /// Binds unbound `pool` to existing VM `vm`, whose RSpec becomes `rspec`.
     pub fn bind_existing(&self, pool: i64, vm: &str, rspec: &str) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute("UPDATE vms SET rspec = ?1 WHERE name = ?2", params![rspec, vm])?;
-            tx.execute("UPDATE pools SET vm = ?1 WHERE id = ?2", params![vm, pool])?;
-            tx.commit()
+            if tx.execute("UPDATE vms SET rspec = ?1 WHERE name = ?2", params![rspec, vm])? != 1 {
+                return Err(StoreError::Lost("the VM"));
+            }
+            if tx.execute("UPDATE pools SET vm = ?1 WHERE id = ?2 AND vm IS NULL", params![vm, pool])? != 1 {
+                return Err(StoreError::Lost("the pool (bound already, or gone)"));
+            }
+            Ok(tx.commit()?)
         })
     }
 
     /// Sets a VM's wanted state.
     pub fn set_vm_state(&self, vm: &str, state: &str) -> Result<(), StoreError> {
-        self.with(|c| c.execute("UPDATE vms SET state = ?1 WHERE name = ?2", params![state, vm]).map(|_| ()))
+        self.with(|c| Ok(c.execute("UPDATE vms SET state = ?1 WHERE name = ?2", params![state, vm]).map(|_| ())?))
     }
 
     /// Removes a VM record; its pools become unbound.
@@ -177,13 +207,13 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute("UPDATE pools SET vm = NULL WHERE vm = ?1", params![vm])?;
             tx.execute("DELETE FROM vms WHERE name = ?1", params![vm])?;
-            tx.commit()
+            Ok(tx.commit()?)
         })
     }
 
     /// The VM a slice has, if any (used by tests and checks).
     pub fn vm_of_slice(&self, slice: &str) -> Result<Option<String>, StoreError> {
-        self.with(|c| c.query_row("SELECT name FROM vms WHERE slice = ?1", params![slice], |r| r.get(0)).optional())
+        self.with(|c| Ok(c.query_row("SELECT name FROM vms WHERE slice = ?1", params![slice], |r| r.get(0)).optional()?))
     }
 }
 

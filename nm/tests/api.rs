@@ -1,14 +1,19 @@
-//! The node manager's API against the fake backend: pools, rcaps, permissions, Bind's
-//! all-or-nothing behaviour, persistence, and the wire protocol's limits.
+//! The node manager's API against fake backends, without root: pools, rcaps, who may see
+//! what, Bind's all-or-nothing behaviour and its undo paths, reconciliation's repairs,
+//! per-VM locking, pool accounting under concurrency, persistence, and the wire
+//! protocol's limits.
 
-use plab_nm::protocol::Method;
-use plab_nm::{Caller, Config, Node, NmClient};
+use jsonrpc::ErrorCode;
+use plab_nm::node::reconcile::Repair;
+use plab_nm::{Caller, Config, NmClient, NodeManager};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use vm_types::fake::FakeBackend;
-use vm_types::{Registry, SliceName};
+use std::time::{Duration, Instant};
+use vm_types::fake::{FakeBackend, Op};
+use vm_types::{BackendError, Registry, SliceName, VmState, VmType};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+const KEY2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBk4pK5IYqk/NsoJWXGxbqUZBMzIjzY2JwqXEhyS6H7T bob@example.org";
 
 fn pool_xml(mem: u32) -> String {
     format!(r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="10" mem_limit="{mem}"/></PoolRSpec>"#)
@@ -20,19 +25,35 @@ fn slice_xml(name: &str, mem: u32) -> String {
     )
 }
 
-fn node(dir: &std::path::Path, fake: Arc<FakeBackend>) -> Arc<Node> {
-    let cfg = Config { state_dir: dir.to_path_buf(), vm_prefix: "10.99.0.0/24".into(), ..Config::default() };
+fn cfg(dir: &std::path::Path) -> Config {
+    Config { state_dir: dir.to_path_buf(), vm_prefix: "10.99.0.0/24".parse().unwrap(), ..Config::default() }
+}
+
+fn node(dir: &std::path::Path, fake: Arc<FakeBackend>) -> Arc<NodeManager> {
     let mut reg = Registry::new();
     reg.register(fake);
-    Node::open(cfg, reg).unwrap()
+    NodeManager::open(cfg(dir), reg).unwrap()
 }
 
 fn slice(s: &str) -> Caller {
     Caller::Slice(SliceName::parse(s).unwrap())
 }
 
-async fn call(n: &Arc<Node>, c: &Caller, m: Method, p: Value) -> Result<Value, String> {
-    n.call(c, m, &p).await.map_err(|e| e.message)
+/// A call's result, or its error code and message.
+async fn call(n: &Arc<NodeManager>, c: &Caller, m: &str, p: Value) -> Result<Value, (ErrorCode, String)> {
+    n.call(c, m, p).await.map_err(|e| (e.code, e.message))
+}
+
+async fn rcap(n: &Arc<NodeManager>, c: &Caller, m: &str, p: Value) -> String {
+    call(n, c, m, p).await.unwrap()["rcap"].as_str().unwrap().to_owned()
+}
+
+/// Owner pool for `s`, and a sub-pool split off it for `s`'s VM.
+async fn bound_vm(n: &Arc<NodeManager>, s: &str, mem: u32) -> (String, String) {
+    let root = rcap(n, &Caller::Owner, "CreatePool", json!([pool_xml(1024), s])).await;
+    let sub = rcap(n, &slice(s), "SplitPool", json!([root, slice_xml(s, mem)])).await;
+    call(n, &slice(s), "Bind", json!([sub, s])).await.unwrap();
+    (root, sub)
 }
 
 #[tokio::test]
@@ -40,153 +61,421 @@ async fn owner_creates_slice_splits_and_binds() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeBackend::new());
     let n = node(dir.path(), fake.clone());
-    let root = call(&n, &Caller::Owner, Method::CreatePool, json!({"rspec": pool_xml(1024), "slice_name": "plc.demo"}))
-        .await
-        .unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!({"rspec": pool_xml(1024), "slice_name": "plc.demo"})).await;
     assert_eq!(root.len(), 32);
 
     // The slice finds its pool, reads it, splits and binds.
     let me = slice("plc.demo");
-    let rcaps = call(&n, &me, Method::GetRcap, json!({})).await.unwrap();
-    assert_eq!(rcaps["rcaps"], json!([root]));
-    assert!(call(&n, &slice("plc.other"), Method::GetRcap, json!({})).await.unwrap()["rcaps"].as_array().unwrap().is_empty());
-    let sub = call(&n, &me, Method::SplitPool, json!([root, slice_xml("plc.demo", 256)])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let left = call(&n, &me, Method::GetRSpec, json!({"rcap": root})).await.unwrap();
+    assert_eq!(call(&n, &me, "GetRcap", json!({})).await.unwrap()["rcaps"], json!([root]));
+    assert_eq!(call(&n, &slice("plc.other"), "GetRcap", json!({})).await.unwrap()["rcaps"], json!([]));
+    let sub = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 256)])).await;
+    let left = call(&n, &me, "GetRSpec", json!({"rcap": root})).await.unwrap();
     assert!(left["rspec"].as_str().unwrap().contains(r#"mem_limit="768""#), "{left}");
-    let vm = call(&n, &me, Method::Bind, json!({"rcap": sub, "slice_name": "plc.demo"})).await.unwrap();
+    let vm = call(&n, &me, "Bind", json!({"rcap": sub, "slice_name": "plc.demo"})).await.unwrap();
     assert_eq!(vm["vm"], "plc_demo");
     assert_eq!(vm["address"], "10.99.0.2");
-    assert_eq!(fake.calls(), vec!["create plc_demo", "start plc_demo"]);
+    assert_eq!(vm["wanted"], "running");
+    assert_eq!(fake.calls_of(Op::Create), ["plc_demo"]);
+    assert_eq!(fake.calls_of(Op::Start), ["plc_demo"]);
     assert_eq!(fake.spec("plc_demo").unwrap().keys.len(), 1);
 
     // A second pool adds its resources to the running VM.
-    let more = call(&n, &me, Method::SplitPool, json!([root, slice_xml("plc.demo", 128)])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    call(&n, &me, Method::Bind, json!([more, "plc.demo"])).await.unwrap();
+    let more = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 128)])).await;
+    call(&n, &me, "Bind", json!([more, "plc.demo"])).await.unwrap();
     assert_eq!(fake.spec("plc_demo").unwrap().resources.mem_limit.scaled(1), 384);
+    assert_eq!(fake.calls_of(Op::Update), ["plc_demo"]);
 
     // Destroying the VM unbinds its pools, which can be given back to the root pool.
-    call(&n, &me, Method::DestroyVM, json!({"vm": "plc_demo"})).await.unwrap();
-    call(&n, &me, Method::DestroyPool, json!({"rcap": sub})).await.unwrap();
-    call(&n, &me, Method::DestroyPool, json!({"rcap": more})).await.unwrap();
-    let back = call(&n, &me, Method::GetRSpec, json!({"rcap": root})).await.unwrap();
+    call(&n, &me, "DestroyVM", json!({"vm": "plc_demo"})).await.unwrap();
+    call(&n, &me, "DestroyPool", json!({"rcap": sub})).await.unwrap();
+    call(&n, &me, "DestroyPool", json!({"rcap": more})).await.unwrap();
+    let back = call(&n, &me, "GetRSpec", json!({"rcap": root})).await.unwrap();
     assert!(back["rspec"].as_str().unwrap().contains(r#"mem_limit="1024""#), "{back}");
 }
 
 #[tokio::test]
-async fn bad_input_is_refused_and_changes_nothing() {
+async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let n = node(dir.path(), Arc::new(FakeBackend::new()));
     let owner = Caller::Owner;
     let me = slice("plc.demo");
 
-    let e = call(&n, &me, Method::CreatePool, json!([pool_xml(64), "plc.demo"])).await.unwrap_err();
-    assert!(e.contains("permission denied"), "{e}");
-    let e = call(&n, &owner, Method::CreatePool, json!(["<PoolRSpec>\n<resources mem_limit='x'/>", "plc.demo"]))
-        .await
-        .unwrap_err();
-    assert!(e.starts_with("rspec: line 2, column 1"), "{e}");
-    let e = call(&n, &owner, Method::CreatePool, json!([pool_xml(64), "plc.Demo"])).await.unwrap_err();
-    assert!(e.starts_with("slice_name:"), "{e}");
-    let e = call(&n, &owner, Method::CreatePool, json!([pool_xml(64), "plc.averyveryveryveryverylongname"])).await.unwrap_err();
-    assert!(e.contains("32"), "{e}");
+    let e = call(&n, &me, "CreatePool", json!([pool_xml(64), "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    let e = call(&n, &owner, "CreatePool", json!(["<PoolRSpec>\n<resources mem_limit='x'/>", "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_RSPEC);
+    assert!(e.1.starts_with("rspec: line 2, column 1"), "{e:?}");
+    let e = call(&n, &owner, "CreatePool", json!([pool_xml(64), "plc.Demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
+    assert!(e.1.starts_with("slice_name:"), "{e:?}");
+    let e = call(&n, &owner, "CreatePool", json!([pool_xml(64), "plc.averyveryveryveryverylongname"])).await.unwrap_err();
+    assert!(e.1.contains("32"), "{e:?}");
+    let e = call(&n, &owner, "CreatePool", json!({"rspec": pool_xml(64), "slice": "plc"})).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
+    let e = call(&n, &owner, "NoSuchMethod", json!({})).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::METHOD_NOT_FOUND);
 
     for bad in ["", "zz", "00000000000000000000000000000000", "0123456789abcdef0123456789abcdef0", "'; DROP TABLE pools; --"] {
-        let e = call(&n, &me, Method::GetRSpec, json!({ "rcap": bad })).await.unwrap_err();
-        assert_eq!(e, "unknown rcap");
+        let e = call(&n, &me, "GetRSpec", json!({ "rcap": bad })).await.unwrap_err();
+        assert_eq!(e, (ErrorCode::UNKNOWN_RCAP, "unknown rcap".to_string()));
     }
 
-    let root = call(&n, &owner, Method::CreatePool, json!([pool_xml(512), "plc.demo"])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let before = call(&n, &me, Method::GetRSpec, json!([root])).await.unwrap();
-    let e = call(&n, &me, Method::SplitPool, json!([root, slice_xml("plc.demo", 4096)])).await.unwrap_err();
-    assert_eq!(e, "rspec: mem_limit: asks for 4096 MB but the pool holds only 512 MB");
-    let e = call(&n, &me, Method::SplitPool, json!([root, slice_xml("plc.elsewhere", 64)])).await.unwrap_err();
-    assert!(e.contains("outside the pool's slice"), "{e}");
-    assert_eq!(call(&n, &me, Method::GetRSpec, json!([root])).await.unwrap(), before);
+    let root = rcap(&n, &owner, "CreatePool", json!([pool_xml(512), "plc.demo"])).await;
+    let before = call(&n, &me, "GetRSpec", json!([root])).await.unwrap();
+    let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 4096)])).await.unwrap_err();
+    assert_eq!(e, (ErrorCode::RESOURCES, "rspec: mem_limit: asks for 4096 MB but the pool holds only 512 MB".to_string()));
+    let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.elsewhere", 64)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
+    assert!(e.1.contains("outside the pool's slice"), "{e:?}");
+    assert_eq!(call(&n, &me, "GetRSpec", json!([root])).await.unwrap(), before);
 
     // Binding a bare pool is refused with advice; so is binding to a foreign slice.
-    let e = call(&n, &me, Method::Bind, json!([root, "plc.demo"])).await.unwrap_err();
-    assert!(e.contains("split off a slice RSpec"), "{e}");
-    let sub = call(&n, &me, Method::SplitPool, json!([root, slice_xml("plc.demo", 16)])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let e = call(&n, &me, Method::Bind, json!([sub, "plc.other"])).await.unwrap_err();
-    assert!(e.contains("cannot be bound"), "{e}");
-    let e = call(&n, &me, Method::Bind, json!([sub, "plc.demo"])).await.unwrap_err();
-    assert!(e.starts_with("mem_limit:") && e.contains("at least 32 MB"), "{e}");
-    let e = call(&n, &me, Method::GetRcap, json!(["plc.other"])).await.unwrap_err();
-    assert!(e.contains("only ask for its own"), "{e}");
-    let e = call(&n, &me, Method::StopVM, json!(["plc_other"])).await.unwrap_err();
-    assert!(e.contains("no VM named"), "{e}");
+    let e = call(&n, &me, "Bind", json!([root, "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_RSPEC);
+    assert!(e.1.contains("split off a slice RSpec"), "{e:?}");
+    let sub = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 16)])).await;
+    let e = call(&n, &me, "Bind", json!([sub, "plc.other"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
+    assert!(e.1.contains("cannot be bound"), "{e:?}");
+    let e = call(&n, &me, "Bind", json!([sub, "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::RESOURCES);
+    assert!(e.1.starts_with("mem_limit:") && e.1.contains("at least 32 MB"), "{e:?}");
+    let e = call(&n, &me, "GetRcap", json!(["plc.other"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
+    assert!(e.1.contains("only ask for its own"), "{e:?}");
     // More memory than the node has: refused before anything is made.
-    let big = call(&n, &owner, Method::CreatePool, json!([pool_xml(100_000_000), "plc.huge"])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let huge = Caller::Slice(SliceName::parse("plc.huge").unwrap());
-    let sub = call(&n, &huge, Method::SplitPool, json!([big, slice_xml("plc.huge", 90_000_000)])).await.unwrap()["rcap"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let e = call(&n, &huge, Method::Bind, json!([sub, "plc.huge"])).await.unwrap_err();
-    assert!(e.starts_with("mem_limit:") && e.contains("more than this node's memory"), "{e}");
-    let e = call(&n, &me, Method::SignCertificate, json!(["x"])).await.unwrap_err();
-    assert!(e.contains("no node certificate yet"), "{e}");
+    let big = rcap(&n, &owner, "CreatePool", json!([pool_xml(100_000_000), "plc.huge"])).await;
+    let huge = slice("plc.huge");
+    let sub = rcap(&n, &huge, "SplitPool", json!([big, slice_xml("plc.huge", 90_000_000)])).await;
+    let e = call(&n, &huge, "Bind", json!([sub, "plc.huge"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::RESOURCES);
+    assert!(e.1.starts_with("mem_limit:") && e.1.contains("more than this node's memory"), "{e:?}");
+    let e = call(&n, &me, "SignCertificate", json!(["x"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INTERNAL);
+    assert!(e.1.contains("no node certificate yet"), "{e:?}");
+    assert!(call(&n, &owner, "ListVMs", json!({})).await.unwrap()["vms"].as_array().unwrap().is_empty());
 }
 
 #[tokio::test]
-async fn failed_bind_leaves_no_state_and_state_survives_restart() {
+async fn the_node_managers_own_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path(), Arc::new(FakeBackend::new()));
+    let (owner, me) = (Caller::Owner, slice("plc.demo"));
+    let (root, sub) = bound_vm(&n, "plc.demo", 64).await;
+    // 1. A bound pool cannot be split.
+    let e = call(&n, &me, "SplitPool", json!([sub, slice_xml("plc.demo", 32)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
+    assert!(e.1.contains("bound to VM plc_demo"), "{e:?}");
+    // 2. A pool for one VM type cannot give another.
+    let kvm = format!(r#"<KvmSlice name="plc.demo"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY}</key></KvmSlice>"#);
+    let e = call(&n, &me, "SplitPool", json!([root, kvm])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_RSPEC, "{e:?}");
+    assert!(e.1.contains("not allowed by the pool"), "{e:?}");
+    // 3. A bound pool cannot be destroyed.
+    let e = call(&n, &me, "DestroyPool", json!([sub])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
+    assert!(e.1.contains("destroy the VM first"), "{e:?}");
+    // 4. A pool that has children cannot be destroyed.
+    let e = call(&n, &me, "DestroyPool", json!([root])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
+    assert!(e.1.contains("split off this one"), "{e:?}");
+    // 5. A bound pool cannot be bound again.
+    let e = call(&n, &me, "Bind", json!([sub, "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
+    assert!(e.1.contains("already bound"), "{e:?}");
+    // 6. A pool of another VM type cannot be added to an existing VM.
+    let untyped = rcap(&n, &owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc.demo"])).await;
+    let kvm_sub = rcap(&n, &me, "SplitPool", json!([untyped, kvm])).await;
+    let e = call(&n, &me, "Bind", json!([kvm_sub, "plc.demo"])).await.unwrap_err();
+    assert!(e.0 == ErrorCode::UNSUPPORTED || e.0 == ErrorCode::CONFLICT, "{e:?}");
+    // 7. The node-private prefix running out.
+    let small = Config { vm_prefix: "10.98.0.0/30".parse().unwrap(), ..cfg(&dir.path().join("small")) };
+    let mut reg = Registry::new();
+    reg.register(Arc::new(FakeBackend::new()));
+    let n2 = NodeManager::open(small, reg).unwrap();
+    bound_vm(&n2, "plc.one", 64).await;
+    let root2 = rcap(&n2, &owner, "CreatePool", json!([pool_xml(1024), "plc.two"])).await;
+    let sub2 = rcap(&n2, &slice("plc.two"), "SplitPool", json!([root2, slice_xml("plc.two", 64)])).await;
+    let e = call(&n2, &slice("plc.two"), "Bind", json!([sub2, "plc.two"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::RESOURCES, "{e:?}");
+    assert!(e.1.contains("no address left"), "{e:?}");
+    // Orphans and CleanOrphans are the owner's.
+    for m in ["Orphans", "CleanOrphans"] {
+        let e = call(&n, &me, m, json!({})).await.unwrap_err();
+        assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{m}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_slice_cannot_see_or_touch_another_slices_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    bound_vm(&n, "plc.demo", 64).await;
+    bound_vm(&n, "plc.other", 64).await;
+    let me = slice("plc.demo");
+    for m in ["StopVM", "DestroyVM", "VmStatus", "VmLog", "StartVM"] {
+        let e = call(&n, &me, m, json!({"vm": "plc_other"})).await.unwrap_err();
+        assert_eq!(e, (ErrorCode::NOT_FOUND, "vm: no VM named \"plc_other\" that you may see".to_string()), "{m}");
+    }
+    // The same answer as for a VM that does not exist: nothing is learnt.
+    let e = call(&n, &me, "VmStatus", json!({"vm": "plc_nobody"})).await.unwrap_err();
+    assert_eq!(e.1, "vm: no VM named \"plc_nobody\" that you may see");
+    let vms = call(&n, &me, "ListVMs", json!({})).await.unwrap();
+    let names: Vec<&str> = vms["vms"].as_array().unwrap().iter().map(|v| v["vm"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plc_demo"]);
+    let pools = call(&n, &me, "ListPools", json!({})).await.unwrap();
+    assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["slice"] == "plc.demo"), "{pools}");
+    // The other VM was never touched.
+    assert!(fake.calls().iter().all(|c| c.vm != "plc_other" || matches!(c.op, Op::Create | Op::Start | Op::Status | Op::List)));
+    assert_eq!(call(&n, &Caller::Owner, "VmStatus", json!(["plc_other"])).await.unwrap()["state"], "running");
+}
+
+#[tokio::test]
+async fn a_failed_bind_leaves_no_state_and_state_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeBackend::new());
     let (root, sub) = {
         let n = node(dir.path(), fake.clone());
-        let root = call(&n, &Caller::Owner, Method::CreatePool, json!([pool_xml(1024), "plc"])).await.unwrap()["rcap"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let sub = call(&n, &Caller::Owner, Method::SplitPool, json!([root, slice_xml("plc.demo", 256)])).await.unwrap()["rcap"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let root = rcap(&n, &Caller::Owner, "CreatePool", json!([pool_xml(1024), "plc"])).await;
+        let sub = rcap(&n, &Caller::Owner, "SplitPool", json!([root, slice_xml("plc.demo", 256)])).await;
         fake.fail_next_start();
-        let e = call(&n, &Caller::Owner, Method::Bind, json!([sub, "plc.demo"])).await.unwrap_err();
-        assert!(e.contains("fake start failure"), "{e}");
-        assert!(call(&n, &Caller::Owner, Method::ListVMs, json!({})).await.unwrap()["vms"].as_array().unwrap().is_empty());
-        assert!(fake.calls().ends_with(&["destroy plc_demo".to_string()]), "{:?}", fake.calls());
+        let e = call(&n, &Caller::Owner, "Bind", json!([sub, "plc.demo"])).await.unwrap_err();
+        assert_eq!(e.0, ErrorCode::BACKEND);
+        assert!(e.1.contains("fake start failure"), "{e:?}");
+        assert!(call(&n, &Caller::Owner, "ListVMs", json!({})).await.unwrap()["vms"].as_array().unwrap().is_empty());
+        assert_eq!(fake.calls().last().map(|c| c.op), Some(Op::Destroy));
         assert!(!dir.path().join("sockets/plc_demo").exists());
         // The pool is free again: binding now works.
-        call(&n, &Caller::Owner, Method::Bind, json!([sub, "plc.demo"])).await.unwrap();
+        call(&n, &Caller::Owner, "Bind", json!([sub, "plc.demo"])).await.unwrap();
         (root, sub)
     };
     // A new node manager on the same state directory sees the same table.
     let n = node(dir.path(), fake.clone());
     let me = slice("plc.demo");
-    let r = call(&n, &me, Method::GetRSpec, json!([sub])).await.unwrap();
+    let r = call(&n, &me, "GetRSpec", json!([sub])).await.unwrap();
     assert!(r["rspec"].as_str().unwrap().contains("VServerSlice"));
-    assert!(call(&n, &Caller::Owner, Method::GetRSpec, json!([root])).await.unwrap()["rspec"].as_str().unwrap().contains("768"));
-    let vms = call(&n, &me, Method::ListVMs, json!({})).await.unwrap();
+    assert!(call(&n, &Caller::Owner, "GetRSpec", json!([root])).await.unwrap()["rspec"].as_str().unwrap().contains("768"));
+    let vms = call(&n, &me, "ListVMs", json!({})).await.unwrap();
     assert_eq!(vms["vms"][0]["vm"], "plc_demo");
     assert_eq!(vms["vms"][0]["state"], "running");
+    let starts = fake.calls_of(Op::Start).len();
+    assert_eq!(n.reconcile().await, vec![]);
+    assert_eq!(fake.calls_of(Op::Start).len(), starts, "a consistent node is left alone");
+}
+
+#[tokio::test]
+async fn a_failed_update_or_cleanup_is_undone_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    let me = slice("plc.demo");
+    let (root, _) = bound_vm(&n, "plc.demo", 64).await;
+    // Adding a pool whose backend update fails changes nothing, and the pool stays free.
+    let more = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 32)])).await;
+    fake.fail(Op::Update, 1, |_| BackendError::Invalid("disk_quota: the disk cannot grow".into()));
+    let e = call(&n, &me, "Bind", json!([more, "plc.demo"])).await.unwrap_err();
+    assert_eq!(e, (ErrorCode::RESOURCES, "Bind: disk_quota: the disk cannot grow".to_string()));
+    let st = call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap();
+    assert_eq!((st["resources"]["mem_limit"].as_str(), st["pools"].as_u64()), (Some("64 MB"), Some(1)));
+    let pools = call(&n, &me, "ListPools", json!({})).await.unwrap();
+    assert!(pools["pools"].as_array().unwrap().iter().any(|p| p["rcap"] == more.as_str() && p["vm"].is_null()), "{pools}");
+    // ... and binds once the backend recovers.
+    call(&n, &me, "Bind", json!([more, "plc.demo"])).await.unwrap();
+    assert_eq!(call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap()["resources"]["mem_limit"], "96 MB");
+
+    // DestroyVM failing in the backend keeps the record.
+    fake.fail(Op::Destroy, 1, |n| BackendError::Command { command: format!("delete {n}"), message: "busy".into() });
+    let e = call(&n, &me, "DestroyVM", json!(["plc_demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::BACKEND);
+    assert_eq!(call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap()["vm"], "plc_demo");
+
+    // A Bind whose start fails and whose cleanup fails too forgets the VM; the backend's
+    // leftover is then an orphan, reported and removable.
+    let other = rcap(&n, &Caller::Owner, "CreatePool", json!([pool_xml(512), "plc.x"])).await;
+    let xs = rcap(&n, &slice("plc.x"), "SplitPool", json!([other, slice_xml("plc.x", 64)])).await;
+    fake.fail_next_start();
+    fake.fail(Op::Destroy, 1, |_| BackendError::Internal("cleanup failed".into()));
+    call(&n, &slice("plc.x"), "Bind", json!([xs, "plc.x"])).await.unwrap_err();
+    let o = call(&n, &Caller::Owner, "Orphans", json!({})).await.unwrap();
+    assert_eq!(o["orphans"], json!([{"vm": "plc_x", "vm_type": "linux-vserver-x86"}]));
+    assert_eq!(call(&n, &Caller::Owner, "CleanOrphans", json!({})).await.unwrap()["removed"], json!(["plc_x"]));
+    assert_eq!(call(&n, &Caller::Owner, "Orphans", json!({})).await.unwrap()["orphans"], json!([]));
+}
+
+#[tokio::test]
+async fn a_failed_store_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path(), Arc::new(FakeBackend::new()));
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([pool_xml(1024), "plc.demo"])).await;
+    // Another writer makes every insert and update of pools fail, as a full disk would.
+    let db = rusqlite::Connection::open(dir.path().join("nm.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full1 BEFORE INSERT ON pools BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;
+         CREATE TRIGGER full2 BEFORE UPDATE ON pools BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    let me = slice("plc.demo");
+    let before = call(&n, &me, "ListPools", json!({})).await.unwrap();
+    let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 64)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INTERNAL);
+    assert!(e.1.contains("disk is full") && e.1.contains("nothing was changed"), "{e:?}");
+    let e = call(&n, &Caller::Owner, "CreatePool", json!([pool_xml(64), "plc.demo"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INTERNAL);
+    assert_eq!(call(&n, &me, "ListPools", json!({})).await.unwrap(), before);
+    db.execute_batch("DROP TRIGGER full1; DROP TRIGGER full2;").unwrap();
+    rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 64)])).await;
+}
+
+#[tokio::test]
+async fn reconcile_repairs_every_kind_of_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    {
+        let n = node(dir.path(), fake.clone());
+        bound_vm(&n, "plc.died", 64).await;
+        bound_vm(&n, "plc.stopped", 64).await;
+        bound_vm(&n, "plc.broken", 64).await;
+        bound_vm(&n, "plc.fine", 64).await;
+        call(&n, &Caller::Owner, "StopVM", json!(["plc_stopped"])).await.unwrap();
+    }
+    // Meanwhile: one VM died, the stopped one was started behind the node manager's back,
+    // one will not start, and a VM with no record appeared.
+    fake.set_state("plc_died", VmState::Stopped);
+    fake.set_state("plc_broken", VmState::Stopped);
+    fake.set_state("plc_stopped", VmState::Running);
+    let spec = fake.spec("plc_fine").unwrap();
+    fake.insert(vm_types::VmSpec { name: "plc_stray".into(), ..spec }, VmState::Running);
+    // A Bind interrupted by a crash: its record says creating.
+    let db = rusqlite::Connection::open(dir.path().join("nm.db")).unwrap();
+    db.execute("UPDATE vms SET state = 'creating' WHERE name = 'plc_fine'", []).unwrap();
+    fake.fail(Op::Start, 1, |_| BackendError::Command { command: "start".into(), message: "no such image".into() });
+
+    let n = node(dir.path(), fake.clone());
+    let mut report = n.reconcile().await;
+    report.sort_by_key(|r| r.to_string());
+    // Repairs run in name order: plc_broken is the first to start, and fails.
+    assert_eq!(
+        report,
+        vec![
+            Repair::Orphans(vec!["plc_stray".into()]),
+            Repair::Failed("plc_broken: should run but failed to start: start failed: no such image".into()),
+            Repair::Restarted("plc_died".into()),
+            Repair::RemovedHalfMade("plc_fine".into()),
+            Repair::Stopped("plc_stopped".into()),
+        ]
+    );
+    assert_eq!(fake.status_of("plc_died"), VmState::Running);
+    assert_eq!(fake.status_of("plc_stopped"), VmState::Stopped);
+    assert_eq!(fake.status_of("plc_fine"), VmState::Missing);
+    assert!(call(&n, &Caller::Owner, "VmStatus", json!(["plc_fine"])).await.is_err());
+    // The wanted state survives: a VM stopped on purpose stays stopped across restarts.
+    let n = node(dir.path(), fake.clone());
+    let starts = fake.calls_of(Op::Start).len();
     let report = n.reconcile().await;
-    assert!(report.is_empty(), "{report:?}");
+    assert!(!report.iter().any(|r| matches!(r, Repair::Restarted(v) if v == "plc_stopped")), "{report:?}");
+    assert_eq!(fake.calls_of(Op::Start).len(), starts + 1, "only plc_broken is tried again: {report:?}");
+}
+
+#[tokio::test]
+async fn two_vm_types_on_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, kvm) = (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
+    let mut reg = Registry::new();
+    reg.register(vs.clone());
+    reg.register(kvm.clone());
+    let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc"])).await;
+    let a = rcap(&n, &Caller::Owner, "SplitPool", json!([root, slice_xml("plc.a", 64)])).await;
+    let k = format!(r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#);
+    let b = rcap(&n, &Caller::Owner, "SplitPool", json!([root, k])).await;
+    call(&n, &Caller::Owner, "Bind", json!([a, "plc.a"])).await.unwrap();
+    assert_eq!(call(&n, &Caller::Owner, "Bind", json!([b, "plc.k"])).await.unwrap()["vm_type"], "linux-kvm-x86");
+    assert_eq!((vs.calls_of(Op::Create), kvm.calls_of(Op::Create)), (vec!["plc_a".to_string()], vec!["plc_k".to_string()]));
+    let info = call(&n, &Caller::Owner, "NodeInfo", json!({})).await.unwrap();
+    assert_eq!(info["vm_types"], json!(["linux-vserver-x86", "linux-kvm-x86"]));
+    assert_eq!(info["vms"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_boot_holds_up_only_its_own_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, kvm) = (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
+    kvm.delay(Op::Start, Duration::from_secs(3));
+    let mut reg = Registry::new();
+    reg.register(vs.clone());
+    reg.register(kvm.clone());
+    let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="40" disk_quota="100" mem_limit="4096"/></PoolRSpec>"#, "plc"])).await;
+    let k = format!(r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#);
+    let kp = rcap(&n, &Caller::Owner, "SplitPool", json!([root, k])).await;
+    let mut vps = Vec::new();
+    for i in 0..10 {
+        vps.push(rcap(&n, &Caller::Owner, "SplitPool", json!([root, slice_xml(&format!("plc.c{i}"), 64)])).await);
+    }
+    let t0 = Instant::now();
+    let n2 = n.clone();
+    let guest = tokio::spawn(async move { call(&n2, &Caller::Owner, "Bind", json!([kp, "plc.k"])).await.map(|_| Instant::now()) });
+    // Wait until the guest's start is under way, then bind ten containers beside it.
+    while kvm.calls_of(Op::Start).is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut containers = Vec::new();
+    for (i, p) in vps.into_iter().enumerate() {
+        let n2 = n.clone();
+        containers.push(tokio::spawn(async move { call(&n2, &Caller::Owner, "Bind", json!([p, format!("plc.c{i}")])).await.map(|_| Instant::now()) }));
+    }
+    let mut last_container = t0;
+    for c in containers {
+        last_container = last_container.max(c.await.unwrap().unwrap());
+    }
+    assert!(!guest.is_finished(), "all ten container Binds finished while the guest was still booting");
+    let guest_done = guest.await.unwrap().unwrap();
+    assert!(last_container < guest_done);
+    assert_eq!(vs.calls_of(Op::Start).len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_is_never_spent_twice() {
+    // Bind (adding to a running VM, whose backend update takes a while) races SplitPool and
+    // DestroyPool of the same rcap from other tasks: exactly one of them gets the pool.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    let me = slice("plc.demo");
+    let big = r#"<PoolRSpec><resources cpu_share="10" disk_quota="10" mem_limit="1024"/></PoolRSpec>"#;
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([big, "plc.demo"])).await;
+    let first = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 64)])).await;
+    call(&n, &me, "Bind", json!([first, "plc.demo"])).await.unwrap();
+    fake.delay(Op::Update, Duration::from_millis(300));
+    for round in 0..5 {
+        let p = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 32)])).await;
+        let (n1, n2, n3) = (n.clone(), n.clone(), n.clone());
+        let (p1, p2, p3) = (p.clone(), p.clone(), p.clone());
+        let bind = tokio::spawn(async move { call(&n1, &slice("plc.demo"), "Bind", json!([p1, "plc.demo"])).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let split = tokio::spawn(async move {
+            call(&n2, &slice("plc.demo"), "SplitPool", json!([p2, slice_xml("plc.demo", 32)])).await.is_ok()
+        });
+        let destroy = tokio::spawn(async move { call(&n3, &slice("plc.demo"), "DestroyPool", json!([p3])).await.is_ok() });
+        let wins = [bind.await.unwrap(), split.await.unwrap(), destroy.await.unwrap()];
+        assert_eq!(wins, [true, false, false], "round {round}");
+    }
+    // Everything adds up: the root holds what was never handed out.
+    let st = call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap();
+    assert_eq!(st["resources"]["mem_limit"], "224 MB", "64 + 5 x 32");
+    let left = call(&n, &me, "GetRSpec", json!([root])).await.unwrap();
+    assert!(left["rspec"].as_str().unwrap().contains(r#"mem_limit="800""#), "{left}");
 }
 
 #[tokio::test]
 async fn wire_protocol_limits_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let n = node(dir.path(), Arc::new(FakeBackend::new()));
+    // Whoever runs the test is the owner (root need not run it).
+    let owner = Config { owner_uids: vec![nix::unistd::getuid().as_raw()], ..cfg(dir.path()) };
+    let mut reg = Registry::new();
+    reg.register(Arc::new(FakeBackend::new()));
+    let n = NodeManager::open(owner, reg).unwrap();
     let sock = dir.path().join("nm.sock");
     let listener = plab_nm::server::bind_socket(&sock, 0o600).unwrap();
     tokio::spawn(plab_nm::server::serve(n.clone(), listener));
@@ -208,15 +497,31 @@ async fn wire_protocol_limits_and_errors() {
         assert_eq!(ask(r#"{"jsonrpc":"1.0","id":1,"method":"NodeInfo"}"#)["error"]["code"], -32600);
         let batch = ask(r#"[{"jsonrpc":"2.0","id":1,"method":"NodeInfo"},{"jsonrpc":"2.0","method":"NodeInfo"},{"jsonrpc":"2.0","id":2,"method":"GetRSpec","params":{"rcap":"x"}}]"#);
         assert_eq!(batch.as_array().unwrap().len(), 2, "{batch}");
-        assert_eq!(batch[1]["error"]["message"], "unknown rcap");
+        assert_eq!(batch[1]["error"], json!({"code": 6, "message": "unknown rcap"}));
         // Over 1 MiB: refused, connection closed.
         let big = format!(r#"{{"jsonrpc":"2.0","id":3,"method":"CreatePool","params":["{}","plc"]}}"#, "x".repeat(1 << 20));
         let e = ask(&big);
         assert_eq!(e["error"]["code"], -32600);
-        assert!(e["error"]["message"].as_str().unwrap().contains("1 MiB"));
-        // The daemon still serves new connections.
+        assert!(e["error"]["message"].as_str().unwrap().contains("longer than"));
+        // The daemon still serves new connections, typed.
         let mut c = NmClient::connect(&sock2).unwrap();
-        assert_eq!(c.call("NodeInfo", json!({})).unwrap()["vm_types"], json!(["linux-vserver-x86"]));
+        let info = c.call::<plab_nm::api::calls::NodeInfo>(&jsonrpc::NoParams {}).unwrap();
+        assert_eq!(info.vm_types, [VmType::LinuxVserverX86]);
+        // One caller may hold only so many connections; the next gets told why.
+        let held: Vec<_> = (0..plab_nm::api::MAX_CONNECTIONS_PER_CALLER - 1)
+            .map(|_| std::os::unix::net::UnixStream::connect(&sock2).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut one_more = BufReader::new(std::os::unix::net::UnixStream::connect(&sock2).unwrap());
+        let mut line = String::new();
+        one_more.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], 11, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("too many connections"), "{v}");
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = NmClient::connect(&sock2).unwrap();
+        assert!(c.call_value("NodeInfo", json!({})).is_ok(), "slots come back when connections close");
     })
     .await
     .unwrap();
@@ -244,16 +549,18 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
     };
     let mut reg = Registry::new();
     reg.register(Arc::new(FakeBackend::new()));
-    let n = Node::open(cfg, reg).unwrap();
+    let n = NodeManager::open(cfg, reg).unwrap();
 
     let sk = KeyPair::generate();
-    let r = call(&n, &slice("plc.scs"), Method::SignCertificate, json!([sk.public_key_pem()])).await.unwrap();
+    let r = call(&n, &slice("plc.scs"), "SignCertificate", json!([sk.public_key_pem()])).await.unwrap();
     let chain = r["certificate"].as_str().unwrap();
     let id = verify_pem(chain, &[Cert::from_pem(&root).unwrap()]).unwrap();
     assert_eq!(id, Identity::Service { slice: SliceName::parse("plc.scs").unwrap(), node: 7 });
     // The owner is no slice; a bad key is named.
-    let e = call(&n, &Caller::Owner, Method::SignCertificate, json!([sk.public_key_pem()])).await.unwrap_err();
-    assert!(e.contains("certifies the calling slice"), "{e}");
-    let e = call(&n, &slice("plc.scs"), Method::SignCertificate, json!(["not a key"])).await.unwrap_err();
-    assert!(e.starts_with("public_key:"), "{e}");
+    let e = call(&n, &Caller::Owner, "SignCertificate", json!([sk.public_key_pem()])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
+    assert!(e.1.contains("certifies the calling slice"), "{e:?}");
+    let e = call(&n, &slice("plc.scs"), "SignCertificate", json!(["not a key"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
+    assert!(e.1.starts_with("public_key:"), "{e:?}");
 }

@@ -170,9 +170,9 @@ impl Drop for TestNode {
             self.start_nm();
         }
         if let Ok(mut c) = NmClient::connect(&self.socket()) {
-            if let Ok(v) = c.call("ListVMs", json!({})) {
+            if let Ok(v) = c.call_value("ListVMs", json!({})) {
                 for vm in v["vms"].as_array().into_iter().flatten() {
-                    let _ = c.call("DestroyVM", json!({"vm": vm["vm"]}));
+                    let _ = c.call_value("DestroyVM", json!({"vm": vm["vm"]}));
                 }
             }
         }
@@ -215,10 +215,10 @@ pub const GUEST_IMAGE: &str = "/var/cache/plab/images/guest-bookworm";
 pub fn guest_files(dir: &Path, spec: &vm_types::VmSpec) {
     let g = Path::new(GUEST_IMAGE);
     assert!(g.join(".plab-image").exists(), "guest image {GUEST_IMAGE} missing: run `make image`");
-    vm_types::libvirt::write_seed(dir, spec).unwrap();
+    vm_types::libvirt::write_seed(&vm_types::host::LinuxHost, dir, spec).unwrap();
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
     let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes());
-    vm_types::libvirt::GuestImage::project(g).create_overlay(&dir.join("disk.qcow2"), quota).unwrap();
+    vm_types::libvirt::GuestImage::project(g).create_overlay(&vm_types::host::LinuxHost, &dir.join("disk.qcow2"), quota).unwrap();
 }
 
 /// Raw QEMU booting the guest in `dir` (see [`guest_files`]) the way the libvirt backend's
@@ -248,7 +248,7 @@ pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, t
         .arg("-netdev")
         .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
         .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm_types::vserver::vm_mac(n.address)))
+        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm_types::vm_mac(n.address)))
         .args(["-device", "virtio-rng-pci"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -31,18 +31,18 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     // The image's disk is 2 GiB: a smaller quota is refused before anything is made.
     let small = format!(r#"<KvmSlice name="plc.it.cloud"><resources cpu_share="1" disk_quota="1" mem_limit="512"/><key>{public}</key></KvmSlice>"#);
     let sub = c.call_str("SplitPool", json!([root, small]), "rcap").unwrap();
-    let e = c.call("Bind", json!([sub, "plc.it.cloud"])).unwrap_err().to_string();
+    let e = c.call_value("Bind", json!([sub, "plc.it.cloud"])).unwrap_err().to_string();
     assert!(e.contains("disk_quota") && e.contains("smaller than the guest image"), "{e}");
-    assert!(c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty(), "{e}");
+    assert!(c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty(), "{e}");
 
     let rspec = format!(
         r#"<KvmSlice name="plc.it.cloud"><resources cpu_share="1" disk_quota="3" mem_limit="512"/><key>{public}</key><bootscript>echo "boot as $(id -un)" >> /var/tmp/plab-boots</bootscript></KvmSlice>"#
     );
     let sub = c.call_str("SplitPool", json!([root, rspec]), "rcap").unwrap();
     let t0 = Instant::now();
-    let vm = c.call("Bind", json!([sub, "plc.it.cloud"])).unwrap();
+    let vm = c.call_value("Bind", json!([sub, "plc.it.cloud"])).unwrap();
     let addr = vm["address"].as_str().unwrap().to_owned();
-    let host_key = c.call("VmStatus", json!(["plc_it_cloud"])).unwrap()["details"]["ssh_host_key"].as_str().unwrap().to_owned();
+    let host_key = c.call_value("VmStatus", json!(["plc_it_cloud"])).unwrap()["details"]["ssh_host_key"].as_str().unwrap().to_owned();
     let login = |what: &str| -> (i32, String) {
         let deadline = Instant::now() + Duration::from_secs(400);
         loop {
@@ -96,31 +96,31 @@ fn integration_stock_cloud_image_configured_by_cloud_init() {
     let (bob, bob_public) = keypair(&bob_dir);
     let more = format!(r#"<KvmSlice name="plc.it.cloud"><resources cpu_share="0" disk_quota="0" mem_limit="0"/><key>{bob_public}</key></KvmSlice>"#);
     let more = c.call_str("SplitPool", json!([root, more]), "rcap").unwrap();
-    c.call("Bind", json!([more, "plc.it.cloud"])).unwrap();
+    c.call_value("Bind", json!([more, "plc.it.cloud"])).unwrap();
     assert_ne!(node.ssh_verified(&bob, "plc_it_cloud", &addr, &host_key, "true").0, 0, "not before the next boot");
 
     // StopVM is systemd's clean shutdown (ACPI); the next boot runs the bootscript again
     // and keeps the same host key.
     run("echo kept > ~/unsynced");
     let t = Instant::now();
-    c.call("StopVM", json!(["plc_it_cloud"])).unwrap();
+    c.call_value("StopVM", json!(["plc_it_cloud"])).unwrap();
     eprintln!("stock cloud image: StopVM {:.1} s", t.elapsed().as_secs_f64());
-    assert_eq!(c.call("VmStatus", json!(["plc_it_cloud"])).unwrap()["state"], "stopped");
+    assert_eq!(c.call_value("VmStatus", json!(["plc_it_cloud"])).unwrap()["state"], "stopped");
     let log = c_log(&node);
     assert!(log.contains("reboot: Power down"), "systemd powered the guest off (not forced): {}", &log[log.len().saturating_sub(3000)..]);
-    c.call("StartVM", json!(["plc_it_cloud"])).unwrap();
+    c.call_value("StartVM", json!(["plc_it_cloud"])).unwrap();
     login("after StopVM/StartVM");
     assert_eq!(run("cat ~/unsynced").trim(), "kept");
     let (code, out) = node.ssh_verified(&bob, "plc_it_cloud", &addr, &host_key, "id -un");
     assert_eq!((code, out.trim()), (0, "plc_it_cloud"), "the second user's key works after the reboot: {out}");
     boots(2);
 
-    c.call("DestroyVM", json!(["plc_it_cloud"])).unwrap();
+    c.call_value("DestroyVM", json!(["plc_it_cloud"])).unwrap();
     let names = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&names.stdout).contains("plab-plc_it_cloud"), "no domain left");
     assert!(!Path::new("/var/lib/plab/guests/plc_it_cloud").exists(), "no disk or seed left");
 }
 
 fn c_log(node: &TestNode) -> String {
-    node.client().call("VmLog", json!(["plc_it_cloud"])).map(|v| v["log"].as_str().unwrap_or("").to_owned()).unwrap_or_default()
+    node.client().call_value("VmLog", json!(["plc_it_cloud"])).map(|v| v["log"].as_str().unwrap_or("").to_owned()).unwrap_or_default()
 }

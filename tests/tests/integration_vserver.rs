@@ -23,7 +23,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let mut c = node.client();
 
     // The node says which accelerator hypervisor VM types get, and why.
-    let info = c.call("NodeInfo", json!({})).unwrap();
+    let info = c.call_value("NodeInfo", json!({})).unwrap();
     assert!(info["accelerator"] == "kvm" || info["accelerator"] == "tcg", "{info}");
     assert!(!info["accelerator_reason"].as_str().unwrap_or("").is_empty(), "{info}");
     if std::path::Path::new("/sys/module/kvm_pvm").exists() && !std::path::Path::new("/sys/module/kvm_intel").exists() {
@@ -34,7 +34,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="512"/></PoolRSpec>"#;
     let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
     let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.demo", &public, 64, "0.05")]), "rcap").unwrap();
-    let vm = c.call("Bind", json!([sub, "plc.it.demo"])).unwrap();
+    let vm = c.call_value("Bind", json!([sub, "plc.it.demo"])).unwrap();
     let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
     assert_eq!(name, "plc_it_demo");
 
@@ -61,7 +61,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert!(out.contains("status=137") || out.contains("status=1"), "tail must be OOM-killed: {out}");
 
     // NM reports the limits in force, read back from the cgroup.
-    let st = c.call("VmStatus", json!({"vm": name})).unwrap();
+    let st = c.call_value("VmStatus", json!({"vm": name})).unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["details"]["memory_limit_bytes"], (64u64 << 20).to_string());
     assert_eq!(st["details"]["cpu_shares"], "2048");
@@ -75,18 +75,18 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert!(out.contains("Permission denied") && !out.contains("PRIVATE KEY"), "{out}");
 
     // The bootscript runs at every start; its output is in the console log.
-    c.call("StopVM", json!([name])).unwrap();
-    assert_eq!(c.call("VmStatus", json!([name])).unwrap()["state"], "stopped");
-    c.call("StartVM", json!([name])).unwrap();
+    c.call_value("StopVM", json!([name])).unwrap();
+    assert_eq!(c.call_value("VmStatus", json!([name])).unwrap()["state"], "stopped");
+    c.call_value("StartVM", json!([name])).unwrap();
     assert_eq!(node.ssh_ready(&key, "plc_it_demo", &addr).0, 0);
     assert_eq!(node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "true").0, 0, "the same host key after a restart");
-    let log = c.call("VmLog", json!([name])).unwrap()["log"].as_str().unwrap().to_owned();
+    let log = c.call_value("VmLog", json!([name])).unwrap()["log"].as_str().unwrap().to_owned();
     assert_eq!(log.matches("bootscript ran as root on plc-it-demo").count(), 2, "{log}");
 
     // Binding a second pool adds its resources to the running VM, live.
     let more = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.demo", &public, 64, "0")]), "rcap").unwrap();
-    c.call("Bind", json!([more, "plc.it.demo"])).unwrap();
-    let st = c.call("VmStatus", json!([name])).unwrap();
+    c.call_value("Bind", json!([more, "plc.it.demo"])).unwrap();
+    let st = c.call_value("VmStatus", json!([name])).unwrap();
     assert_eq!(st["details"]["memory_limit_bytes"], (128u64 << 20).to_string());
     assert_eq!(st["resources"]["mem_limit"], "128 MB");
 
@@ -94,22 +94,22 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     node.kill_nm();
     node.start_nm();
     let mut c = node.client();
-    assert_eq!(c.call("VmStatus", json!([name])).unwrap()["state"], "running");
+    assert_eq!(c.call_value("VmStatus", json!([name])).unwrap()["state"], "running");
     assert_eq!(c.call_str("GetRSpec", json!([sub]), "rspec").unwrap().contains("plc.it.demo"), true);
     // The VM's own socket identifies the caller as its slice, and only that.
     let mut inside = NmClient::connect(&node.state().join("sockets").join(&name).join("nm.sock")).unwrap();
-    let rcaps = inside.call("GetRcap", json!({})).unwrap();
+    let rcaps = inside.call_value("GetRcap", json!({})).unwrap();
     assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 2);
-    let e = inside.call("CreatePool", json!([pool, "plc.it.demo"])).unwrap_err();
+    let e = inside.call_value("CreatePool", json!([pool, "plc.it.demo"])).unwrap_err();
     assert!(e.to_string().contains("permission denied"), "{e}");
 
     // Destroy leaves nothing behind: no mounts, no namespace, no directory.
-    c.call("DestroyVM", json!([name])).unwrap();
+    c.call_value("DestroyVM", json!([name])).unwrap();
     assert_eq!(mounts_under(&node.state()), 0);
     assert!(!node.state().join("vms").join(&name).exists());
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("plab-{name}")));
-    assert!(c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
+    assert!(c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -135,23 +135,23 @@ fn integration_vserver_failed_start_leaves_nothing() {
     // (This is no Xen host: the refusal says so.)
     let xen = format!(r#"<XenSlice name="plc.it.xen"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></XenSlice>"#);
     let sub = c.call_str("SplitPool", json!([root, xen]), "rcap").unwrap();
-    let e = c.call("Bind", json!([sub, "plc.it.xen"])).unwrap_err();
+    let e = c.call_value("Bind", json!([sub, "plc.it.xen"])).unwrap_err();
     assert!(e.to_string().contains("linux-xen-x86 is not supported on this node"), "{e}");
     assert!(e.to_string().contains("Xen"), "the refusal says why: {e}");
 
     // A VM whose start fails is removed completely, and the pool is free again.
     let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.broken", &public, 64, "0.05")]), "rcap").unwrap();
-    let e = c.call("Bind", json!([sub, "plc.it.broken"])).unwrap_err();
+    let e = c.call_value("Bind", json!([sub, "plc.it.broken"])).unwrap_err();
     assert!(e.to_string().contains("injected failure"), "the runtime's message reaches the caller: {e}");
-    assert!(c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
+    assert!(c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
     assert!(!node.state().join("vms/plc_it_broken").exists());
     assert!(!node.state().join("sockets/plc_it_broken").exists());
     assert_eq!(mounts_under(&node.state()), 0);
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("plab-plc_it_broken"));
-    let pools = c.call("ListPools", json!({})).unwrap();
+    let pools = c.call_value("ListPools", json!({})).unwrap();
     assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["vm"].is_null()), "{pools}");
-    assert!(c.call("Orphans", json!({})).unwrap()["orphans"].as_array().unwrap().is_empty());
+    assert!(c.call_value("Orphans", json!({})).unwrap()["orphans"].as_array().unwrap().is_empty());
 }
 
 #[test]

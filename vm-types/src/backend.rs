@@ -54,9 +54,25 @@ pub struct VmNetwork {
     pub gateway: Ipv4Addr,
 }
 
+impl VmNetwork {
+    /// The VM's MAC: locally administered, `02:00:` followed by the IPv4 address's bytes.
+    /// It follows from the address, so a VM re-created with the same address is reachable
+    /// at once: the node's neighbour cache never holds a dead MAC for it.
+    pub fn mac(&self) -> String {
+        vm_mac(self.address)
+    }
+}
+
+/// The locally administered MAC of the VM with this address: `02:00:` + the IPv4 bytes.
+pub fn vm_mac(addr: Ipv4Addr) -> String {
+    let o = addr.octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 /// Whether a VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, strum::Display, strum::EnumString)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum VmState {
     /// The VM runs.
     Running,
@@ -66,15 +82,6 @@ pub enum VmState {
     Missing,
 }
 
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            VmState::Running => "running",
-            VmState::Stopped => "stopped",
-            VmState::Missing => "missing",
-        })
-    }
-}
 
 /// What a backend reports about one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,29 +92,30 @@ pub struct VmStatus {
     pub details: BTreeMap<String, String>,
 }
 
-/// Why a backend call failed. Messages say what to do where there is something to do.
-#[derive(Debug, thiserror::Error)]
+/// Why a backend call failed. Messages say what to do where there is something to do;
+/// each variant's doc comment is its message.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum BackendError {
     /// VM {0} does not exist
-    #[error("VM {0} does not exist")]
     NotFound(String),
-    /// A host tool failed.
-    #[error("{command} failed: {message}")]
+    /// {command} failed: {message}
     Command {
         /// The command line, shortened.
         command: String,
         /// Its error output.
         message: String,
     },
-    /// A file operation failed.
-    #[error("{0}: {1}")]
+    /// {0}: {1}
     Io(String, #[source] std::io::Error),
     /// The host lacks something the backend needs; the message says what to install.
-    #[error("{0}")]
+    #[displaydoc("{0}")]
     Unavailable(String),
-    /// The request cannot be met as asked.
-    #[error("{0}")]
+    /// The request cannot be met as asked (too small a disk, a disk that would shrink).
+    #[displaydoc("{0}")]
     Invalid(String),
+    /// The backend itself failed (a panicked task, a state it should never be in).
+    #[displaydoc("{0}")]
+    Internal(String),
 }
 
 /// A VM type's implementation.

@@ -1,61 +1,138 @@
-//! Small helpers for driving host tools (`ip`, `mount`, ...) with errors that say what to
-//! install when a tool is missing.
+//! Everything the backends do to the host goes through [`Host`]: commands (`mount`,
+//! `runc`, `qemu-img`, `mkfs`, ...), mount checks and network set-up. [`LinuxHost`] does
+//! it for real; [`recording::RecordingHost`] (feature `test-util`) records each step and
+//! can be told to fail any of them, so backends' undo paths are tested without root.
+//!
+//! Network operations are typed methods whose default implementations run `ip`; the
+//! recording double therefore logs the `ip` command equivalent to each one.
 
 use crate::backend::BackendError;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// A command line for the host: a program, its arguments and, optionally, standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    /// The program.
+    pub prog: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Text fed to its standard input.
+    pub input: Option<String>,
+}
+
+impl Cmd {
+    /// `prog` with no arguments.
+    pub fn new(prog: impl Into<String>) -> Cmd {
+        Cmd { prog: prog.into(), args: Vec::new(), input: None }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Cmd {
+        self.args.push(a.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Cmd {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_string_lossy().into_owned()));
+        self
+    }
+
+    /// Feeds `text` on standard input.
+    pub fn input(mut self, text: impl Into<String>) -> Cmd {
+        self.input = Some(text.into());
+        self
+    }
+
+    /// The command as one line, for logs, errors and recorded calls.
+    pub fn line(&self) -> String {
+        std::iter::once(self.prog.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// What backends ask of the host.
+pub trait Host: Send + Sync {
+    /// Runs `cmd` to completion: its standard output on success, an error carrying its
+    /// standard error otherwise.
+    fn run(&self, cmd: &Cmd) -> Result<String, BackendError>;
+
+    /// Runs `cmd` with standard output and error appended to `log` (for a program that
+    /// hands them on to a VM's init, so they must be a file, never a pipe). Whether it
+    /// succeeded.
+    fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError>;
+
+    /// True when `path` is a mount point.
+    fn is_mounted(&self, path: &Path) -> bool;
+
+    /// Does the named network namespace (`/var/run/netns/<name>`) exist?
+    fn netns_exists(&self, name: &str) -> bool {
+        Path::new("/var/run/netns").join(name).exists()
+    }
+
+    /// Does a network interface of this name exist in the current network namespace?
+    fn link_exists(&self, name: &str) -> bool {
+        self.run(&Cmd::new("ip").args(["link", "show", "dev", name])).is_ok()
+    }
+
+    /// Makes sure a VM's network is in place, idempotently: namespace `netns`, a veth pair
+    /// whose host end `host_if` joins `bridge` and whose other end is `eth0` (with `mac`)
+    /// in the namespace, addressed `address/prefix_len` with a default route via `gateway`.
+    #[allow(clippy::too_many_arguments)]
+    fn vm_network(
+        &self,
+        netns: &str,
+        host_if: &str,
+        bridge: &str,
+        mac: &str,
+        address: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), BackendError> {
+        let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {netns}\n");
+        let mut node_batch = String::new();
+        if !self.netns_exists(netns) {
+            node_batch += &format!("netns add {netns}\n");
+            node_batch += &veth;
+        } else if !self.link_exists(host_if) {
+            node_batch += &veth;
+        }
+        node_batch += &format!("link set {host_if} master {bridge} up\n");
+        self.run(&Cmd::new("ip").args(["-batch", "-"]).input(node_batch))?;
+        let vm_batch = format!(
+            "link set lo up\naddr replace {address}/{prefix_len} dev eth0\nlink set eth0 up\nroute replace default via {gateway}\n"
+        );
+        self.run(&Cmd::new("ip").args(["-n", netns, "-batch", "-"]).input(vm_batch))?;
+        Ok(())
+    }
+
+    /// Removes a network namespace (and the VM end of its veth with it).
+    fn netns_del(&self, name: &str) -> Result<(), BackendError> {
+        if self.netns_exists(name) {
+            self.run(&Cmd::new("ip").args(["netns", "del", name]))?;
+        }
+        Ok(())
+    }
+
+    /// Puts interface `dev` on `bridge` and brings it up.
+    fn enslave(&self, dev: &str, bridge: &str) -> Result<(), BackendError> {
+        self.run(&Cmd::new("ip").args(["link", "set", dev, "master", bridge, "up"])).map(|_| ())
+    }
+}
 
 /// Debian package that provides a tool, for "install this" messages.
-fn package_of(prog: &str) -> &str {
+pub fn package_of(prog: &str) -> &str {
     match prog {
         "ip" => "iproute2",
         "mkfs.ext4" | "resize2fs" => "e2fsprogs",
         "mount" | "umount" | "losetup" => "mount",
+        "mkfs.vfat" => "dosfstools",
+        "mcopy" => "mtools",
+        "qemu-img" => "qemu-utils",
         "runc" => "runc",
         _ => prog,
-    }
-}
-
-/// Runs a command to completion; its stdout on success, its stderr in the error otherwise.
-pub fn run(prog: &str, args: &[&str]) -> Result<String, BackendError> {
-    let started = std::time::Instant::now();
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(prog, e))?;
-    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1000.0, "{prog} {}", args.join(" "));
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(BackendError::Command {
-            command: format!("{prog} {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
-/// Like [`run`], feeding `input` on standard input (for `ip -batch -`).
-pub fn run_with_input(prog: &str, args: &[&str], input: &str) -> Result<String, BackendError> {
-    use std::io::Write;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(prog, e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(|e| BackendError::Io(format!("{prog} stdin"), e))?;
-    }
-    let out = child.wait_with_output().map_err(|e| BackendError::Io(prog.to_owned(), e))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(BackendError::Command {
-            command: format!("{prog} {} <<< {:?}", args.join(" "), input.lines().next().unwrap_or("")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
     }
 }
 
@@ -68,11 +145,57 @@ pub fn spawn_error(prog: &str, e: std::io::Error) -> BackendError {
     }
 }
 
-/// True when `path` is a mount point (per /proc/self/mountinfo).
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+/// The host, for real.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxHost;
+
+/// The real host, shared.
+pub fn linux() -> Arc<dyn Host> {
+    Arc::new(LinuxHost)
+}
+
+impl Host for LinuxHost {
+    fn run(&self, cmd: &Cmd) -> Result<String, BackendError> {
+        let started = std::time::Instant::now();
+        let mut c = Command::new(&cmd.prog);
+        c.args(&cmd.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(if cmd.input.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = c.spawn().map_err(|e| spawn_error(&cmd.prog, e))?;
+        if let (Some(text), Some(mut stdin)) = (&cmd.input, child.stdin.take()) {
+            use std::io::Write;
+            stdin.write_all(text.as_bytes()).map_err(|e| BackendError::Io(format!("{} stdin", cmd.prog), e))?;
+        }
+        let out = child.wait_with_output().map_err(|e| BackendError::Io(cmd.prog.clone(), e))?;
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1000.0, "{}", cmd.line());
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let first_input_line = cmd.input.as_deref().and_then(|i| i.lines().next()).map(|l| format!(" <<< {l:?}")).unwrap_or_default();
+            Err(BackendError::Command {
+                command: format!("{}{first_input_line}", cmd.line()),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| BackendError::Io(log.display().to_string(), e))?;
+        let f2 = f.try_clone().map_err(|e| BackendError::Io(log.display().to_string(), e))?;
+        let status = Command::new(&cmd.prog)
+            .args(&cmd.args)
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .status()
+            .map_err(|e| spawn_error(&cmd.prog, e))?;
+        Ok(status.success())
+    }
+
+    fn is_mounted(&self, path: &Path) -> bool {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+        let want = path.to_string_lossy();
+        info.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -92,21 +215,224 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Does a network interface of this name exist in the current network namespace?
-/// (Asked over netlink: /sys/class/net shows the namespace that mounted /sys, which is not
-/// ours when the node manager runs in a node namespace.)
-pub fn link_exists(name: &str) -> bool {
-    run("ip", &["link", "show", "dev", name]).is_ok()
+/// Makes sure the node bridge exists, carries `gateway/prefix_len` and is up. Idempotent.
+pub fn ensure_bridge(host: &dyn Host, bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), BackendError> {
+    if !host.link_exists(bridge) {
+        host.run(&Cmd::new("ip").args(["link", "add", bridge, "type", "bridge"]))?;
+    }
+    host.run(&Cmd::new("ip").args(["addr", "replace", &format!("{gateway}/{prefix_len}"), "dev", bridge]))?;
+    host.run(&Cmd::new("ip").args(["link", "set", bridge, "up"]))?;
+    Ok(())
 }
 
-/// Makes sure the node bridge exists, carries `gateway/prefix_len` and is up. Idempotent.
-pub fn ensure_bridge(bridge: &str, gateway: std::net::Ipv4Addr, prefix_len: u8) -> Result<(), BackendError> {
-    if !link_exists(bridge) {
-        run("ip", &["link", "add", bridge, "type", "bridge"])?;
+/// A path as a command argument.
+pub fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod recording {
+    //! A host that records every step and fails the ones it is told to: the test double
+    //! for backends (after youki's `TestHelperSyscall`).
+
+    use super::{Cmd, Host};
+    use crate::backend::BackendError;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    struct Rule {
+        prefix: String,
+        times: usize,
+        outcome: Result<String, String>,
     }
-    run("ip", &["addr", "replace", &format!("{gateway}/{prefix_len}"), "dev", bridge])?;
-    run("ip", &["link", "set", bridge, "up"])?;
-    Ok(())
+
+    #[derive(Default)]
+    struct State {
+        calls: Vec<Cmd>,
+        rules: Vec<Rule>,
+        mounted: BTreeSet<PathBuf>,
+        pinned: BTreeSet<PathBuf>,
+        netns: BTreeSet<String>,
+    }
+
+    /// Records commands; every command succeeds with empty output unless a rule says
+    /// otherwise. `mount`/`umount` and `ip netns add`/`del` are tracked, so mount and
+    /// namespace checks answer as a real host would after them.
+    #[derive(Default)]
+    pub struct RecordingHost {
+        state: Mutex<State>,
+    }
+
+    impl RecordingHost {
+        /// A host on which everything succeeds.
+        pub fn new() -> RecordingHost {
+            RecordingHost::default()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Commands whose line starts with `prefix` print `stdout` (every time).
+        pub fn reply(&self, prefix: &str, stdout: &str) {
+            self.lock().rules.push(Rule { prefix: prefix.into(), times: usize::MAX, outcome: Ok(stdout.into()) });
+        }
+
+        /// The next `times` commands whose line starts with `prefix` fail with `message`.
+        pub fn fail(&self, prefix: &str, times: usize, message: &str) {
+            self.lock().rules.push(Rule { prefix: prefix.into(), times, outcome: Err(message.into()) });
+        }
+
+        /// Every command run so far.
+        pub fn calls(&self) -> Vec<Cmd> {
+            self.lock().calls.clone()
+        }
+
+        /// Every command run so far, one line each.
+        pub fn lines(&self) -> Vec<String> {
+            self.lock().calls.iter().map(Cmd::line).collect()
+        }
+
+        /// Forgets the calls made so far.
+        pub fn clear(&self) {
+            self.lock().calls.clear();
+        }
+
+        /// Marks `path` mounted (or not), as if a mount had happened outside the backend.
+        pub fn set_mounted(&self, path: &Path, mounted: bool) {
+            let mut s = self.lock();
+            if mounted {
+                s.mounted.insert(path.to_owned());
+            } else {
+                s.mounted.remove(path);
+            }
+        }
+
+        /// Keeps `path` mounted whatever unmounts it (a mount the kernel will not let go).
+        pub fn pin_mounted(&self, path: &Path) {
+            let mut s = self.lock();
+            s.mounted.insert(path.to_owned());
+            s.pinned.insert(path.to_owned());
+        }
+
+        /// Paths mounted now.
+        pub fn mounted(&self) -> Vec<PathBuf> {
+            self.lock().mounted.iter().cloned().collect()
+        }
+
+        /// Network namespaces that exist now.
+        pub fn namespaces(&self) -> Vec<String> {
+            self.lock().netns.iter().cloned().collect()
+        }
+
+        fn outcome(&self, cmd: &Cmd) -> Result<String, String> {
+            let mut s = self.lock();
+            s.calls.push(cmd.clone());
+            let line = cmd.line();
+            let mut result = Ok(String::new());
+            if let Some(r) = s.rules.iter_mut().find(|r| r.times > 0 && line.starts_with(&r.prefix)) {
+                if r.times != usize::MAX {
+                    r.times -= 1;
+                }
+                result = r.outcome.clone();
+            }
+            if result.is_ok() {
+                track(&mut s, cmd);
+            }
+            result
+        }
+    }
+
+    /// Follows mounts and namespaces the way the real host would.
+    fn track(s: &mut State, cmd: &Cmd) {
+        let last = cmd.args.last().map(PathBuf::from);
+        match (cmd.prog.as_str(), last) {
+            ("mount", Some(target)) => {
+                s.mounted.insert(target);
+            }
+            ("umount", Some(target)) if !s.pinned.contains(&target) => {
+                s.mounted.remove(&target);
+            }
+            ("ip", _) => {
+                let text = match &cmd.input {
+                    Some(i) => i.lines().map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    None => vec![cmd.args.clone()],
+                };
+                for words in text {
+                    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                        ["netns", "add", n] => {
+                            s.netns.insert(n.to_string());
+                        }
+                        ["netns", "del", n] => {
+                            s.netns.remove(*n);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    impl Host for RecordingHost {
+        fn run(&self, cmd: &Cmd) -> Result<String, BackendError> {
+            self.outcome(cmd).map_err(|message| BackendError::Command { command: cmd.line(), message })
+        }
+
+        fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
+            match self.outcome(cmd) {
+                Ok(_) => Ok(true),
+                Err(message) => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .map_err(|e| BackendError::Io(log.display().to_string(), e))?;
+                    let _ = writeln!(f, "{message}");
+                    Ok(false)
+                }
+            }
+        }
+
+        fn is_mounted(&self, path: &Path) -> bool {
+            self.lock().mounted.contains(path)
+        }
+
+        fn netns_exists(&self, name: &str) -> bool {
+            self.lock().netns.contains(name)
+        }
+
+        fn link_exists(&self, name: &str) -> bool {
+            self.run(&Cmd::new("ip").args(["link", "show", "dev", name])).is_ok()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn records_fails_n_times_and_tracks_mounts() {
+            let h = RecordingHost::new();
+            h.fail("mkfs.ext4", 2, "no space");
+            h.reply("runc --root /r state", "{\"status\":\"running\"}");
+            assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_err());
+            assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_err());
+            assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_ok(), "only twice");
+            assert_eq!(h.run(&Cmd::new("runc").args(["--root", "/r", "state", "a"])).unwrap(), "{\"status\":\"running\"}");
+            h.run(&Cmd::new("mount").args(["-o", "loop", "/img", "/mnt"])).unwrap();
+            assert!(h.is_mounted(Path::new("/mnt")));
+            h.run(&Cmd::new("umount").args(["-l", "/mnt"])).unwrap();
+            assert!(!h.is_mounted(Path::new("/mnt")));
+            h.run(&Cmd::new("ip").args(["-batch", "-"]).input("netns add plab-a\nlink set x up\n")).unwrap();
+            assert!(h.netns_exists("plab-a"));
+            h.netns_del("plab-a").unwrap();
+            assert!(!h.netns_exists("plab-a"));
+            assert_eq!(h.lines().len(), 8);
+        }
+    }
 }
 
 #[cfg(test)]

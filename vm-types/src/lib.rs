@@ -4,13 +4,15 @@
 //! architecture overview): [`SliceName`], [`Resources`], the [`RSpec`] hierarchy with its
 //! XML form, [`VmType`], and the [`Backend`] trait that each VM type implements. The node
 //! manager only ever talks to a `dyn Backend`; the real backends live in feature-gated
-//! modules (`vserver`), and [`fake`] is an in-memory backend for unit tests.
+//! modules (`vserver`, `libvirt`), every host side effect goes through [`host::Host`],
+//! and [`fake`] is an in-memory backend for unit tests.
 #![warn(missing_docs)]
 
 #[cfg(feature = "kvm-probe")]
 pub mod accel;
 pub mod backend;
 pub mod fake;
+pub mod files;
 pub mod host;
 pub mod host_key;
 #[cfg(feature = "libvirt")]
@@ -22,7 +24,7 @@ pub mod vm_type;
 #[cfg(feature = "vserver")]
 pub mod vserver;
 
-pub use backend::{Backend, BackendError, Registry, VmNetwork, VmSpec, VmState, VmStatus};
+pub use backend::{vm_mac, Backend, BackendError, Registry, VmNetwork, VmSpec, VmState, VmStatus};
 pub use resources::{Quantity, Resources, ResourceError};
 pub use rspec::{PoolRSpec, RSpec, RSpecClass, RSpecError, SliceAuthorityRef, SliceRSpec, SshKey};
 pub use slice_name::{SliceName, SliceNameError};

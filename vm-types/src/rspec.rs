@@ -278,7 +278,7 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.err_at(pos, format!("{class}: unexpected attribute {k:?}"))),
             }
         }
-        let class_type = VmType::ALL.into_iter().find(|t| t.slice_class() == class);
+        let class_type = VmType::ALL.iter().copied().find(|t| t.slice_class() == class);
         let mut rspec = match (class.as_str(), class_type) {
             ("PoolRSpec", _) => RSpec {
                 class: RSpecClass::Pool(PoolRSpec { vm_type, slice_authorities: vec![] }),

@@ -96,6 +96,21 @@ impl std::str::FromStr for SliceName {
     }
 }
 
+impl serde::Serialize for SliceName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A slice name on the wire is validated as it is read, so a bad one is refused at the
+/// edge with the reason.
+impl<'de> serde::Deserialize<'de> for SliceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SliceName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

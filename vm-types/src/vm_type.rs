@@ -1,9 +1,24 @@
 //! VM types (section 4.2): operating system, VMM and machine architecture.
 
-use std::fmt;
-
 /// A VM type this project knows. The name is the specification's `os-vmm-arch` triple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum VmType {
     /// Containers through an OCI runtime (the specification's vserver type).
     LinuxVserverX86,
@@ -15,15 +30,11 @@ pub enum VmType {
 
 impl VmType {
     /// Every known VM type.
-    pub const ALL: [VmType; 3] = [VmType::LinuxVserverX86, VmType::LinuxKvmX86, VmType::LinuxXenX86];
+    pub const ALL: &'static [VmType] = <VmType as strum::VariantArray>::VARIANTS;
 
     /// The type's name as written in RSpecs.
     pub fn name(self) -> &'static str {
-        match self {
-            VmType::LinuxVserverX86 => "linux-vserver-x86",
-            VmType::LinuxKvmX86 => "linux-kvm-x86",
-            VmType::LinuxXenX86 => "linux-xen-x86",
-        }
+        self.into()
     }
 
     /// The RSpec class (XML element) specific to this VM type (`VServerSlice`, ...).
@@ -37,12 +48,23 @@ impl VmType {
 
     /// Parses a VM type name.
     pub fn parse(s: &str) -> Option<VmType> {
-        VmType::ALL.into_iter().find(|t| t.name() == s)
+        s.parse().ok()
     }
 }
 
-impl fmt::Display for VmType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(VmType::LinuxVserverX86.name(), "linux-vserver-x86");
+        assert_eq!(VmType::LinuxKvmX86.to_string(), "linux-kvm-x86");
+        for t in VmType::ALL {
+            assert_eq!(VmType::parse(t.name()), Some(*t));
+            assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(t.name()));
+        }
+        assert_eq!(VmType::parse("linux-vserver"), None);
+        assert_eq!(VmType::parse("Linux-Kvm-X86"), None);
     }
 }

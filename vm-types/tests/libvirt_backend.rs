@@ -1,15 +1,61 @@
 //! The libvirt backend: domain XML for linux-kvm-x86 and linux-xen-x86 is valid for
 //! libvirt's own schema (virt-xml-validate), and the lifecycle runs against libvirt's
-//! test driver (test:///default), which needs no hypervisor. Needs libvirt-clients,
-//! qemu-utils, dosfstools and mtools (`make test` installs them).
+//! test driver, which needs no hypervisor. Each test gets a test driver of its own
+//! (`test:///<file>`: the default one is shared by every connection of the process, and
+//! cargo runs these tests side by side). Host commands go through the real host except
+//! where a test makes one fail. Needs libvirt-clients, qemu-utils, dosfstools and mtools
+//! (`make test` installs them).
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
+use vm_types::host::recording::RecordingHost;
+use vm_types::host::{Cmd, Host, LinuxHost};
 use vm_types::libvirt::{domain_xml, meta_data, network_config, user_data, GuestBoot, GuestImage, LibvirtBackend, LibvirtConfig};
-use vm_types::{Backend, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmState, VmType};
+use vm_types::{Backend, BackendError, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmState, VmType};
+
+/// A test driver with its own empty hypervisor: a node description in `dir`.
+fn private_test_uri(dir: &Path) -> String {
+    let node = dir.join("test-node.xml");
+    std::fs::write(
+        &node,
+        "<node><cpu><mhz>6000</mhz><model>i686</model><active>2</active><nodes>1</nodes><sockets>1</sockets>\
+         <cores>2</cores><threads>1</threads></cpu><memory>8388608</memory></node>",
+    )
+    .unwrap();
+    format!("test://{}", node.display())
+}
+
+/// The real host for file work (qemu-img, mkfs.vfat, mcopy), recording every command;
+/// the tap commands, which need root and a bridge, only recorded.
+struct RealFilesHost {
+    record: RecordingHost,
+}
+
+impl Host for RealFilesHost {
+    fn run(&self, cmd: &Cmd) -> Result<String, BackendError> {
+        self.record.run(cmd)?;
+        if ["qemu-img", "mkfs.vfat", "mcopy"].contains(&cmd.prog.as_str()) {
+            LinuxHost.run(cmd)
+        } else {
+            Ok(String::new())
+        }
+    }
+    fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
+        self.record.run_logged(cmd, log)
+    }
+    fn is_mounted(&self, path: &Path) -> bool {
+        self.record.is_mounted(path)
+    }
+}
+
+fn host() -> Arc<RealFilesHost> {
+    Arc::new(RealFilesHost { record: RecordingHost::new() })
+}
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+const KEY2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBk4pK5IYqk/NsoJWXGxbqUZBMzIjzY2JwqXEhyS6H7T bob@example.org";
 
 fn spec(vm_type: VmType) -> VmSpec {
     let mut resources = Resources::spec_default();
@@ -28,7 +74,7 @@ fn spec(vm_type: VmType) -> VmSpec {
 
 fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
     LibvirtConfig {
-        uri: "test:///default".into(),
+        uri: private_test_uri(dir),
         vm_type,
         domain_type: domain_type.into(),
         vm_dir: dir.join("vms"),
@@ -36,6 +82,7 @@ fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
         bridge: "plab0".into(),
         stop_timeout: Duration::from_secs(2),
         tap_move: None,
+        owner: "test-owner".into(),
     }
 }
 
@@ -161,8 +208,10 @@ fn a_quota_smaller_than_the_image_is_refused_and_leaves_nothing() {
     assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("2G").status().unwrap().success());
     let mut cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
     cfg.image = GuestImage::open(&q).unwrap();
-    let b = LibvirtBackend::connect(cfg.clone()).unwrap();
-    let e = b.create(&spec(VmType::LinuxKvmX86)).unwrap_err().to_string();
+    let b = LibvirtBackend::connect(cfg.clone(), host()).unwrap();
+    let e = b.create(&spec(VmType::LinuxKvmX86)).unwrap_err();
+    assert!(matches!(e, BackendError::Invalid(_)), "{e:?}");
+    let e = e.to_string();
     assert!(e.starts_with("disk_quota:") && e.contains("smaller than the guest image"), "{e}");
     assert!(b.list().unwrap().is_empty(), "no half-made domain");
     assert!(!cfg.vm_dir.join("plc_demo").exists(), "no half-made overlay");
@@ -177,7 +226,8 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     let cfg = config(dir.path(), VmType::LinuxXenX86, "xen");
     let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.image.disk).arg("64M").status().unwrap();
     assert!(st.success());
-    let b = LibvirtBackend::connect(cfg.clone()).unwrap();
+    let h = host();
+    let b = LibvirtBackend::connect(cfg.clone(), h.clone()).unwrap();
     b.check().unwrap();
     let s = spec(VmType::LinuxXenX86);
 
@@ -208,12 +258,30 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     b.start(&s).unwrap(); // idempotent
 
     // Growing the disk needs a stopped VM; nothing changes when refused.
+    let size = || {
+        let out = Command::new("qemu-img").args(["info", "--output=json"]).arg(cfg.vm_dir.join("plc_demo/disk.qcow2")).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["virtual-size"].as_u64().unwrap()
+    };
     let mut bigger = s.clone();
     bigger.resources.disk_quota = vm_types::Quantity::from_milli(200);
-    assert!(b.update(&s, &bigger).is_err());
+    bigger.keys.push(SshKey::parse(KEY2).unwrap());
+    let seed_before = std::fs::read(cfg.vm_dir.join("plc_demo/seed.img")).unwrap();
+    let e = b.update(&s, &bigger).unwrap_err();
+    assert!(matches!(&e, BackendError::Invalid(m) if m.contains("stop the VM to grow its disk")), "{e:?}");
+    assert_eq!(size(), quota - quota % 512, "not grown");
+    assert_eq!(std::fs::read(cfg.vm_dir.join("plc_demo/seed.img")).unwrap(), seed_before, "seed untouched");
+    // Shrinking is refused, running or not.
+    let mut smaller = s.clone();
+    smaller.resources.disk_quota = vm_types::Quantity::from_milli(50);
+    assert!(matches!(b.update(&s, &smaller), Err(BackendError::Invalid(m)) if m.contains("cannot shrink")));
     b.stop("plc_demo").unwrap();
     assert_eq!(b.status("plc_demo").unwrap().state, VmState::Stopped);
     b.update(&s, &bigger).unwrap();
+    let big = bigger.resources.disk_quota_bytes();
+    assert_eq!(size(), big - big % 512, "grown to the new quota");
+    let keys = Command::new("mtype").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("::/plab/keys/plc_demo").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).lines().count(), 2, "the new key is in the seed");
+    assert!(h.record.lines().iter().any(|l| l.starts_with("qemu-img resize")), "{:?}", h.record.lines());
 
     b.destroy("plc_demo").unwrap();
     assert!(b.list().unwrap().is_empty());
@@ -223,10 +291,44 @@ fn xen_lifecycle_against_libvirts_test_driver() {
 }
 
 #[test]
+fn a_guest_whose_tap_cannot_be_attached_is_stopped_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
+    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.image.disk).arg("64M").status().unwrap().success());
+    let h = host();
+    h.record.fail("ip link set pvt1 master plab0 up", 1, "Cannot find device \"plab0\"");
+    let b = LibvirtBackend::connect(cfg.clone(), h.clone()).unwrap();
+    let s = spec(VmType::LinuxKvmX86);
+    b.create(&s).unwrap();
+    let e = b.start(&s).unwrap_err();
+    assert!(e.to_string().contains("Cannot find device"), "{e}");
+    assert_eq!(b.status("plc_demo").unwrap().state, VmState::Stopped, "not left running without its network");
+    b.start(&s).unwrap();
+    assert_eq!(b.status("plc_demo").unwrap().state, VmState::Running);
+    assert_eq!(b.status("plc_demo").unwrap().details["domain_type"], "qemu", "what libvirt really runs");
+    b.destroy("plc_demo").unwrap();
+}
+
+#[test]
+fn only_its_own_domains_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = config(dir.path(), VmType::LinuxXenX86, "xen");
+    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&mine.image.disk).arg("64M").status().unwrap().success());
+    let theirs = LibvirtConfig { owner: "another node manager".into(), vm_dir: dir.path().join("vms2"), ..mine.clone() };
+    let (a, b) = (LibvirtBackend::connect(mine, host()).unwrap(), LibvirtBackend::connect(theirs, host()).unwrap());
+    a.create(&spec(VmType::LinuxXenX86)).unwrap();
+    let mut other = spec(VmType::LinuxXenX86);
+    other.name = "plc_other".into();
+    b.create(&other).unwrap();
+    assert_eq!(a.list().unwrap(), ["plc_demo"]);
+    assert_eq!(b.list().unwrap(), ["plc_other"]);
+}
+
+#[test]
 fn a_missing_guest_image_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
-    let b = LibvirtBackend::connect(cfg.clone()).unwrap();
+    let b = LibvirtBackend::connect(cfg.clone(), host()).unwrap();
     let e = b.create(&spec(VmType::LinuxKvmX86)).unwrap_err();
     assert!(e.to_string().contains("make image"), "{e}");
     assert!(b.list().unwrap().is_empty(), "no half-made domain");

@@ -41,7 +41,7 @@ fn main() {
     let node = TestNode::new("bkvm");
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
-    let info = c.call("NodeInfo", json!({})).unwrap();
+    let info = c.call_value("NodeInfo", json!({})).unwrap();
     assert!(info["vm_types"].as_array().unwrap().iter().any(|t| t == "linux-kvm-x86"), "{info}");
     let accel = info["accelerator"].as_str().unwrap_or("tcg").to_owned();
     let pool = r#"<PoolRSpec><resources cpu_share="64" disk_quota="64" mem_limit="16384"/></PoolRSpec>"#;
@@ -74,6 +74,7 @@ fn main() {
         bridge: "plab0".into(),
         stop_timeout: Duration::from_secs(5),
         tap_move: None,
+        owner: "plab-bench".into(),
     };
     let fresh_disk = || guest_files(&raw_dir, &spec);
     let xml_path = node.dir.path().join("raw.xml");
@@ -105,10 +106,10 @@ fn main() {
             match which {
                 0 => {
                     let t = Instant::now();
-                    let vm = c.call("Bind", json!([sub, "plc.bench.nm"])).unwrap();
+                    let vm = c.call_value("Bind", json!([sub, "plc.bench.nm"])).unwrap();
                     nm_create.push(t.elapsed().as_secs_f64());
                     record(wait_ssh(vm["address"].as_str().unwrap(), "plc_bench_nm", t), &mut nm_banner, &mut nm_ssh);
-                    c.call("DestroyVM", json!(["plc_bench_nm"])).unwrap();
+                    c.call_value("DestroyVM", json!(["plc_bench_nm"])).unwrap();
                 }
                 1 => {
                     fresh_disk();
@@ -151,12 +152,12 @@ fn main() {
     for i in 0..n {
         let slice = format!("plc.bench.m{i}");
         let s = c.call_str("SplitPool", json!([root, vm_rspec(&slice)]), "rcap").unwrap();
-        c.call("Bind", json!([s, slice])).unwrap();
+        c.call_value("Bind", json!([s, slice])).unwrap();
     }
     let after = rss_kib(pid);
     println!("  NM resident memory: {:.1} MiB with no guest, {:.1} MiB with {n} running: {:.0} KiB per guest",
         before as f64 / 1024.0, after as f64 / 1024.0, after.saturating_sub(before) as f64 / n as f64);
     for i in 0..n {
-        let _ = c.call("DestroyVM", json!([format!("plc_bench_m{i}")]));
+        let _ = c.call_value("DestroyVM", json!([format!("plc_bench_m{i}")]));
     }
 }

@@ -47,8 +47,8 @@ fn main() {
     // The raw peer uses the bundle NM generated for a VM of its own (stopped, so its root
     // filesystem, network namespace and config.json are in place but no container runs).
     let raw_pool = c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.raw", &public, 64, "0.05")]), "rcap").unwrap();
-    c.call("Bind", json!([raw_pool, "plc.bench.raw"])).unwrap();
-    c.call("StopVM", json!(["plc_bench_raw"])).unwrap();
+    c.call_value("Bind", json!([raw_pool, "plc.bench.raw"])).unwrap();
+    c.call_value("StopVM", json!(["plc_bench_raw"])).unwrap();
     let bundle = node.state().join("vms/plc_bench_raw/bundle");
     let raw_root = node.dir.path().join("raw-runc");
     std::fs::create_dir_all(&raw_root).unwrap();
@@ -67,14 +67,14 @@ fn main() {
         };
         let mut nm = || {
             let t = Instant::now();
-            let vm = c.call("Bind", json!([vm_pool, "plc.bench.vm"])).unwrap();
+            let vm = c.call_value("Bind", json!([vm_pool, "plc.bench.vm"])).unwrap();
             let bind = t.elapsed();
             let addr = vm["address"].as_str().unwrap().to_owned();
             let (code, out) = node.ssh_ready(&key, "plc_bench_vm", &addr);
             assert_eq!(code, 0, "{out}");
             let ssh = t.elapsed();
             let t2 = Instant::now();
-            c.call("DestroyVM", json!(["plc_bench_vm"])).unwrap();
+            c.call_value("DestroyVM", json!(["plc_bench_vm"])).unwrap();
             (ms(bind + t2.elapsed()), ms(ssh))
         };
         let (n, r) = if i % 2 == 0 {
@@ -93,7 +93,7 @@ fn main() {
     println!("  raw runc create+start+delete, same bundle median {rawm:8.1} ms");
     println!("  ratio NM / raw runc                      {:8.2}x   (target <= 1.3x)", nmm / rawm);
     println!("  Bind to first OpenSSH login              median {:8.1} ms", median(&mut first_ssh));
-    c.call("DestroyVM", json!(["plc_bench_raw"])).unwrap();
+    c.call_value("DestroyVM", json!(["plc_bench_raw"])).unwrap();
 
     // --- 2. socket throughput -----------------------------------------------------------
     let window = Duration::from_secs(3);
@@ -101,7 +101,7 @@ fn main() {
     let t = Instant::now();
     while t.elapsed() < window {
         for _ in 0..100 {
-            c.call("GetRSpec", json!({"rcap": root})).unwrap();
+            c.call_value("GetRSpec", json!({"rcap": root})).unwrap();
         }
         n += 100;
     }
@@ -152,10 +152,10 @@ fn main() {
     for i in 0..records {
         let name = format!("plc.bench.m{i}");
         let sub = c.call_str("SplitPool", json!([root, slice_rspec(&name, &public, 32, "0.016")]), "rcap").unwrap();
-        c.call("Bind", json!([sub, name])).unwrap();
+        c.call_value("Bind", json!([sub, name])).unwrap();
     }
     let created = t.elapsed();
-    let vms = c.call("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().len();
+    let vms = c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().len();
     let after = rss();
     println!("memory: {vms} running container VMs created in {:.1} s ({:.0} ms each)", created.as_secs_f64(), ms(created) / records as f64);
     println!("  NM resident memory, no VMs               {:8.1} MiB", before as f64 / 1024.0);
@@ -163,6 +163,6 @@ fn main() {
     println!("  per VM                                   {:8.1} KiB", (after.saturating_sub(before)) as f64 / vms as f64);
     let mut c2 = NmClient::connect(&node.socket()).unwrap();
     for i in 0..records {
-        c2.call("DestroyVM", json!([format!("plc_bench_m{i}")])).unwrap();
+        c2.call_value("DestroyVM", json!([format!("plc_bench_m{i}")])).unwrap();
     }
 }

@@ -19,13 +19,14 @@
 pub mod oci;
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
-use crate::host::{is_mounted, link_exists, run, run_with_input, spawn_error};
+use crate::host::{s, Cmd, Host};
 use crate::vm_type::VmType;
+use oci_spec::runtime::{ContainerState, State};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Smallest disk a VM can have: ext4 needs room for its own metadata.
@@ -51,6 +52,7 @@ pub struct VserverConfig {
 /// The container backend.
 pub struct VserverBackend {
     cfg: VserverConfig,
+    host: Arc<dyn Host>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
@@ -59,8 +61,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
 }
 
 impl VserverBackend {
-    /// A backend with these settings. Paths must not hold `,` or `:` (overlayfs options).
-    pub fn new(cfg: VserverConfig) -> Result<VserverBackend, BackendError> {
+    /// A backend with these settings on `host`. Paths must not hold `,` or `:` (overlayfs
+    /// options).
+    pub fn new(cfg: VserverConfig, host: Arc<dyn Host>) -> Result<VserverBackend, BackendError> {
         for p in [&cfg.vm_dir, &cfg.image_dir] {
             if p.to_string_lossy().contains([',', ':']) {
                 return Err(BackendError::Invalid(format!("{}: paths for VMs may not contain ',' or ':'", p.display())));
@@ -68,7 +71,11 @@ impl VserverBackend {
         }
         fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
         fs::create_dir_all(&cfg.runtime_root).map_err(io(cfg.runtime_root.display().to_string()))?;
-        Ok(VserverBackend { cfg })
+        Ok(VserverBackend { cfg, host })
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Result<String, BackendError> {
+        self.host.run(&Cmd::new(prog).args(args))
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -79,30 +86,33 @@ impl VserverBackend {
         format!("plab-{name}")
     }
 
-    fn runtime(&self, args: &[&str]) -> Result<String, BackendError> {
-        let root = self.cfg.runtime_root.to_string_lossy().into_owned();
-        let mut all = vec!["--root", root.as_str()];
-        all.extend_from_slice(args);
-        run(&self.cfg.runtime, &all)
+    fn runtime_cmd(&self, args: &[&str]) -> Cmd {
+        Cmd::new(&self.cfg.runtime).arg("--root").arg(&self.cfg.runtime_root).args(args)
     }
 
-    /// The runtime's view of a container: its status and pid, or None when it has none.
-    fn runtime_state(&self, name: &str) -> Result<Option<(String, u32)>, BackendError> {
+    fn runtime(&self, args: &[&str]) -> Result<String, BackendError> {
+        self.host.run(&self.runtime_cmd(args))
+    }
+
+    /// The runtime's view of a container (OCI state: status and pid), or None when it
+    /// has none.
+    fn runtime_state(&self, name: &str) -> Result<Option<State>, BackendError> {
         // runc keeps one directory per container under its root: no directory, no
         // container, and no need to ask runc.
         if self.cfg.runtime == "runc" && !self.cfg.runtime_root.join(name).exists() {
             return Ok(None);
         }
         match self.runtime(&["state", name]) {
-            Ok(out) => {
-                let v: serde_json::Value = serde_json::from_str(&out)
-                    .map_err(|e| BackendError::Invalid(format!("{} state {name}: unreadable output: {e}", self.cfg.runtime)))?;
-                let status = v["status"].as_str().unwrap_or("unknown").to_owned();
-                Ok(Some((status, v["pid"].as_u64().unwrap_or(0) as u32)))
-            }
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|e| BackendError::Internal(format!("{} state {name}: unreadable output: {e}", self.cfg.runtime))),
             Err(BackendError::Command { message, .. }) if message.contains("does not exist") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn is_running(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(self.runtime_state(name)?.is_some_and(|st| *st.status() == ContainerState::Running))
     }
 
     fn write_plab_files(&self, spec: &VmSpec) -> Result<(), BackendError> {
@@ -128,49 +138,36 @@ impl VserverBackend {
     fn mount(&self, name: &str) -> Result<(), BackendError> {
         let d = self.dir(name);
         let (img, disk, rootfs) = (d.join("disk.img"), d.join("disk"), d.join("rootfs"));
-        if !is_mounted(&disk) {
-            run("mount", &["-o", "loop,nodev", &s(&img), &s(&disk)])?;
+        if !self.host.is_mounted(&disk) {
+            self.run("mount", &["-o", "loop,nodev,nosuid", &s(&img), &s(&disk)])?;
         }
         for sub in ["upper", "work"] {
             fs::create_dir_all(disk.join(sub)).map_err(io(format!("{name}: disk/{sub}")))?;
         }
-        if !is_mounted(&rootfs) {
+        if !self.host.is_mounted(&rootfs) {
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 s(&self.cfg.image_dir),
                 s(&disk.join("upper")),
                 s(&disk.join("work"))
             );
-            run("mount", &["-t", "overlay", "overlay", "-o", &opts, &s(&rootfs)])?;
+            self.run("mount", &["-t", "overlay", "overlay", "-o", &opts, &s(&rootfs)])?;
         }
         Ok(())
     }
 
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
-    /// Two `ip -batch` runs: one in the node namespace, one in the VM's.
     fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
-        let ns = Self::netns(&spec.name);
-        let host_if = format!("pv{}", spec.network.index);
-        // The VM's MAC follows from its address, so a VM re-created with the same address
-        // is reachable at once: the node's neighbour cache never holds a dead MAC for it.
-        let mac = vm_mac(spec.network.address);
-        let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {ns}\n");
-        let mut node_batch = String::new();
-        if !Path::new("/var/run/netns").join(&ns).exists() {
-            node_batch += &format!("netns add {ns}\n");
-            node_batch += &veth;
-        } else if !link_exists(&host_if) {
-            node_batch += &veth;
-        }
-        node_batch += &format!("link set {host_if} master {} up\n", self.cfg.bridge);
-        run_with_input("ip", &["-batch", "-"], &node_batch)?;
         let n = &spec.network;
-        let vm_batch = format!(
-            "link set lo up\naddr replace {}/{} dev eth0\nlink set eth0 up\nroute replace default via {}\n",
-            n.address, n.prefix_len, n.gateway
-        );
-        run_with_input("ip", &["-n", &ns, "-batch", "-"], &vm_batch)?;
-        Ok(())
+        self.host.vm_network(
+            &Self::netns(&spec.name),
+            &format!("pv{}", n.index),
+            &self.cfg.bridge,
+            &n.mac(),
+            n.address,
+            n.prefix_len,
+            n.gateway,
+        )
     }
 
     fn write_config(&self, spec: &VmSpec) -> Result<(), BackendError> {
@@ -198,7 +195,7 @@ impl VserverBackend {
         }
         let img = d.join("disk.img");
         fs::File::create(&img).and_then(|f| f.set_len(quota)).map_err(io("disk.img"))?;
-        run(
+        self.run(
             "mkfs.ext4",
             &["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "plab-vm", &s(&img)],
         )?;
@@ -222,26 +219,12 @@ impl VserverBackend {
 
     fn start_container(&self, name: &str) -> Result<(), BackendError> {
         let d = self.dir(name);
-        let console = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("console.log"))
-            .map_err(io("console.log"))?;
+        let log = d.join("console.log");
         let offset = self.console_offset(name);
         // The runtime hands its stdio to the VM's init, so stdout/stderr go straight to the
         // console log (a file, never a pipe that would keep us waiting).
-        let status = Command::new(&self.cfg.runtime)
-            .arg("--root")
-            .arg(&self.cfg.runtime_root)
-            .args(["create", "--bundle"])
-            .arg(d.join("bundle"))
-            .arg(name)
-            .stdin(Stdio::null())
-            .stdout(console.try_clone().map_err(io("console.log"))?)
-            .stderr(console)
-            .status()
-            .map_err(|e| spawn_error(&self.cfg.runtime, e))?;
-        if !status.success() {
+        let create = self.runtime_cmd(&["create", "--bundle", &s(&d.join("bundle")), name]);
+        if !self.host.run_logged(&create, &log)? {
             return Err(BackendError::Command {
                 command: format!("{} create {name}", self.cfg.runtime),
                 message: self.console_since(name, offset),
@@ -258,18 +241,18 @@ impl VserverBackend {
         let set_len = |len: u64| fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(len)).map_err(io("disk.img"));
         set_len(new_q)?;
         let r = (|| {
-            let dev = run("losetup", &["-j", &s(&img)])?;
+            let dev = self.run("losetup", &["-j", &s(&img)])?;
             let dev = dev.split(':').next().filter(|d| d.starts_with("/dev/")).ok_or_else(|| {
-                BackendError::Invalid("the VM disk is not attached to a loop device".into())
+                BackendError::Internal("the VM disk is not attached to a loop device".into())
             })?;
-            run("losetup", &["-c", dev])?;
-            run("resize2fs", &[dev]).map(|_| ())
+            self.run("losetup", &["-c", dev])?;
+            self.run("resize2fs", &[dev]).map(|_| ())
         })();
         if r.is_err() {
             let _ = set_len(old_q);
-            if let Ok(dev) = run("losetup", &["-j", &s(&img)]) {
-                if let Some(dev) = dev.split(':').next() {
-                    let _ = run("losetup", &["-c", dev]);
+            if let Ok(dev) = self.run("losetup", &["-j", &s(&img)]) {
+                if let Some(dev) = dev.split(':').next().filter(|d| d.starts_with("/dev/")) {
+                    let _ = self.run("losetup", &["-c", dev]);
                 }
             }
         }
@@ -283,19 +266,8 @@ impl VserverBackend {
     }
 }
 
-/// The locally administered MAC of the VM with this address: `02:00:` + the IPv4 bytes.
-pub fn vm_mac(addr: std::net::Ipv4Addr) -> String {
-    let o = addr.octets();
-    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 fn write_atomic(path: &Path, content: &str) -> Result<(), BackendError> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, content).and_then(|_| fs::rename(&tmp, path)).map_err(io(path.display().to_string()))
+    crate::files::write_private(path, content.as_bytes(), 0o644).map_err(io(path.display().to_string()))
 }
 
 impl Backend for VserverBackend {
@@ -304,7 +276,7 @@ impl Backend for VserverBackend {
     }
 
     fn check(&self) -> Result<(), BackendError> {
-        run(&self.cfg.runtime, &["--version"])?;
+        self.run(&self.cfg.runtime, &["--version"])?;
         if !self.cfg.image_dir.join(".plab-image").exists() {
             return Err(BackendError::Unavailable(format!(
                 "the container image {} is missing: build it with `make image` (images/build-rootfs.sh)",
@@ -312,13 +284,13 @@ impl Backend for VserverBackend {
             )));
         }
         for tool in [("ip", "-V"), ("mkfs.ext4", "-V"), ("losetup", "--version"), ("resize2fs", "-h")] {
-            if let Err(BackendError::Unavailable(m)) = run(tool.0, &[tool.1]) {
+            if let Err(BackendError::Unavailable(m)) = self.run(tool.0, &[tool.1]) {
                 return Err(BackendError::Unavailable(m));
             }
         }
         let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !fss.contains("overlay") {
-            let _ = run("modprobe", &["overlay"]);
+            let _ = self.run("modprobe", &["overlay"]);
             if !fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay") {
                 return Err(BackendError::Unavailable("the kernel lacks overlayfs: modprobe overlay".into()));
             }
@@ -348,14 +320,14 @@ impl Backend for VserverBackend {
         let (disk, net) = std::thread::scope(|sc| {
             let net = sc.spawn(|| self.network(spec));
             let disk = self.mount(&spec.name);
-            (disk, net.join().unwrap_or_else(|_| Err(BackendError::Invalid("network set-up panicked".into()))))
+            (disk, net.join().unwrap_or_else(|_| Err(BackendError::Internal("network set-up panicked".into()))))
         });
         disk?;
         net?;
         self.write_plab_files(spec)?;
         self.write_config(spec)?;
         match self.runtime_state(&spec.name)? {
-            Some((status, _)) if status == "running" => return Ok(()),
+            Some(st) if *st.status() == ContainerState::Running => return Ok(()),
             Some(_) => {
                 self.runtime(&["delete", "--force", &spec.name])?;
             }
@@ -369,15 +341,12 @@ impl Backend for VserverBackend {
     }
 
     fn stop(&self, name: &str) -> Result<(), BackendError> {
-        let Some((status, _)) = self.runtime_state(name)? else { return Ok(()) };
-        if status == "running" {
+        let Some(st) = self.runtime_state(name)? else { return Ok(()) };
+        if *st.status() == ContainerState::Running {
             let _ = self.runtime(&["kill", name, "TERM"]);
             let deadline = Instant::now() + self.cfg.stop_timeout;
-            while Instant::now() < deadline {
-                match self.runtime_state(name)? {
-                    Some((st, _)) if st == "running" => std::thread::sleep(Duration::from_millis(20)),
-                    _ => break,
-                }
+            while Instant::now() < deadline && self.is_running(name)? {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         self.runtime(&["delete", "--force", name])?;
@@ -403,23 +372,19 @@ impl Backend for VserverBackend {
             });
             let rest = (|| -> Result<(), BackendError> {
                 for m in [d.join("rootfs"), d.join("disk")] {
-                    if is_mounted(&m) {
-                        run("umount", &["-l", &s(&m)])?;
+                    if self.host.is_mounted(&m) {
+                        self.run("umount", &["-l", &s(&m)])?;
                     }
                 }
-                let ns = Self::netns(name);
-                if Path::new("/var/run/netns").join(&ns).exists() {
-                    run("ip", &["netns", "del", &ns])?;
-                }
-                Ok(())
+                self.host.netns_del(&Self::netns(name))
             })();
-            (container.join().unwrap_or_else(|_| Err(BackendError::Invalid("runtime delete panicked".into()))), rest)
+            (container.join().unwrap_or_else(|_| Err(BackendError::Internal("runtime delete panicked".into()))), rest)
         });
         container?;
         rest?;
         if d.exists() {
-            if is_mounted(&d.join("rootfs")) || is_mounted(&d.join("disk")) {
-                return Err(BackendError::Invalid(format!("{name}: disk still mounted, not removing {}", d.display())));
+            if self.host.is_mounted(&d.join("rootfs")) || self.host.is_mounted(&d.join("disk")) {
+                return Err(BackendError::Internal(format!("{name}: disk still mounted, not removing {}", d.display())));
             }
             fs::remove_dir_all(&d).map_err(io(d.display().to_string()))?;
         }
@@ -445,8 +410,8 @@ impl Backend for VserverBackend {
                 return Err(BackendError::Invalid(format!("disk_quota: growing the VM's disk failed ({e}); nothing was changed")));
             }
         }
-        if let Some((status, _)) = self.runtime_state(name)? {
-            if status == "running" {
+        if self.is_running(name)? {
+            {
                 let mem = new.resources.mem_limit_bytes().to_string();
                 let shares = new.resources.cpu_shares().to_string();
                 self.runtime(&["update", "--cpu-share", &shares, "--memory", &mem, "--memory-swap", &mem, name])?;
@@ -458,8 +423,8 @@ impl Backend for VserverBackend {
     fn status(&self, name: &str) -> Result<VmStatus, BackendError> {
         let mut details = BTreeMap::new();
         let state = match self.runtime_state(name)? {
-            Some((st, pid)) if st == "running" => {
-                details.insert("pid".into(), pid.to_string());
+            Some(st) if *st.status() == ContainerState::Running => {
+                details.insert("pid".into(), st.pid().unwrap_or(0).to_string());
                 if let Some(m) = Self::cgroup_value(name, "memory/plab/{}/memory.limit_in_bytes", "plab/{}/memory.max") {
                     details.insert("memory_limit_bytes".into(), m);
                 }
@@ -512,3 +477,6 @@ impl Backend for VserverBackend {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,39 @@
+//! `SignCertificate` (section 5.5): the node manager certifies that a public key belongs
+//! to the calling slice on this node, with the node's MA-issued certificate.
+
+use super::{Caller, NmError, NodeManager};
+use crate::api::CertificateResult;
+use credentials::pki::{issue, Cert, KeyPair, Profile};
+use credentials::Identity;
+
+/// How long a service certificate is valid, in days.
+pub const SERVICE_CERT_DAYS: i64 = 7;
+
+impl NodeManager {
+    pub(crate) fn sign_certificate(&self, caller: &Caller, public_key: &str) -> Result<CertificateResult, NmError> {
+        let Caller::Slice(slice) = caller else {
+            return Err(NmError::PermissionDenied(
+                "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice)".into(),
+            ));
+        };
+        let unavailable = |what: &std::path::Path, e: String| {
+            NmError::Internal(format!(
+                "this node has no node certificate yet ({}: {e}); plab-boot writes it when the node boots",
+                what.display()
+            ))
+        };
+        let (cert_path, key_path) = (&self.cfg.node_cert, &self.cfg.node_key);
+        let chain = std::fs::read_to_string(cert_path).map_err(|e| unavailable(cert_path, e.to_string()))?;
+        let key_pem = std::fs::read_to_string(key_path).map_err(|e| unavailable(key_path, e.to_string()))?;
+        let certs = Cert::bundle_from_pem(&chain).map_err(|e| unavailable(cert_path, e.to_string()))?;
+        let Identity::Node(node) = certs[0].identity else {
+            return Err(unavailable(cert_path, format!("names {}, not a node", certs[0].identity)));
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| unavailable(key_path, e.to_string()))?;
+        let id = Identity::Service { slice: slice.clone(), node };
+        let cert = issue(&certs[0].pem, &key, &id, public_key, Profile::Client, SERVICE_CERT_DAYS)
+            .map_err(|e| NmError::invalid("public_key", e))?;
+        let rest: String = certs.iter().map(|c| c.pem.as_str()).collect();
+        Ok(CertificateResult { certificate: format!("{cert}{rest}"), identity: id.to_string() })
+    }
+}

@@ -1,0 +1,296 @@
+//! The node manager's state and operations (section 4.3): the rcap table, pools, slivers
+//! (each slice's VM on this node), and the calls into backends.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`pools`] | `CreatePool`, `GetRcap`, `GetRSpec`, `SplitPool`, `DestroyPool`, `ListPools` |
+//! | [`bind`] | `Bind`: a pure plan from the tables, then its application |
+//! | [`vms`] | `ListVMs`, `VmStatus`, `StartVM`, `StopVM`, `DestroyVM`, `VmLog`, `NodeInfo` |
+//! | [`reconcile`] | repairs at start, `Orphans`, `CleanOrphans` |
+//! | [`certify`] | `SignCertificate` (section 5.5) |
+//! | [`locks`] | one lifecycle lock per VM |
+//! | [`sockets`] | each VM's own socket |
+//!
+//! Locking: `tables` (a std mutex, never held across an await or a backend call) guards
+//! the in-memory copy of the database; every change is written to the [`Store`] inside
+//! the same critical section, before the in-memory tables, so a failed write changes
+//! nothing and two calls can never both spend one pool. Lifecycle operations on one VM are
+//! serialised by that VM's lock ([`locks::VmLocks`]); different VMs proceed side by side.
+
+pub mod bind;
+pub mod certify;
+pub mod error;
+pub mod locks;
+pub mod pools;
+pub mod reconcile;
+pub mod sockets;
+pub mod vms;
+
+use crate::api::{Request, Wanted};
+use crate::config::Config;
+use crate::rcap::{Rcap, RcapKey};
+use crate::store::Store;
+pub use error::NmError;
+use jsonrpc::{reply, RpcError, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use vm_types::{Backend, BackendError, RSpec, Registry, SliceName, VmNetwork, VmSpec};
+
+/// Smallest memory limit a VM may have, in MB.
+pub const MIN_VM_MEM_MB: u64 = 32;
+
+/// Who is calling, as the kernel tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The node owner (site_admin).
+    Owner,
+    /// A slice: a process in its VM, or a local service mapped to it.
+    Slice(SliceName),
+}
+
+impl Caller {
+    /// May the caller see and act on `slice`'s pools and VMs?
+    pub fn may_see(&self, slice: &SliceName) -> bool {
+        match self {
+            Caller::Owner => true,
+            Caller::Slice(s) => s.covers(slice),
+        }
+    }
+}
+
+/// A resource pool (section 4.3).
+pub(crate) struct Pool {
+    pub id: i64,
+    pub rcap: Rcap,
+    pub parent: Option<i64>,
+    pub slice: SliceName,
+    pub rspec: RSpec,
+    pub xml: Arc<str>,
+    /// The VM the pool is bound to, or is being bound to by a Bind in progress.
+    pub vm: Option<String>,
+}
+
+/// A sliver: one slice's VM on this node, as the node manager records it.
+#[derive(Debug, Clone)]
+pub struct Sliver {
+    /// The VM's name: the slice's login.
+    pub name: String,
+    /// The slice.
+    pub slice: SliceName,
+    /// Resources bound to it.
+    pub resources: vm_types::Resources,
+    /// Its VM type, the users' keys and the bootscript.
+    pub vm: vm_types::SliceRSpec,
+    /// Node-unique small number (names host interfaces).
+    pub index: u32,
+    /// Its address on the node network.
+    pub address: Ipv4Addr,
+    /// What the node manager wants it to be.
+    pub wanted: Wanted,
+}
+
+impl Sliver {
+    /// Its whole RSpec, as recorded.
+    pub fn rspec(&self) -> RSpec {
+        RSpec { class: vm_types::RSpecClass::Slice(self.vm.clone()), resources: self.resources }
+    }
+}
+
+/// The in-memory copy of the database.
+#[derive(Default)]
+pub(crate) struct Tables {
+    pub pools: BTreeMap<i64, Pool>,
+    pub by_key: HashMap<RcapKey, i64>,
+    pub slivers: BTreeMap<String, Sliver>,
+}
+
+impl Tables {
+    /// The pool an rcap names. Malformed and unknown rcaps get the same answer.
+    pub fn pool(&self, rcap: &str) -> Result<&Pool, NmError> {
+        let r = Rcap::from_hex(rcap).ok_or(NmError::UnknownRcap)?;
+        self.by_key.get(&r.key()).and_then(|id| self.pools.get(id)).filter(|p| p.rcap.ct_eq(&r)).ok_or(NmError::UnknownRcap)
+    }
+
+    pub fn insert_pool(&mut self, p: Pool) {
+        self.by_key.insert(p.rcap.key(), p.id);
+        self.pools.insert(p.id, p);
+    }
+
+    /// The sliver named `name` if the caller may see it. Missing and not-yours give the
+    /// same answer.
+    pub fn sliver_for(&self, caller: &Caller, name: &str) -> Result<&Sliver, NmError> {
+        self.slivers.get(name).filter(|s| caller.may_see(&s.slice)).ok_or_else(|| NmError::NoSuchVm(name.to_owned()))
+    }
+}
+
+/// The node manager.
+pub struct NodeManager {
+    cfg: Config,
+    store: Store,
+    registry: Registry,
+    tables: Mutex<Tables>,
+    locks: locks::VmLocks,
+    sockets: sockets::VmSockets,
+    facts: Mutex<NodeFacts>,
+}
+
+/// What the daemon found out about the node at start, for `NodeInfo`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    /// `kvm` or `tcg`, and why.
+    pub accelerator: Option<(String, String)>,
+    /// Problems that make things slow or fail, each with its fix.
+    pub warnings: Vec<String>,
+}
+
+impl NodeManager {
+    /// Opens the state directory and loads the tables. Does not touch VMs: call
+    /// [`NodeManager::reconcile`] for that.
+    pub fn open(cfg: Config, registry: Registry) -> anyhow::Result<Arc<NodeManager>> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        set_mode(&cfg.state_dir, 0o700)?;
+        std::fs::create_dir_all(cfg.state_dir.join("sockets"))?;
+        let store = Store::open(&cfg.state_dir.join("nm.db"))?;
+        let (pools, vms) = store.load()?;
+        let mut t = Tables::default();
+        for p in pools {
+            let ctx = |what: &str| anyhow::anyhow!("state database, pool {}: {what}", p.id);
+            let rspec = RSpec::from_xml(&p.rspec).map_err(|e| ctx(&e.to_string()))?;
+            let slice = SliceName::parse(&p.slice).map_err(|e| ctx(&e.to_string()))?;
+            let rcap = Rcap::from_hex(&p.rcap).ok_or_else(|| ctx("bad rcap"))?;
+            t.insert_pool(Pool { id: p.id, rcap, parent: p.parent, slice, rspec, xml: p.rspec.into(), vm: p.vm });
+        }
+        for v in vms {
+            let ctx = |what: &str| anyhow::anyhow!("state database, VM {}: {what}", v.name);
+            let rspec = RSpec::from_xml(&v.rspec).map_err(|e| ctx(&e.to_string()))?;
+            let vm_types::RSpecClass::Slice(vm) = rspec.class else {
+                return Err(ctx("its RSpec is not a slice RSpec"));
+            };
+            let sliver = Sliver {
+                name: v.name.clone(),
+                slice: SliceName::parse(&v.slice).map_err(|e| ctx(&e.to_string()))?,
+                resources: rspec.resources,
+                vm,
+                index: v.idx,
+                address: v.address.parse().map_err(|_| ctx("bad address"))?,
+                wanted: v.state.parse().map_err(|_| ctx("bad state"))?,
+            };
+            t.slivers.insert(v.name, sliver);
+        }
+        Ok(Arc::new(NodeManager {
+            cfg,
+            store,
+            registry,
+            tables: Mutex::new(t),
+            locks: locks::VmLocks::default(),
+            sockets: sockets::VmSockets::default(),
+            facts: Mutex::new(NodeFacts::default()),
+        }))
+    }
+
+    /// Records what the daemon found out about the node, for `NodeInfo`.
+    pub fn set_facts(&self, facts: NodeFacts) {
+        *self.facts.lock().unwrap_or_else(|p| p.into_inner()) = facts;
+    }
+
+    pub(crate) fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The backend for a VM type, or why this node has none.
+    fn backend(&self, t: vm_types::VmType) -> Result<Arc<dyn Backend>, NmError> {
+        self.registry.get(t).cloned().ok_or_else(|| {
+            let have: Vec<String> = self.registry.types().iter().map(|t| t.to_string()).collect();
+            let why = self.registry.unavailable(t).map(|w| format!("; {w}")).unwrap_or_default();
+            NmError::Unsupported(format!("{t} is not supported on this node (supported: {}){why}", have.join(", ")))
+        })
+    }
+
+    /// What a backend needs to know to make or change a sliver.
+    fn spec_of(&self, s: &Sliver) -> VmSpec {
+        VmSpec {
+            name: s.name.clone(),
+            slice: s.slice.clone(),
+            vm_type: s.vm.vm_type,
+            resources: s.resources,
+            keys: s.vm.keys.clone(),
+            bootscript: s.vm.bootscript.clone(),
+            network: VmNetwork {
+                index: s.index,
+                address: s.address,
+                prefix_len: self.cfg.vm_prefix.len,
+                gateway: self.cfg.vm_prefix.gateway(),
+            },
+            nm_socket_dir: Some(self.sockets.dir(&self.cfg.state_dir, &s.name)),
+        }
+    }
+
+    /// Runs one decoded call for `caller`.
+    pub async fn dispatch(self: &Arc<Self>, caller: &Caller, req: Request) -> Result<Value, RpcError> {
+        use crate::api::calls as c;
+        fn r<T>(x: Result<T, NmError>) -> Result<T, RpcError> {
+            x.map_err(RpcError::from)
+        }
+        match req {
+            Request::CreatePool(p) => reply::<c::CreatePool>(r(self.create_pool(caller, &p.rspec, p.slice_name))),
+            Request::GetRcap(p) => reply::<c::GetRcap>(r(self.get_rcap(caller, p.slice_name))),
+            Request::GetRSpec(p) => reply::<c::GetRSpec>(r(self.get_rspec(&p.rcap))),
+            Request::SplitPool(p) => reply::<c::SplitPool>(r(self.split_pool(&p.rcap, &p.rspec))),
+            Request::Bind(p) => reply::<c::Bind>(r(self.bind(&p.rcap, p.slice_name).await)),
+            Request::DestroyPool(p) => reply::<c::DestroyPool>(r(self.destroy_pool(&p.rcap))),
+            Request::ListPools(_) => reply::<c::ListPools>(Ok(self.list_pools(caller))),
+            Request::ListVMs(_) => reply::<c::ListVMs>(Ok(self.list_vms(caller).await)),
+            Request::VmStatus(p) => reply::<c::VmStatus>(r(self.vm_status(caller, &p.vm).await)),
+            Request::StartVM(p) => reply::<c::StartVM>(r(self.start_vm(caller, &p.vm).await)),
+            Request::StopVM(p) => reply::<c::StopVM>(r(self.stop_vm(caller, &p.vm).await)),
+            Request::DestroyVM(p) => reply::<c::DestroyVM>(r(self.destroy_vm(caller, &p.vm).await)),
+            Request::VmLog(p) => reply::<c::VmLog>(r(self.vm_log(caller, &p.vm, p.bytes).await)),
+            Request::NodeInfo(_) => reply::<c::NodeInfo>(Ok(self.node_info())),
+            Request::Orphans(_) => reply::<c::Orphans>(r(self.orphans_for(caller).await)),
+            Request::CleanOrphans(_) => reply::<c::CleanOrphans>(r(self.clean_orphans(caller).await)),
+            Request::SignCertificate(p) => reply::<c::SignCertificate>(r(self.sign_certificate(caller, &p.public_key))),
+        }
+    }
+
+    /// Decodes and runs one call (by wire name) for `caller`.
+    pub async fn call(self: &Arc<Self>, caller: &Caller, method: &str, params: Value) -> Result<Value, RpcError> {
+        let req = Request::decode(method, params)?;
+        self.dispatch(caller, req).await
+    }
+}
+
+/// Refuses callers other than the owner.
+pub(crate) fn owner_only(caller: &Caller, method: &str) -> Result<(), NmError> {
+    match caller {
+        Caller::Owner => Ok(()),
+        Caller::Slice(s) => Err(NmError::PermissionDenied(format!(
+            "{method}: permission denied: only the node owner (site_admin) may call it, and the caller is slice {s}"
+        ))),
+    }
+}
+
+/// Runs a blocking backend call on the blocking pool. A panic in it is an internal
+/// failure, never a resource error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(BackendError::Internal(format!("backend task failed: {e}"))))
+}
+
+pub(crate) fn set_mode(p: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
+/// The directory holding a VM's own socket.
+pub fn vm_socket_dir(state_dir: &std::path::Path, vm: &str) -> PathBuf {
+    state_dir.join("sockets").join(vm)
+}

@@ -1,0 +1,132 @@
+//! VMs: `ListVMs`, `VmStatus`, `StartVM`, `StopVM`, `DestroyVM`, `VmLog`, and `NodeInfo`.
+
+use super::pools::resources_map;
+use super::{blocking, Caller, NmError, NodeManager};
+use crate::api::{DestroyedResult, NodeInfoResult, VmInfo, VmLogResult, VmsResult, Wanted, MAX_LOG_BYTES};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use vm_types::{Backend, VmSpec, VmState};
+
+/// Live facts about a VM: its state and the backend's details.
+pub(crate) type Live = (VmState, BTreeMap<String, String>);
+
+impl NodeManager {
+    /// The API's view of VM `name`, with live facts when given.
+    pub(crate) fn vm_info(&self, caller: &Caller, name: &str, live: Option<Live>) -> Result<VmInfo, NmError> {
+        let t = self.tables();
+        let s = t.sliver_for(caller, name)?;
+        let login = s.slice.login();
+        let (state, details) = match live {
+            Some((st, d)) => (Some(st), Some(d)),
+            None => (None, None),
+        };
+        Ok(VmInfo {
+            vm: s.name.clone(),
+            slice: s.slice.clone(),
+            ssh: format!("{login}@{}", s.address),
+            login,
+            vm_type: s.vm.vm_type,
+            address: s.address.to_string(),
+            wanted: s.wanted,
+            resources: resources_map(&s.resources),
+            keys: s.vm.keys.len(),
+            pools: t.pools.values().filter(|p| p.vm.as_deref() == Some(name)).count(),
+            state,
+            details,
+        })
+    }
+
+    /// VM `name`'s spec and backend, if the caller may act on it.
+    pub(crate) fn vm_for(&self, caller: &Caller, name: &str) -> Result<(VmSpec, Arc<dyn Backend>), NmError> {
+        let t = self.tables();
+        let s = t.sliver_for(caller, name)?;
+        Ok((self.spec_of(s), self.backend(s.vm.vm_type)?))
+    }
+
+    pub(crate) async fn live(&self, name: &str, backend: Arc<dyn Backend>) -> Live {
+        let n = name.to_owned();
+        match blocking(move || backend.status(&n)).await {
+            Ok(s) => (s.state, s.details),
+            Err(e) => (VmState::Missing, [("error".to_string(), e.to_string())].into_iter().collect()),
+        }
+    }
+
+    pub(crate) async fn list_vms(&self, caller: &Caller) -> VmsResult {
+        let names: Vec<String> = self.tables().slivers.values().filter(|v| caller.may_see(&v.slice)).map(|v| v.name.clone()).collect();
+        let mut vms = Vec::new();
+        for n in names {
+            // A VM destroyed meanwhile is simply not listed.
+            if let Ok((_, b)) = self.vm_for(caller, &n) {
+                let live = self.live(&n, b).await;
+                if let Ok(v) = self.vm_info(caller, &n, Some(live)) {
+                    vms.push(v);
+                }
+            }
+        }
+        VmsResult { vms }
+    }
+
+    pub(crate) async fn vm_status(&self, caller: &Caller, name: &str) -> Result<VmInfo, NmError> {
+        let (_, b) = self.vm_for(caller, name)?;
+        let live = self.live(name, b).await;
+        self.vm_info(caller, name, Some(live))
+    }
+
+    pub(crate) async fn start_vm(&self, caller: &Caller, name: &str) -> Result<VmInfo, NmError> {
+        self.vm_for(caller, name)?;
+        let _g = self.locks.lock(name).await;
+        let (spec, b) = self.vm_for(caller, name)?;
+        blocking(move || b.start(&spec)).await.map_err(NmError::backend("StartVM"))?;
+        self.set_wanted(name, Wanted::Running)?;
+        self.vm_info(caller, name, None)
+    }
+
+    pub(crate) async fn stop_vm(&self, caller: &Caller, name: &str) -> Result<VmInfo, NmError> {
+        self.vm_for(caller, name)?;
+        let _g = self.locks.lock(name).await;
+        let (spec, b) = self.vm_for(caller, name)?;
+        blocking(move || b.stop(&spec.name)).await.map_err(NmError::backend("StopVM"))?;
+        self.set_wanted(name, Wanted::Stopped)?;
+        self.vm_info(caller, name, None)
+    }
+
+    pub(crate) async fn destroy_vm(&self, caller: &Caller, name: &str) -> Result<DestroyedResult, NmError> {
+        self.vm_for(caller, name)?;
+        let _g = self.locks.lock(name).await;
+        let (spec, b) = self.vm_for(caller, name)?;
+        blocking(move || b.destroy(&spec.name)).await.map_err(NmError::backend("DestroyVM"))?;
+        self.forget_vm(name)?;
+        tracing::info!(vm = name, "DestroyVM");
+        Ok(DestroyedResult { vm: name.to_owned(), destroyed: true })
+    }
+
+    pub(crate) async fn vm_log(&self, caller: &Caller, name: &str, bytes: Option<u64>) -> Result<VmLogResult, NmError> {
+        let (_, b) = self.vm_for(caller, name)?;
+        let n = name.to_owned();
+        let bytes = bytes.unwrap_or(64 * 1024).min(MAX_LOG_BYTES);
+        let log = blocking(move || b.console_log(&n, bytes)).await.map_err(NmError::backend("VmLog"))?;
+        Ok(VmLogResult { vm: name.to_owned(), log })
+    }
+
+    pub(crate) fn node_info(&self) -> NodeInfoResult {
+        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let t = self.tables();
+        NodeInfoResult {
+            accelerator: facts.accelerator.as_ref().map(|a| a.0.clone()),
+            accelerator_reason: facts.accelerator.map(|a| a.1),
+            version: env!("CARGO_PKG_VERSION").into(),
+            vm_types: self.registry.types(),
+            unavailable: vm_types::VmType::ALL
+                .iter()
+                .filter_map(|t| self.registry.unavailable(*t).map(|w| (t.to_string(), w.to_owned())))
+                .collect(),
+            warnings: facts.warnings,
+            bridge: self.cfg.bridge.clone(),
+            vm_prefix: self.cfg.vm_prefix.to_string(),
+            gateway: self.cfg.vm_prefix.gateway().to_string(),
+            node_netns: self.cfg.node_netns.clone(),
+            pools: t.pools.len(),
+            vms: t.slivers.len(),
+        }
+    }
+}

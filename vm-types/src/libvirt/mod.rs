@@ -1,0 +1,365 @@
+//! linux-kvm-x86 and linux-xen-x86 through libvirt (the `virt` crate, pinned at 0.4.3).
+//!
+//! Per VM, under `<vm_dir>/<name>/` (0711: QEMU's user must traverse it, nobody may list
+//! it): `disk.qcow2` (0600), an overlay on the shared guest image whose virtual size is
+//! `disk_quota`; `seed.img` (0600), a cloud-init NoCloud seed ([`seed`]);
+//! `ssh_host_ed25519_key` (0600), the VM's host key ([`crate::host_key`]); `console.log`,
+//! the guest's serial output. Domains are named `plab-<name>` and carry the slice and
+//! their owner (the node manager's guest directory) in their metadata, so a node manager
+//! only ever lists, and cleans, its own domains.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`image`] | the guest image and disk overlays |
+//! | [`domain`] | domain XML, KVM and Xen |
+//! | [`seed`] | the cloud-init seed |
+
+pub mod domain;
+pub mod image;
+pub mod seed;
+
+pub use domain::{domain_name, domain_xml, tap_name, DIRECT_CMDLINE};
+pub use image::{disk_virtual_size, sector_floor, GuestBoot, GuestImage};
+pub use seed::{meta_data, network_config, user_data, write_seed};
+
+use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
+use crate::host::{Cmd, Host};
+use crate::vm_type::VmType;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+/// Settings of a libvirt backend.
+#[derive(Debug, Clone)]
+pub struct LibvirtConfig {
+    /// Connection URI: `qemu:///system`, `xen:///system`, or a `test:///` URI in tests.
+    pub uri: String,
+    /// The VM type served: linux-kvm-x86 or linux-xen-x86.
+    pub vm_type: VmType,
+    /// Domain type: `kvm`, `qemu` (TCG) or `xen`.
+    pub domain_type: String,
+    /// Where per-VM files live.
+    pub vm_dir: PathBuf,
+    /// The guest image VM disks are overlays on.
+    pub image: GuestImage,
+    /// The node bridge.
+    pub bridge: String,
+    /// How long `stop` waits for a clean shutdown before forcing the domain off.
+    pub stop_timeout: Duration,
+    /// When the node's network lives in a namespace other than libvirtd's: the path of
+    /// libvirtd's (the host's) network namespace and the node's namespace name. The
+    /// guest's tap, which libvirt makes on the host, is moved into the node's namespace.
+    pub tap_move: Option<(PathBuf, String)>,
+    /// Who owns the domains this backend makes (written in their metadata); by default
+    /// the VM directory's path, unique per node manager.
+    pub owner: String,
+}
+
+impl LibvirtConfig {
+    /// The owner tag for a VM directory.
+    pub fn owner_of(vm_dir: &Path) -> String {
+        vm_dir.to_string_lossy().into_owned()
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let what = what.into();
+    move |e| BackendError::Io(what, e)
+}
+
+fn lv(what: &str) -> impl FnOnce(virt::error::Error) -> BackendError + '_ {
+    move |e| BackendError::Command { command: format!("libvirt {what}"), message: e.to_string() }
+}
+
+/// Whether libvirt's QEMU user (`libvirt-qemu`, in group `kvm` on Debian) can open `kvm`
+/// (`/dev/kvm`). When it cannot, libvirt finds KVM usable when it probes QEMU as root, then
+/// unusable for QEMU's user, and probes QEMU again at every call: about 36 s per domain
+/// start. The error says what to run; Debian's udev rule does the same on a normal host.
+pub fn qemu_user_can_open_kvm(kvm: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = fs::metadata(kvm) else { return Ok(()) };
+    let Ok(Some(user)) = nix::unistd::User::from_name("libvirt-qemu") else { return Ok(()) };
+    let name = std::ffi::CString::new("libvirt-qemu").map_err(|e| e.to_string())?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid).unwrap_or_default();
+    let mode = meta.permissions().mode();
+    let can = (meta.uid() == user.uid.as_raw() && mode & 0o600 == 0o600)
+        || (groups.iter().any(|g| g.as_raw() == meta.gid()) && mode & 0o060 == 0o060)
+        || mode & 0o006 == 0o006;
+    if can {
+        return Ok(());
+    }
+    Err(format!(
+        "libvirt's QEMU user (libvirt-qemu) cannot open {} (mode {:o}, uid {}, gid {}), so libvirt probes QEMU again at every call \
+         (about 36 s per VM start); fix it as Debian's udev rule does: chgrp kvm {0} && chmod 0660 {0}",
+        kvm.display(),
+        mode & 0o7777,
+        meta.uid(),
+        meta.gid()
+    ))
+}
+
+static EVENT_LOOP: Once = Once::new();
+
+/// A VM type served by libvirt.
+pub struct LibvirtBackend {
+    cfg: LibvirtConfig,
+    conn: Mutex<Connect>,
+    host: Arc<dyn Host>,
+}
+
+impl LibvirtBackend {
+    /// Connects to `cfg.uri`. libvirt's default error printer is silenced (errors come back
+    /// as values) and its event loop is registered before the first connection.
+    pub fn connect(cfg: LibvirtConfig, host: Arc<dyn Host>) -> Result<LibvirtBackend, BackendError> {
+        // Registered before the first connection and run for the life of the process:
+        // without a running loop libvirt cannot answer keepalives, and the daemon drops
+        // an idle connection.
+        EVENT_LOOP.call_once(|| {
+            if virt::event::event_register_default_impl().is_ok() {
+                let _ = std::thread::Builder::new().name("libvirt-events".into()).spawn(|| loop {
+                    if virt::event::event_run_default_impl().is_err() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(&cfg.uri)).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "libvirt at {} does not answer ({e}): start virtlogd and libvirtd (`libvirtd -d`), or install libvirt-daemon",
+                cfg.uri
+            ))
+        })?;
+        crate::files::private_dir(&cfg.vm_dir, 0o711).map_err(io(cfg.vm_dir.display().to_string()))?;
+        Ok(LibvirtBackend { cfg, conn: Mutex::new(conn), host })
+    }
+
+    /// The connection, opened again if libvirtd closed it (a daemon restart).
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connect> {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.is_alive().unwrap_or(false) {
+            match Connect::open(Some(&self.cfg.uri)) {
+                Ok(fresh) => *c = fresh,
+                Err(e) => tracing::warn!(uri = %self.cfg.uri, "libvirt connection lost and not reopened: {e}"),
+            }
+        }
+        c
+    }
+
+    fn domain(&self, name: &str) -> Option<Domain> {
+        Domain::lookup_by_name(&self.conn(), &domain_name(name)).ok()
+    }
+
+    /// Moves the guest's tap into the node's namespace (when that differs from
+    /// libvirtd's) and puts it on the node bridge.
+    fn attach_tap(&self, index: u32) -> Result<(), BackendError> {
+        let tap = tap_name(index);
+        if let Some((host_ns, node_ns)) = &self.cfg.tap_move {
+            let host = format!("--net={}", host_ns.display());
+            self.host.run(&Cmd::new("nsenter").args([host.as_str(), "ip", "link", "set", &tap, "netns", node_ns]))?;
+        }
+        self.host.enslave(&tap, &self.cfg.bridge)
+    }
+
+    fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let d = self.cfg.vm_dir.join(&spec.name);
+        crate::files::private_dir(&d, 0o711).map_err(io(d.display().to_string()))?;
+        if !self.cfg.image.disk.exists() {
+            return Err(BackendError::Unavailable(format!(
+                "the guest image {} is missing: build it with `make image`, or set guest_image",
+                self.cfg.image.disk.display()
+            )));
+        }
+        let quota = sector_floor(spec.resources.disk_quota_bytes());
+        if quota < self.cfg.image.virtual_size {
+            return Err(BackendError::Invalid(format!(
+                "disk_quota: {} bytes is smaller than the guest image ({} bytes, {}); ask for at least that much",
+                quota,
+                self.cfg.image.virtual_size,
+                self.cfg.image.disk.display()
+            )));
+        }
+        self.cfg.image.create_overlay(&*self.host, &d.join("disk.qcow2"), quota)?;
+        write_seed(&*self.host, &d, spec)?;
+        Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, spec, None)).map_err(lv("define"))?;
+        Ok(())
+    }
+
+    /// Is this domain one of ours?
+    fn owned(&self, dom: &Domain) -> bool {
+        dom.get_metadata(2 /* VIR_DOMAIN_METADATA_ELEMENT */, Some(domain::METADATA_NS), 0)
+            .ok()
+            .and_then(|m| domain::metadata_owner(&m))
+            .is_some_and(|o| o == self.cfg.owner)
+    }
+}
+
+impl Backend for LibvirtBackend {
+    fn vm_type(&self) -> VmType {
+        self.cfg.vm_type
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        self.conn().get_lib_version().map_err(lv("version"))?;
+        for (tool, arg) in [("qemu-img", "--version"), ("mkfs.vfat", "--help"), ("mcopy", "-V")] {
+            if let Err(BackendError::Unavailable(m)) = self.host.run(&Cmd::new(tool).arg(arg)) {
+                return Err(BackendError::Unavailable(m));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if self.domain(&spec.name).is_some() || self.cfg.vm_dir.join(&spec.name).exists() {
+            self.destroy(&spec.name)?;
+        }
+        let r = self.create_inner(spec);
+        if r.is_err() {
+            if let Err(e) = self.destroy(&spec.name) {
+                tracing::warn!(vm = %spec.name, "cleaning up after a failed create: {e}");
+            }
+        }
+        r
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let dom = self.domain(&spec.name).ok_or_else(|| BackendError::NotFound(spec.name.clone()))?;
+        if dom.is_active().map_err(lv("is_active"))? {
+            return Ok(());
+        }
+        dom.create().map_err(lv("start"))?;
+        if self.cfg.vm_type == VmType::LinuxKvmX86 {
+            if let Err(e) = self.attach_tap(spec.network.index) {
+                if let Err(de) = dom.destroy() {
+                    tracing::warn!(vm = %spec.name, "stopping a guest whose tap could not be attached: {de}");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&self, name: &str) -> Result<(), BackendError> {
+        let Some(dom) = self.domain(name) else { return Ok(()) };
+        if !dom.is_active().map_err(lv("is_active"))? {
+            return Ok(());
+        }
+        if let Err(e) = dom.shutdown() {
+            tracing::debug!(vm = name, "ACPI shutdown request: {e}");
+        }
+        let deadline = Instant::now() + self.cfg.stop_timeout;
+        while Instant::now() < deadline {
+            if !dom.is_active().unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(vm = name, "no clean shutdown within {:?}: forcing the guest off", self.cfg.stop_timeout);
+        dom.destroy().map_err(lv("destroy"))
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        if let Some(dom) = self.domain(name) {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy().map_err(lv("destroy"))?;
+            }
+            dom.undefine().map_err(lv("undefine"))?;
+        }
+        let d = self.cfg.vm_dir.join(name);
+        if d.exists() {
+            fs::remove_dir_all(&d).map_err(io(d.display().to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn update(&self, old: &VmSpec, new: &VmSpec) -> Result<(), BackendError> {
+        let dom = self.domain(&new.name).ok_or_else(|| BackendError::NotFound(new.name.clone()))?;
+        let active = dom.is_active().map_err(lv("is_active"))?;
+        let (old_q, new_q) = (old.resources.disk_quota_bytes(), new.resources.disk_quota_bytes());
+        if new_q < old_q {
+            return Err(BackendError::Invalid("disk_quota: a VM disk cannot shrink".into()));
+        }
+        if new_q > old_q && active {
+            return Err(BackendError::Invalid("disk_quota: stop the VM to grow its disk; nothing was changed".into()));
+        }
+        let d = self.cfg.vm_dir.join(&new.name);
+        write_seed(&*self.host, &d, new)?;
+        if new_q > old_q {
+            if let Err(e) = image::grow(&*self.host, &d.join("disk.qcow2"), new_q) {
+                // Leave the VM as it was.
+                let _ = write_seed(&*self.host, &d, old);
+                return Err(e);
+            }
+        }
+        let uuid = dom.get_uuid_string().map_err(lv("uuid"))?;
+        Domain::define_xml(&self.conn(), &domain_xml(&self.cfg, new, Some(&uuid))).map_err(lv("define"))?;
+        if active && new.resources.mem_limit != old.resources.mem_limit {
+            // Live, within the maximum the guest booted with; the rest at next start.
+            if let Err(e) = dom.set_memory(new.resources.mem_limit_bytes() / 1024) {
+                tracing::warn!(vm = %new.name, "the new memory limit applies at the next start: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, name: &str) -> Result<VmStatus, BackendError> {
+        let mut details = BTreeMap::new();
+        let Some(dom) = self.domain(name) else {
+            return Ok(VmStatus { state: VmState::Missing, details });
+        };
+        let info = dom.get_info().map_err(lv("info"))?;
+        // What libvirt actually runs the guest with: its live domain XML's type.
+        if let Ok(xml) = dom.get_xml_desc(0) {
+            if let Some(t) = xml.split("<domain type='").nth(1).and_then(|r| r.split('\'').next()) {
+                details.insert("domain_type".into(), t.to_owned());
+            }
+        }
+        details.insert(
+            "accelerator".into(),
+            match self.cfg.domain_type.as_str() {
+                "kvm" => "kvm".to_string(),
+                "qemu" => "tcg".to_string(),
+                other => other.to_string(),
+            },
+        );
+        details.insert("memory_kib".into(), info.memory.to_string());
+        if let Some(k) = crate::host_key::public(&self.cfg.vm_dir.join(name)) {
+            details.insert("ssh_host_key".into(), k);
+        }
+        // virDomainState: 1 running, 2 blocked, 3 paused; 4 shutting down; 5 shut off.
+        let state = match info.state {
+            1..=4 => VmState::Running,
+            _ => VmState::Stopped,
+        };
+        Ok(VmStatus { state, details })
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        let doms = self.conn().list_all_domains(0).map_err(lv("list"))?;
+        let mut names: Vec<String> = doms
+            .iter()
+            .filter(|d| self.owned(d))
+            .filter_map(|d| d.get_name().ok())
+            .filter_map(|n| n.strip_prefix("plab-").map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.cfg.vm_dir.join(name).join("console.log");
+        let Ok(mut f) = fs::File::open(&path) else {
+            return if self.domain(name).is_some() { Ok(String::new()) } else { Err(BackendError::NotFound(name.into())) };
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(io("console.log"))?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}

@@ -1,0 +1,234 @@
+//! The container backend on a recording host: every host step it takes, and its undo
+//! paths, without root.
+
+use super::*;
+use crate::backend::VmNetwork;
+use crate::host::recording::RecordingHost;
+use crate::resources::Quantity;
+use crate::{Resources, SliceName, SshKey};
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    host: Arc<RecordingHost>,
+    b: VserverBackend,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(RecordingHost::new());
+    let cfg = VserverConfig {
+        vm_dir: dir.path().join("vms"),
+        image_dir: dir.path().join("image"),
+        runtime: "runc".into(),
+        runtime_root: dir.path().join("runc"),
+        bridge: "plab0".into(),
+        stop_timeout: Duration::from_millis(100),
+    };
+    let b = VserverBackend::new(cfg, host.clone()).unwrap();
+    Fixture { dir, host, b }
+}
+
+fn spec(disk_gb_milli: u64) -> VmSpec {
+    let mut resources = Resources::spec_default();
+    resources.disk_quota = Quantity::from_milli(disk_gb_milli);
+    VmSpec {
+        name: "plc_demo".into(),
+        slice: SliceName::parse("plc.demo").unwrap(),
+        vm_type: VmType::LinuxVserverX86,
+        resources,
+        keys: vec![SshKey::parse(KEY).unwrap()],
+        bootscript: Some("echo hi".into()),
+        network: VmNetwork { index: 3, address: "10.0.0.4".parse().unwrap(), prefix_len: 24, gateway: "10.0.0.1".parse().unwrap() },
+        nm_socket_dir: None,
+    }
+}
+
+impl Fixture {
+    fn vm(&self) -> PathBuf {
+        self.dir.path().join("vms/plc_demo")
+    }
+    /// Makes runc report the container in `status` (and its state directory exist).
+    fn runc_says(&self, status: &str) {
+        std::fs::create_dir_all(self.dir.path().join("runc/plc_demo")).unwrap();
+        let state = format!(r#"{{"ociVersion":"1.0.2","id":"plc_demo","status":"{status}","pid":4242,"bundle":"/b","rootfs":"/r","created":"x","owner":""}}"#);
+        self.host.reply(&format!("runc --root {} state plc_demo", self.dir.path().join("runc").display()), &state);
+    }
+}
+
+#[test]
+fn too_small_a_disk_issues_no_command() {
+    let f = fixture();
+    let e = f.b.create(&spec(10)).unwrap_err();
+    assert!(matches!(&e, BackendError::Invalid(m) if m.starts_with("disk_quota:")), "{e:?}");
+    assert!(f.host.lines().iter().all(|l| !l.starts_with("mkfs") && !l.starts_with("mount")), "{:?}", f.host.lines());
+    assert!(!f.vm().exists());
+}
+
+#[test]
+fn a_failed_mkfs_leaves_nothing() {
+    let f = fixture();
+    f.host.fail("mkfs.ext4", 1, "mkfs.ext4: No space left on device");
+    let e = f.b.create(&spec(100)).unwrap_err();
+    assert!(e.to_string().contains("No space left"), "{e}");
+    assert!(!f.vm().exists(), "the VM directory is cleaned up");
+    assert!(f.host.mounted().is_empty() && f.host.namespaces().is_empty());
+}
+
+#[test]
+fn create_then_start_sets_up_disk_network_and_container_in_that_order() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    assert!(f.vm().join("disk.img").exists());
+    assert_eq!(std::fs::metadata(f.vm().join("disk.img")).unwrap().len(), s.resources.disk_quota_bytes(), "sparse file of disk_quota bytes");
+    assert_eq!(std::fs::read_to_string(f.vm().join("plab/keys/plc_demo")).unwrap().trim(), KEY);
+    f.host.clear();
+    f.b.start(&s).unwrap();
+    let lines = f.host.lines();
+    let pos = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap_or_else(|| panic!("no {p} in {lines:?}"));
+    assert!(pos("mount -o loop,nodev,nosuid") < pos("mount -t overlay"));
+    assert!(pos("mount -t overlay") < pos("runc --root"), "{lines:?}");
+    // A new namespace: added, with the veth, in one batch.
+    let batch = f.host.calls().into_iter().find(|c| c.args == ["-batch", "-"]).unwrap().input.unwrap();
+    assert_eq!(
+        batch,
+        "netns add plab-plc_demo\nlink add pv3 type veth peer name eth0 address 02:00:0a:00:00:04 netns plab-plc_demo\nlink set pv3 master plab0 up\n"
+    );
+    let inside = f.host.calls().into_iter().find(|c| c.args.starts_with(&["-n".to_string()])).unwrap();
+    assert_eq!(
+        inside.input.unwrap(),
+        "link set lo up\naddr replace 10.0.0.4/24 dev eth0\nlink set eth0 up\nroute replace default via 10.0.0.1\n"
+    );
+    assert!(lines.iter().any(|l| l.contains(" create --bundle ") && l.ends_with(" plc_demo")), "{lines:?}");
+    assert!(lines.last().unwrap().ends_with("start plc_demo"), "{lines:?}");
+    let config = std::fs::read_to_string(f.vm().join("bundle/config.json")).unwrap();
+    assert!(config.contains("/var/run/netns/plab-plc_demo"));
+}
+
+#[test]
+fn the_veth_is_made_again_when_the_namespace_survived_but_the_link_did_not() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.host.run(&Cmd::new("ip").args(["netns", "add", "plab-plc_demo"])).unwrap();
+    f.host.fail("ip link show dev pv3", 1, "Device \"pv3\" does not exist.");
+    f.host.clear();
+    f.b.start(&s).unwrap();
+    let batch = f.host.calls().into_iter().find(|c| c.args == ["-batch", "-"]).unwrap().input.unwrap();
+    assert_eq!(batch, "link add pv3 type veth peer name eth0 address 02:00:0a:00:00:04 netns plab-plc_demo\nlink set pv3 master plab0 up\n");
+}
+
+#[test]
+fn a_failed_container_create_is_deleted_and_its_message_reaches_the_caller() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.host.fail(&format!("runc --root {} create", f.dir.path().join("runc").display()), 1, "injected: cannot create container");
+    let e = f.b.start(&s).unwrap_err();
+    assert!(e.to_string().contains("injected: cannot create container"), "{e}");
+    assert!(f.host.lines().last().unwrap().ends_with("delete --force plc_demo"), "{:?}", f.host.lines());
+}
+
+#[test]
+fn a_container_left_created_is_replaced_on_start() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.runc_says("created");
+    f.host.clear();
+    f.b.start(&s).unwrap();
+    let lines = f.host.lines();
+    let del = lines.iter().position(|l| l.ends_with("delete --force plc_demo")).expect("deleted first");
+    let create = lines.iter().position(|l| l.contains(" create --bundle ")).unwrap();
+    assert!(del < create, "{lines:?}");
+}
+
+#[test]
+fn stop_asks_nicely_then_forces() {
+    let f = fixture();
+    f.runc_says("running");
+    f.b.stop("plc_demo").unwrap();
+    let lines = f.host.lines();
+    let kill = lines.iter().position(|l| l.ends_with("kill plc_demo TERM")).expect("TERM first");
+    let del = lines.iter().position(|l| l.ends_with("delete --force plc_demo")).expect("then delete --force");
+    assert!(kill < del, "{lines:?}");
+    // It waited the stop timeout, asking runc meanwhile.
+    assert!(lines.iter().filter(|l| l.ends_with("state plc_demo")).count() > 2, "{lines:?}");
+}
+
+#[test]
+fn update_refuses_to_shrink_before_touching_anything() {
+    let f = fixture();
+    let s = spec(200);
+    f.b.create(&s).unwrap();
+    let keys_before = std::fs::read_to_string(f.vm().join("plab/keys/plc_demo")).unwrap();
+    f.host.clear();
+    let mut smaller = spec(100);
+    smaller.keys.clear();
+    let e = f.b.update(&s, &smaller).unwrap_err();
+    assert!(matches!(&e, BackendError::Invalid(m) if m.contains("cannot shrink")), "{e:?}");
+    assert!(f.host.lines().is_empty(), "{:?}", f.host.lines());
+    assert_eq!(std::fs::read_to_string(f.vm().join("plab/keys/plc_demo")).unwrap(), keys_before);
+}
+
+#[test]
+fn growing_the_disk_online_and_undoing_a_failed_growth() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    let img = f.vm().join("disk.img");
+    f.host.reply(&format!("losetup -j {}", img.display()), &format!("/dev/loop7: []: ({})\n", img.display()));
+    let bigger = spec(200);
+    f.b.update(&s, &bigger).unwrap();
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), bigger.resources.disk_quota_bytes());
+    assert!(f.host.lines().iter().any(|l| l == "losetup -c /dev/loop7"));
+    assert!(f.host.lines().iter().any(|l| l == "resize2fs /dev/loop7"));
+    // resize2fs failing: the image goes back to its size, the loop device is told, the
+    // VM's files are as before, and the error says nothing changed.
+    let mut more = spec(300);
+    more.bootscript = Some("echo changed".into());
+    f.host.fail("resize2fs", 1, "resize2fs: Permission denied");
+    f.host.clear();
+    let e = f.b.update(&bigger, &more).unwrap_err();
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), bigger.resources.disk_quota_bytes());
+    let lines = f.host.lines();
+    assert_eq!(lines.iter().filter(|l| *l == "losetup -c /dev/loop7").count(), 2, "grown, then shrunk back: {lines:?}");
+    assert_eq!(std::fs::read_to_string(f.vm().join("plab/bootscript")).unwrap(), "echo hi");
+}
+
+#[test]
+fn destroy_refuses_to_delete_a_disk_that_is_still_mounted() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.b.start(&s).unwrap();
+    assert_eq!(f.host.mounted().len(), 2);
+    f.host.fail("umount -l", 1, "umount: target is busy");
+    let e = f.b.destroy("plc_demo").unwrap_err();
+    assert!(e.to_string().contains("target is busy"), "{e}");
+    assert!(f.vm().exists(), "nothing removed while mounted");
+    // The disk stays mounted although umount claims success: refused, as an internal fault.
+    f.host.pin_mounted(&f.vm().join("disk"));
+    let e = f.b.destroy("plc_demo").unwrap_err();
+    assert!(matches!(&e, BackendError::Internal(m) if m.contains("still mounted")), "{e:?}");
+    assert!(f.vm().exists());
+    // And when it all works, nothing is left.
+    let f2 = fixture();
+    f2.b.create(&s).unwrap();
+    f2.b.start(&s).unwrap();
+    f2.b.destroy("plc_demo").unwrap();
+    let f = f2;
+    assert!(!f.vm().exists() && f.host.mounted().is_empty() && f.host.namespaces().is_empty());
+}
+
+#[test]
+fn leftovers_of_a_crashed_create_are_removed_first() {
+    let f = fixture();
+    std::fs::create_dir_all(f.vm().join("rootfs")).unwrap();
+    std::fs::write(f.vm().join("stale"), "x").unwrap();
+    f.b.create(&spec(100)).unwrap();
+    assert!(!f.vm().join("stale").exists());
+}
