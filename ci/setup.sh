@@ -36,22 +36,18 @@ for d in $(su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE da
 done
 # libvirt for linux-kvm-x86 (no systemd here: start the daemons when they are not running).
 mkdir -p /var/log/libvirt /var/run/libvirt
+# Without udev, /dev/kvm stays root:root 0600. libvirt probes QEMU as root (KVM usable),
+# then finds that its QEMU user (libvirt-qemu, in group kvm) cannot open /dev/kvm, and
+# probes QEMU again at every call: about 36 s per domain start. Debian's udev rule makes
+# it root:kvm 0660; do the same. (plab-nm says so at start when it is not.)
+if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 pgrep -x virtlogd >/dev/null || virtlogd -d
-libvirt_up() {
-  for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && return 0; sleep 0.2; done
-  return 1
-}
 if ! pgrep -x libvirtd >/dev/null; then
   libvirtd -d
-  # A freshly started libvirtd was seen to rebuild its QEMU capabilities cache at every
-  # domain start (about a minute each) until it had been restarted once with the cache
-  # written (docs/hypervisors.md): probe the capabilities, then restart it.
-  libvirt_up && virsh -c qemu:///system domcapabilities >/dev/null 2>&1 || true
-  pkill -x libvirtd || true
-  for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
-  libvirtd -d
 fi
-libvirt_up || true
+for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
 virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup: libvirtd does not answer (see /var/log/libvirt/libvirtd.log)" >&2; exit 1; }
 
 bash "$(dirname "$0")/../images/build-rootfs.sh"

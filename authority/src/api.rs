@@ -1,18 +1,23 @@
-//! The authority API: every method in one enum, the shared context, and dispatch.
+//! The authority API: every method in one list with its params and result types, the
+//! shared context, and dispatch.
 //!
-//! JSON-RPC 2.0 over HTTPS, `POST /rpc`, params positional with `auth` first (section
-//! 4.7: "For all four operations (as well as those that follow), auth contains
-//! authorization information for the call"). See [`crate::auth`] for `auth`'s forms.
+//! JSON-RPC 2.0 over HTTPS, `POST /rpc`, with `auth` first (section 4.7: "For all four
+//! operations (as well as those that follow), auth contains authorization information
+//! for the call"). Params are an array (`[auth, ...]`, the specification's order) or an
+//! object (`{"auth": ..., name: value, ...}`). See [`crate::auth`] for `auth`'s forms and
+//! [`crate::types`] for the params and results.
+//!
 //! The slice authority ([`crate::sa`]) and management authority ([`crate::ma`], with its
 //! boot manager interface [`crate::boot`]) are separate modules sharing only principals
 //! and this dispatcher; one server may host either or both.
 
 use crate::auth::{resolve, Caller, Sessions};
 use crate::ca::Ca;
-use crate::db::{int, Db};
-use crate::rpc::{decode, reply, Args, Code, RpcError};
+use crate::db::Db;
+use crate::error::AuthError;
+use crate::types::*;
 use credentials::pki::Cert;
-use serde_json::Value;
+use jsonrpc::{reply, NoParams, RpcError, Value};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -29,91 +34,116 @@ pub enum Part {
     Both,
 }
 
-macro_rules! methods {
-    ($( $(#[$doc:meta])* $name:ident = $part:ident ),* $(,)?) => {
-        /// Every method of the authority API.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Method { $( $(#[$doc])* $name, )* }
-        impl Method {
-            /// Every method.
-            pub const ALL: &'static [Method] = &[$( Method::$name, )*];
-            /// Wire name.
-            pub fn name(self) -> &'static str { match self { $( Method::$name => stringify!($name), )* } }
-            /// The authority it belongs to.
-            pub fn part(self) -> Part { match self { $( Method::$name => Part::$part, )* } }
-            /// By wire name.
-            pub fn parse(s: &str) -> Option<Method> { match s { $( stringify!($name) => Some(Method::$name), )* _ => None } }
-        }
-    };
+jsonrpc::api! {
+    /// Every method of the authority API.
+    pub api Method, Request, calls {
+        /// `AuthenticateCertificate(null, certificate) -> {session (sealed to the cert's key), expires, identity}` (5.5).
+        AuthenticateCertificate(AuthenticateParams) -> SessionResult;
+        /// `AddOrg(auth, {name, authority, address})`: operator. `authority` is the org's slice-name prefix.
+        AddOrg(AddOrgParams) -> OrgIdResult;
+        /// `GetOrgs(auth)`: any principal.
+        GetOrgs(NoParams) -> Vec<OrgInfo>;
+        /// `RegisterPrincipal(null, {name, email, org, public_key})`: anyone; waits for approval.
+        RegisterPrincipal(RegisterParams) -> RegisteredResult;
+        /// `ApprovePrincipal(auth, name)`: the org's admin or an operator; issues the certificate.
+        ApprovePrincipal(NameParams) -> PrincipalCertResult;
+        /// `AddPrincipal(auth, {name, email, org, role, public_key})`: admin (user/tech) or operator (any role).
+        AddPrincipal(AddPrincipalParams) -> PrincipalCertResult;
+        /// `GetPrincipals(auth)`: operators all, admins their org, others themselves.
+        GetPrincipals(NoParams) -> Vec<PrincipalInfo>;
+        /// `GetPrincipalCert(null, name) -> {certificate, root}`: anyone (certificates are public).
+        GetPrincipalCert(NameParams) -> CertResult;
+        /// `RekeyPrincipal(auth, public_key) -> {principal_id, certificate}`: a principal replaces its
+        /// own certificate (a lost or stolen key); the old certificate stops working at once.
+        RekeyPrincipal(PublicKeyParams) -> PrincipalCertResult;
+        /// `AddPrincipalKey(auth, ssh_key)`: a principal adds an ssh key to itself.
+        AddPrincipalKey(SshKeyParams) -> jsonrpc::Empty;
+        /// `CreateSlice(auth, slice_name)`: admin of the org whose authority covers the name, or operator.
+        CreateSlice(SliceParams) -> SliceCreated;
+        /// `SetSliceAttr(auth, slice_name, attribute, value)`: privilege per attribute (see `sa::attribute_privilege`).
+        SetSliceAttr(SetSliceAttrParams) -> jsonrpc::Empty;
+        /// `AddSlicePrincipal(auth, slice_name, [principal names])`: slice members, the org's admin, operators.
+        AddSlicePrincipal(SlicePrincipalsParams) -> jsonrpc::Empty;
+        /// `AddSliceNode(auth, slice_name, [node ids])`: slice members, the org's admin, operators.
+        AddSliceNode(SliceNodesParams) -> jsonrpc::Empty;
+        /// `StartSlice(auth, slice_name)`: state central+start: slice creation services create it.
+        StartSlice(SliceParams) -> SliceStateResult;
+        /// `StopSlice(auth, slice_name)`.
+        StopSlice(SliceParams) -> SliceStateResult;
+        /// `DeleteSlice(auth, slice_name)`: the record is kept (state deleted) for audit.
+        DeleteSlice(SliceParams) -> SliceStateResult;
+        /// `RenewSlice(auth, slice_name, expires)`: at most eight weeks ahead.
+        RenewSlice(RenewParams) -> ExpiresResult;
+        /// `GetSlices(auth)`: slices the caller may see.
+        GetSlices(NoParams) -> Vec<SliceInfo>;
+        /// `GetSliceTicket(auth, slice_name) -> signed ticket`: state becomes delegated.
+        GetSliceTicket(SliceParams) -> credentials::ticket::SignedTicket;
+        /// `GetSlicesForNode(auth, node_id, since, wait) -> {generation, unchanged | slices}`: a node's services poll this.
+        GetSlicesForNode(SlicesForNodeParams) -> SlicesForNodeResult;
+        /// `AddSite(auth, {org, name, subnets, latitude?, longitude?, tech?})`: the org's admin or operator.
+        AddSite(AddSiteParams) -> SiteIdResult;
+        /// `GetSites(auth)`: any authenticated caller.
+        GetSites(NoParams) -> Vec<SiteInfo>;
+        /// `AddNode(auth, {site, hostname, ip, mac?}) -> node_id`: the site's tech, the org's admin, operator.
+        AddNode(AddNodeParams) -> NodeIdResult;
+        /// `UpdateNode(auth, node_id, {hostname?, ip?, mac?, state?})`: as AddNode; state debug contacts the node.
+        UpdateNode(UpdateNodeParams) -> NodeUpdated;
+        /// `DeleteNode(auth, node_id)`: as AddNode; the record is kept for audit.
+        DeleteNode(NodeParams) -> NodeDeleted;
+        /// `GetManagedNodes(auth) -> [node_id]`: any authenticated caller.
+        GetManagedNodes(NoParams) -> Vec<i64>;
+        /// `GetNodes(auth, [node_id]?) -> [node values]`: any authenticated caller; never the node key.
+        GetNodes(GetNodesParams) -> Vec<NodeInfo>;
+        /// `GetNodeConfig(auth, node_id) -> plnode.txt`: the site's tech, the org's admin, operator.
+        GetNodeConfig(NodeParams) -> NodeConfigResult;
+        /// `SetPackage(auth, name, version)`: operator; what nodes' daily update check compares against.
+        SetPackage(PackageParams) -> jsonrpc::Empty;
+        /// `BootGetState(hmac, {trigger_port?}) -> {state, ...}`.
+        BootGetState(BootGetStateParams) -> BootStateResult;
+        /// `BootUpdateState(hmac, {state})`: install/reinstall -> boot, or failboot.
+        BootUpdateState(BootUpdateStateParams) -> StateResult;
+        /// `BootGetCertificate(hmac, {public_key}) -> {certificate, root}`: in boot state.
+        BootGetCertificate(BootCertificateParams) -> CertResult;
+        /// `BootCheckUpdates(hmac, {packages: {name: version}}) -> {updates, state}`.
+        BootCheckUpdates(BootCheckUpdatesParams) -> UpdatesResult;
+    }
 }
 
-methods! {
-    /// `AuthenticateCertificate(null, chain_pem) -> {session (sealed to the cert's key), expires, identity}` (5.5).
-    AuthenticateCertificate = Both,
-    /// `AddOrg(auth, {name, authority, address})`: operator. `authority` is the org's slice-name prefix.
-    AddOrg = Sa,
-    /// `GetOrgs(auth)`: any principal.
-    GetOrgs = Sa,
-    /// `RegisterPrincipal(null, {name, email, org, public_key})`: anyone; waits for approval.
-    RegisterPrincipal = Sa,
-    /// `ApprovePrincipal(auth, name)`: the org's admin or an operator; issues the certificate.
-    ApprovePrincipal = Sa,
-    /// `AddPrincipal(auth, {name, email, org, role, public_key})`: admin (user/tech) or operator (any role).
-    AddPrincipal = Sa,
-    /// `GetPrincipals(auth)`: operators all, admins their org, others themselves.
-    GetPrincipals = Sa,
-    /// `GetPrincipalCert(null, name) -> {certificate, root}`: anyone (certificates are public).
-    GetPrincipalCert = Sa,
-    /// `AddPrincipalKey(auth, ssh_key)`: a principal adds an ssh key to itself.
-    AddPrincipalKey = Sa,
-    /// `CreateSlice(auth, slice_name)`: admin of the org whose authority covers the name, or operator.
-    CreateSlice = Sa,
-    /// `SetSliceAttr(auth, slice_name, attribute, value)`: privilege per attribute (see `sa::attribute_privilege`).
-    SetSliceAttr = Sa,
-    /// `AddSlicePrincipal(auth, slice_name, [principal names])`: slice members, the org's admin, operators.
-    AddSlicePrincipal = Sa,
-    /// `AddSliceNode(auth, slice_name, [node ids])`: slice members, the org's admin, operators.
-    AddSliceNode = Sa,
-    /// `StartSlice(auth, slice_name)`: state central+start: slice creation services create it.
-    StartSlice = Sa,
-    /// `StopSlice(auth, slice_name)`.
-    StopSlice = Sa,
-    /// `DeleteSlice(auth, slice_name)`: the record is kept (state deleted) for audit.
-    DeleteSlice = Sa,
-    /// `RenewSlice(auth, slice_name, expires)`: at most eight weeks ahead.
-    RenewSlice = Sa,
-    /// `GetSlices(auth)`: slices the caller may see.
-    GetSlices = Sa,
-    /// `GetSliceTicket(auth, slice_name) -> signed ticket`: state becomes delegated.
-    GetSliceTicket = Sa,
-    /// `GetSlicesForNode(auth, node_id, since) -> {generation, unchanged | slices}`: a node's services poll this.
-    GetSlicesForNode = Sa,
-    /// `AddSite(auth, {org, name, subnets, latitude?, longitude?, tech?})`: the org's admin or operator.
-    AddSite = Ma,
-    /// `GetSites(auth)`: any principal.
-    GetSites = Ma,
-    /// `AddNode(auth, {site, hostname, ip, mac?}) -> node_id`: the site's tech, the org's admin, operator.
-    AddNode = Ma,
-    /// `UpdateNode(auth, node_id, {hostname?, ip?, mac?, state?})`: as AddNode; state debug contacts the node.
-    UpdateNode = Ma,
-    /// `DeleteNode(auth, node_id)`: as AddNode; the record is kept for audit.
-    DeleteNode = Ma,
-    /// `GetManagedNodes(auth) -> [node_id]`: any authenticated caller.
-    GetManagedNodes = Ma,
-    /// `GetNodes(auth, [node_id]?) -> [node values]`: any authenticated caller; never the node key.
-    GetNodes = Ma,
-    /// `GetNodeConfig(auth, node_id) -> plnode.txt`: the site's tech, the org's admin, operator.
-    GetNodeConfig = Ma,
-    /// `SetPackage(auth, name, version)`: operator; what nodes' daily update check compares against.
-    SetPackage = Ma,
-    /// `BootGetState(hmac, {trigger_port?}) -> {state, ...}`.
-    BootGetState = Boot,
-    /// `BootUpdateState(hmac, {state})`: install/reinstall -> boot, or failboot.
-    BootUpdateState = Boot,
-    /// `BootGetCertificate(hmac, {public_key}) -> {certificate, root}`: in boot state.
-    BootGetCertificate = Boot,
-    /// `BootCheckUpdates(hmac, {packages: {name: version}}) -> {updates, state}`.
-    BootCheckUpdates = Boot,
+impl Method {
+    /// The authority it belongs to.
+    pub fn part(self) -> Part {
+        use Method::*;
+        match self {
+            AuthenticateCertificate => Part::Both,
+            AddSite | GetSites | AddNode | UpdateNode | DeleteNode | GetManagedNodes | GetNodes | GetNodeConfig | SetPackage => Part::Ma,
+            BootGetState | BootUpdateState | BootGetCertificate | BootCheckUpdates => Part::Boot,
+            _ => Part::Sa,
+        }
+    }
+
+    /// May an anonymous caller (`auth` null) call it?
+    pub fn anonymous(self) -> bool {
+        matches!(self, Method::AuthenticateCertificate | Method::RegisterPrincipal | Method::GetPrincipalCert)
+    }
+}
+
+/// Splits a call's params into `auth` and the rest (by position or by name).
+pub fn split_auth(params: Value) -> Result<(Value, Value), AuthError> {
+    match params {
+        Value::Null => Ok((Value::Null, Value::Null)),
+        Value::Array(mut a) => {
+            if a.is_empty() {
+                return Ok((Value::Null, Value::Array(a)));
+            }
+            let auth = a.remove(0);
+            Ok((auth, Value::Array(a)))
+        }
+        Value::Object(mut o) => {
+            let auth = o.remove("auth").unwrap_or(Value::Null);
+            Ok((auth, Value::Object(o)))
+        }
+        _ => Err(AuthError::invalid("params", "must be an array (auth first) or an object")),
+    }
 }
 
 /// Settings of an authority server.
@@ -131,11 +161,21 @@ pub struct Settings {
     pub slice_ttl: i64,
     /// How far ahead a slice may be renewed, seconds (eight weeks).
     pub slice_max_ttl: i64,
+    /// Longest long poll of `GetSlicesForNode`, seconds.
+    pub max_wait: u64,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { sa: true, ma: true, session_ttl: 86400, ticket_ttl: 7 * 86400, slice_ttl: 14 * 86400, slice_max_ttl: 56 * 86400 }
+        Settings {
+            sa: true,
+            ma: true,
+            session_ttl: 86400,
+            ticket_ttl: 7 * 86400,
+            slice_ttl: 14 * 86400,
+            slice_max_ttl: 56 * 86400,
+            max_wait: 60,
+        }
     }
 }
 
@@ -149,10 +189,21 @@ pub struct Authority {
     pub settings: Settings,
     /// Sessions.
     pub sessions: Sessions,
-    /// Bumped by every change that may change what some node should run.
+    /// The last generation this server saw (see [`crate::sa`]'s `GetSlicesForNode`).
     generation: AtomicI64,
+    /// Woken whenever the generation moves.
+    pub(crate) changed: tokio::sync::watch::Sender<i64>,
     /// Trusted roots for client chains.
     pub roots: Vec<Cert>,
+}
+
+/// What the transport knows about a request: where it comes from and the TLS client
+/// chain it presented.
+pub struct Peer {
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// The TLS client certificate chain, if any.
+    pub chain: Option<std::sync::Arc<Vec<Cert>>>,
 }
 
 impl Authority {
@@ -161,33 +212,36 @@ impl Authority {
         sqlx::query(&db.q("INSERT INTO meta (key, value) SELECT 'generation', 1 WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'generation')"))
             .execute(db.pool())
             .await?;
-        let row = sqlx::query(&db.q("SELECT value FROM meta WHERE key = 'generation'")).fetch_one(db.pool()).await?;
-        let gen = int(&row, "value");
+        let (gen,): (i64,) = sqlx::query_as(&db.q("SELECT value FROM meta WHERE key = 'generation'")).fetch_one(db.pool()).await?;
         let roots = vec![ca.root.cert.clone()];
-        Ok(Authority { db, ca, settings, sessions: Sessions::default(), generation: AtomicI64::new(gen), roots })
+        let (changed, _) = tokio::sync::watch::channel(gen);
+        Ok(Authority { db, ca, settings, sessions: Sessions::default(), generation: AtomicI64::new(gen), changed, roots })
     }
 
-    /// The current generation.
+    /// The current generation, as this server last saw it.
     pub fn generation(&self) -> i64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// Records a change of what nodes should run; call inside the changing transaction.
-    pub async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, RpcError> {
-        let row = sqlx::query(&self.db.q("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"))
+    pub async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, AuthError> {
+        let (g,): (i64,) = sqlx::query_as(&self.db.q("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"))
             .fetch_one(&mut **tx)
             .await?;
-        Ok(int(&row, "value"))
+        Ok(g)
     }
 
-    /// Publishes a committed generation.
+    /// Publishes a generation seen committed (by this server or another on the same
+    /// database), waking long polls.
     pub fn published(&self, gen: i64) {
-        self.generation.fetch_max(gen, Ordering::AcqRel);
+        if self.generation.fetch_max(gen, Ordering::AcqRel) < gen {
+            self.changed.send_replace(gen);
+        }
     }
 
     /// Commits a transaction that changes what some node should run: bumps the
     /// generation inside it, commits, then publishes the new generation.
-    pub async fn commit_change(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), RpcError> {
+    pub async fn commit_change(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), AuthError> {
         let g = self.bump(&mut tx).await?;
         tx.commit().await?;
         self.published(g);
@@ -195,78 +249,80 @@ impl Authority {
     }
 
     /// Answers one HTTP request body.
-    pub async fn handle(&self, body: &[u8], peer: IpAddr, chain: Option<&[Cert]>) -> Value {
-        let req = match decode(body) {
-            Ok(r) => r,
-            Err((id, e)) => return reply(id, Err(e)),
-        };
-        let id = req.id.clone().unwrap_or(Value::Null);
-        let r = self.call(&req.method, &req.params, peer, chain).await;
-        if let Err(e) = &r {
-            tracing::debug!(method = %req.method, "{}", e.message);
-        }
-        reply(id, r)
+    pub async fn handle(&self, body: &[u8], peer: IpAddr, chain: Option<std::sync::Arc<Vec<Cert>>>) -> Value {
+        jsonrpc::server::answer(self, &Peer { ip: peer, chain }, body).await.unwrap_or(Value::Null)
     }
 
     /// Runs one call.
-    pub async fn call(&self, method: &str, params: &[Value], peer: IpAddr, chain: Option<&[Cert]>) -> Result<Value, RpcError> {
-        let m = Method::parse(method).ok_or_else(|| RpcError::new(Code::MethodNotFound, format!("method: no method {method:?}")))?;
+    pub async fn call(&self, method: &str, params: Value, peer: &Peer) -> Result<Value, RpcError> {
+        let m = Method::parse(method).ok_or_else(|| AuthError::NoMethod(format!("method: no method {method:?}")))?;
         let hosted = match m.part() {
             Part::Sa => self.settings.sa,
             Part::Ma | Part::Boot => self.settings.ma,
             Part::Both => true,
         };
         if !hosted {
-            return Err(RpcError::new(Code::MethodNotFound, format!("{method}: this server does not host that authority")));
+            return Err(AuthError::NoMethod(format!("{method}: this server does not host that authority")).into());
         }
-        let args = Args::new(method, params);
-        let auth = params.first().unwrap_or(&Value::Null);
+        let (auth, rest) = split_auth(params)?;
         if m.part() == Part::Boot {
-            return self.boot_call(m, auth, &args, peer).await;
+            return self.boot_call(m, &auth, rest, peer.ip).await;
         }
         let now = credentials::now();
-        let caller = resolve(&self.db, &self.sessions, &self.roots, auth, chain, now).await?;
-        self.dispatch(m, &caller, &args, now).await
+        let caller = resolve(&self.db, &self.sessions, &self.roots, &auth, peer.chain.as_deref().map(Vec::as_slice), now).await?;
+        if matches!(caller, Caller::Anonymous) && !m.anonymous() {
+            return Err(AuthError::unauthenticated(format!("{}: authentication required (auth is null)", m.name())).into());
+        }
+        let req = Request::decode(method, rest)?;
+        self.dispatch(&caller, req, now).await
     }
 
-    async fn dispatch(&self, m: Method, c: &Caller, a: &Args<'_>, now: i64) -> Result<Value, RpcError> {
-        use Method::*;
-        if matches!(c, Caller::Anonymous) && !matches!(m, AuthenticateCertificate | RegisterPrincipal | GetPrincipalCert) {
-            return Err(RpcError::new(Code::NotAuthenticated, format!("{}: authentication required (auth is null)", m.name())));
+    async fn dispatch(&self, c: &Caller, req: Request, now: i64) -> Result<Value, RpcError> {
+        use calls as k;
+        fn r<T>(x: Result<T, AuthError>) -> Result<T, RpcError> {
+            x.map_err(RpcError::from)
         }
-        match m {
-            AuthenticateCertificate => self.authenticate_certificate(a, now).await,
-            AddOrg => self.add_org(c, a).await,
-            GetOrgs => self.get_orgs(c).await,
-            RegisterPrincipal => self.register_principal(a, now).await,
-            ApprovePrincipal => self.approve_principal(c, a).await,
-            AddPrincipal => self.add_principal(c, a, now).await,
-            GetPrincipals => self.get_principals(c).await,
-            GetPrincipalCert => self.get_principal_cert(a).await,
-            AddPrincipalKey => self.add_principal_key(c, a).await,
-            CreateSlice => self.create_slice(c, a, now).await,
-            SetSliceAttr => self.set_slice_attr(c, a).await,
-            AddSlicePrincipal => self.add_slice_principal(c, a).await,
-            AddSliceNode => self.add_slice_node(c, a).await,
-            StartSlice => self.set_slice_flags(c, a, "StartSlice", Some(1), Some(0), None).await,
-            StopSlice => self.set_slice_flags(c, a, "StopSlice", Some(0), None, None).await,
-            DeleteSlice => self.set_slice_flags(c, a, "DeleteSlice", Some(0), None, Some(1)).await,
-            RenewSlice => self.renew_slice(c, a, now).await,
-            GetSlices => self.get_slices(c).await,
-            GetSliceTicket => self.get_slice_ticket(c, a, now).await,
-            GetSlicesForNode => self.get_slices_for_node(c, a, now).await,
-            AddSite => self.add_site(c, a, now).await,
-            GetSites => self.get_sites().await,
-            AddNode => self.add_node(c, a, now).await,
-            UpdateNode => self.update_node(c, a).await,
-            DeleteNode => self.delete_node(c, a).await,
-            GetManagedNodes => self.get_managed_nodes().await,
-            GetNodes => self.get_nodes(a).await,
-            GetNodeConfig => self.get_node_config(c, a).await,
-            SetPackage => self.set_package(c, a).await,
-            BootGetState | BootUpdateState | BootGetCertificate | BootCheckUpdates => {
-                Err(RpcError::new(Code::Internal, "boot calls are dispatched separately"))
+        match req {
+            Request::AuthenticateCertificate(p) => reply::<k::AuthenticateCertificate>(r(self.authenticate_certificate(p, now).await)),
+            Request::AddOrg(p) => reply::<k::AddOrg>(r(self.add_org(c, p).await)),
+            Request::GetOrgs(_) => reply::<k::GetOrgs>(r(self.get_orgs(c).await)),
+            Request::RegisterPrincipal(p) => reply::<k::RegisterPrincipal>(r(self.register_principal(p, now).await)),
+            Request::ApprovePrincipal(p) => reply::<k::ApprovePrincipal>(r(self.approve_principal(c, p).await)),
+            Request::AddPrincipal(p) => reply::<k::AddPrincipal>(r(self.add_principal(c, p, now).await)),
+            Request::GetPrincipals(_) => reply::<k::GetPrincipals>(r(self.get_principals(c).await)),
+            Request::GetPrincipalCert(p) => reply::<k::GetPrincipalCert>(r(self.get_principal_cert(p).await)),
+            Request::RekeyPrincipal(p) => reply::<k::RekeyPrincipal>(r(self.rekey_principal(c, p).await)),
+            Request::AddPrincipalKey(p) => reply::<k::AddPrincipalKey>(r(self.add_principal_key(c, p).await)),
+            Request::CreateSlice(p) => reply::<k::CreateSlice>(r(self.create_slice(c, p, now).await)),
+            Request::SetSliceAttr(p) => reply::<k::SetSliceAttr>(r(self.set_slice_attr(c, p).await)),
+            Request::AddSlicePrincipal(p) => reply::<k::AddSlicePrincipal>(r(self.add_slice_principal(c, p).await)),
+            Request::AddSliceNode(p) => reply::<k::AddSliceNode>(r(self.add_slice_node(c, p).await)),
+            Request::StartSlice(p) => reply::<k::StartSlice>(r(self.set_slice_flags(c, p, "StartSlice", Some(1), Some(0), None).await)),
+            Request::StopSlice(p) => reply::<k::StopSlice>(r(self.set_slice_flags(c, p, "StopSlice", Some(0), None, None).await)),
+            Request::DeleteSlice(p) => reply::<k::DeleteSlice>(r(self.set_slice_flags(c, p, "DeleteSlice", Some(0), None, Some(1)).await)),
+            Request::RenewSlice(p) => reply::<k::RenewSlice>(r(self.renew_slice(c, p, now).await)),
+            Request::GetSlices(_) => reply::<k::GetSlices>(r(self.get_slices(c).await)),
+            Request::GetSliceTicket(p) => reply::<k::GetSliceTicket>(r(self.get_slice_ticket(c, p, now).await)),
+            Request::GetSlicesForNode(p) => reply::<k::GetSlicesForNode>(r(self.get_slices_for_node(c, p).await)),
+            Request::AddSite(p) => reply::<k::AddSite>(r(self.add_site(c, p, now).await)),
+            Request::GetSites(_) => reply::<k::GetSites>(r(self.get_sites().await)),
+            Request::AddNode(p) => reply::<k::AddNode>(r(self.add_node(c, p, now).await)),
+            Request::UpdateNode(p) => reply::<k::UpdateNode>(r(self.update_node(c, p).await)),
+            Request::DeleteNode(p) => reply::<k::DeleteNode>(r(self.delete_node(c, p).await)),
+            Request::GetManagedNodes(_) => reply::<k::GetManagedNodes>(r(self.get_managed_nodes().await)),
+            Request::GetNodes(p) => reply::<k::GetNodes>(r(self.get_nodes(p).await)),
+            Request::GetNodeConfig(p) => reply::<k::GetNodeConfig>(r(self.get_node_config(c, p).await)),
+            Request::SetPackage(p) => reply::<k::SetPackage>(r(self.set_package(c, p).await)),
+            Request::BootGetState(_) | Request::BootUpdateState(_) | Request::BootGetCertificate(_) | Request::BootCheckUpdates(_) => {
+                Err(AuthError::internal("boot calls are dispatched separately").into())
             }
         }
+    }
+}
+
+impl jsonrpc::server::Handler for Authority {
+    type Caller = Peer;
+    async fn call(&self, peer: &Peer, method: &str, params: Value) -> Result<Value, RpcError> {
+        Authority::call(self, method, params, peer).await
     }
 }

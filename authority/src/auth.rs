@@ -8,51 +8,16 @@
 //! | `{"AuthMethod": "session", "session": HEX}` | a session key from `AuthenticateCertificate` |
 //! | `{"AuthMethod": "hmac", ...}` | a node's boot manager, only for `Boot*` calls (see `credentials::boot_hmac`) |
 
-use crate::db::{int, text, Db};
-use crate::rpc::{Code, RpcError};
+use crate::db::Db;
+use crate::error::AuthError;
 use credentials::pki::{verify_chain, Cert};
 use credentials::Identity;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A role (sections 4.7 and 4.8): the union of the SA's and MA's role sets, plus the
-/// authority's own operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Staff of the authority itself (PLC operators): every call.
-    Operator,
-    /// An organisation's administrative contact (PI).
-    Admin,
-    /// A researcher.
-    User,
-    /// A site's technical contact.
-    Tech,
-}
-
-impl Role {
-    /// Parses a role name.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "operator" => Some(Role::Operator),
-            "admin" => Some(Role::Admin),
-            "user" => Some(Role::User),
-            "tech" => Some(Role::Tech),
-            _ => None,
-        }
-    }
-    /// The role's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-            Role::User => "user",
-            Role::Tech => "tech",
-        }
-    }
-}
+pub use crate::types::Role;
 
 /// An approved principal.
 #[derive(Debug, Clone)]
@@ -88,8 +53,6 @@ pub enum Caller {
         /// The node.
         node: i64,
     },
-    /// A node, by its MA-issued certificate.
-    Node(i64),
 }
 
 impl Caller {
@@ -120,7 +83,7 @@ pub fn session_hash(key: &str) -> String {
 
 impl Sessions {
     /// Remembers a new session.
-    pub async fn create(&self, db: &Db, key: &str, identity: &Identity, expires: i64) -> Result<(), RpcError> {
+    pub async fn create(&self, db: &Db, key: &str, identity: &Identity, expires: i64) -> Result<(), AuthError> {
         let h = session_hash(key);
         sqlx::query(&db.q("INSERT INTO sessions (key_hash, identity, expires) VALUES (?, ?, ?)"))
             .bind(h.clone())
@@ -132,55 +95,73 @@ impl Sessions {
         Ok(())
     }
 
-    async fn lookup(&self, db: &Db, key: &str, now: i64) -> Result<Identity, RpcError> {
+    /// Ends every session of `identity` (its certificate was replaced).
+    pub async fn forget_identity(&self, db: &Db, identity: &Identity) -> Result<(), AuthError> {
+        let id = identity.to_string();
+        sqlx::query(&db.q("DELETE FROM sessions WHERE identity = ?")).bind(id.clone()).execute(db.pool()).await?;
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (i, _)| *i != id);
+        Ok(())
+    }
+
+    async fn lookup(&self, db: &Db, key: &str, now: i64) -> Result<Identity, AuthError> {
         let h = session_hash(key);
         let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&h).cloned();
         let (identity, expires) = match cached {
             Some(c) => c,
             None => {
-                let row = sqlx::query(&db.q("SELECT identity, expires FROM sessions WHERE key_hash = ?"))
+                let row: (String, i64) = sqlx::query_as(&db.q("SELECT identity, expires FROM sessions WHERE key_hash = ?"))
                     .bind(h.clone())
                     .fetch_optional(db.pool())
                     .await?
-                    .ok_or_else(|| RpcError::new(Code::NotAuthenticated, "auth.session: unknown session"))?;
-                let c = (text(&row, "identity"), int(&row, "expires"));
-                self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(h, c.clone());
-                c
+                    .ok_or_else(|| AuthError::unauthenticated("auth.session: unknown session"))?;
+                self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(h, row.clone());
+                row
             }
         };
         if now >= expires {
-            return Err(RpcError::new(Code::NotAuthenticated, "auth.session: expired; authenticate again"));
+            return Err(AuthError::unauthenticated("auth.session: expired; authenticate again"));
         }
-        Identity::parse(&identity).map_err(|e| RpcError::new(Code::Internal, e.to_string()))
+        Identity::parse(&identity).map_err(AuthError::internal)
     }
 }
 
-async fn principal_by_name(db: &Db, name: &str, cert_der: Option<&[u8]>) -> Result<Principal, RpcError> {
-    let row = sqlx::query(&db.q("SELECT id, org_id, roles, approved, cert FROM principals WHERE name = ?"))
+#[derive(sqlx::FromRow)]
+struct PrincipalRow {
+    id: i64,
+    org_id: i64,
+    roles: String,
+    approved: i64,
+    cert: Option<String>,
+}
+
+async fn principal_by_name(db: &Db, name: &str, cert_der: Option<&[u8]>) -> Result<Principal, AuthError> {
+    let row: PrincipalRow = sqlx::query_as(&db.q("SELECT id, org_id, roles, approved, cert FROM principals WHERE name = ?"))
         .bind(name.to_owned())
         .fetch_optional(db.pool())
         .await?
-        .ok_or_else(|| RpcError::new(Code::NotAuthenticated, format!("auth: no principal {name:?}")))?;
-    if int(&row, "approved") == 0 {
-        return Err(RpcError::new(Code::NotAuthenticated, format!("auth: principal {name} is not approved yet")));
+        .ok_or_else(|| AuthError::unauthenticated(format!("auth: no principal {name:?}")))?;
+    if row.approved == 0 {
+        return Err(AuthError::unauthenticated(format!("auth: principal {name} is not approved yet")));
     }
     if let Some(der) = cert_der {
         // Only the certificate the authority last issued counts: a replaced one is dead.
-        let current = Cert::from_pem(&text(&row, "cert")).map(|c| c.der).unwrap_or_default();
-        if current != der {
-            return Err(RpcError::new(Code::NotAuthenticated, format!("auth: this certificate of {name} has been replaced")));
+        let current = row.cert.as_deref().and_then(|c| Cert::from_pem(c).ok()).map(|c| c.der);
+        if current.as_deref() != Some(der) {
+            return Err(AuthError::unauthenticated(format!("auth: this certificate of {name} has been replaced")));
         }
     }
-    let roles: Vec<Role> = row.try_get::<String, _>("roles").unwrap_or_default().split(',').filter_map(Role::parse).collect();
-    Ok(Principal { id: int(&row, "id"), name: name.into(), org_id: int(&row, "org_id"), roles })
+    let roles: Vec<Role> = row.roles.split(',').filter_map(Role::parse).collect();
+    Ok(Principal { id: row.id, name: name.into(), org_id: row.org_id, roles })
 }
 
-async fn caller_of(db: &Db, id: Identity, cert_der: Option<&[u8]>) -> Result<Caller, RpcError> {
+async fn caller_of(db: &Db, id: Identity, cert_der: Option<&[u8]>) -> Result<Caller, AuthError> {
     match id {
         Identity::Principal(name) => Ok(Caller::Principal(principal_by_name(db, &name, cert_der).await?)),
         Identity::Service { slice, node } => Ok(Caller::Service { slice: slice.to_string(), node }),
-        Identity::Node(n) => Ok(Caller::Node(n)),
-        other => Err(RpcError::new(Code::NotAuthenticated, format!("auth: {other} cannot call the API"))),
+        Identity::Node(n) => Err(AuthError::unauthenticated(format!(
+            "auth: node {n}'s certificate certifies services on the node; it cannot call the API itself (the node's boot manager uses its HMAC)"
+        ))),
+        other => Err(AuthError::unauthenticated(format!("auth: {other} cannot call the API"))),
     }
 }
 
@@ -192,26 +173,26 @@ pub async fn resolve(
     auth: &Value,
     peer_chain: Option<&[Cert]>,
     now: i64,
-) -> Result<Caller, RpcError> {
+) -> Result<Caller, AuthError> {
     let method = match auth {
         Value::Null => return Ok(Caller::Anonymous),
         Value::Object(o) => o.get("AuthMethod").and_then(Value::as_str).unwrap_or(""),
-        _ => return Err(RpcError::invalid("auth", "must be null or an object with AuthMethod")),
+        _ => return Err(AuthError::invalid("auth", "must be null or an object with AuthMethod")),
     };
     match method {
         "certificate" => {
             let chain = peer_chain.filter(|c| !c.is_empty()).ok_or_else(|| {
-                RpcError::new(Code::NotAuthenticated, "auth: AuthMethod certificate, but the connection presented no client certificate")
+                AuthError::unauthenticated("auth: AuthMethod certificate, but the connection presented no client certificate")
             })?;
-            let id = verify_chain(chain, roots, now).map_err(|e| RpcError::new(Code::NotAuthenticated, format!("auth: {e}")))?;
+            let id = verify_chain(chain, roots, now).map_err(|e| AuthError::unauthenticated(format!("auth: {e}")))?;
             caller_of(db, id, Some(&chain[0].der)).await
         }
         "session" => {
-            let key = auth.get("session").and_then(Value::as_str).ok_or_else(|| RpcError::invalid("auth.session", "missing"))?;
+            let key = auth.get("session").and_then(Value::as_str).ok_or_else(|| AuthError::invalid("auth.session", "missing"))?;
             let id = sessions.lookup(db, key, now).await?;
             caller_of(db, id, None).await
         }
-        "hmac" => Err(RpcError::new(Code::NotAuthenticated, "auth: hmac authenticates only the boot manager's Boot* calls")),
-        other => Err(RpcError::invalid("auth.AuthMethod", format!("{other:?} is not one of certificate, session, hmac"))),
+        "hmac" => Err(AuthError::unauthenticated("auth: hmac authenticates only the boot manager's Boot* calls")),
+        other => Err(AuthError::invalid("auth.AuthMethod", format!("{other:?} is not one of certificate, session, hmac"))),
     }
 }

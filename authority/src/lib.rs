@@ -10,11 +10,13 @@ pub mod bootmgr;
 pub mod ca;
 pub mod client;
 pub mod db;
+pub mod error;
 pub mod ma;
-pub mod rpc;
 pub mod sa;
 pub mod server;
 pub mod setup;
+pub mod types;
 
 pub use api::{Authority, Method, Settings};
-pub use client::{AuthorityClient, ClientError};
+pub use client::{AsyncAuthorityClient, AuthorityClient, ClientError};
+pub use error::AuthError;

@@ -43,6 +43,7 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Serves until the task is dropped.
 pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    tokio::spawn(a.clone().sweep_expiry_forever(Duration::from_secs(2)));
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -84,12 +85,16 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
                     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => {
-                            let e = crate::rpc::RpcError::new(crate::rpc::Code::InvalidRequest, "request refused: body larger than 1 MiB");
-                            return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE, crate::rpc::reply(serde_json::Value::Null, Err(e)).to_string()));
+                            let e = jsonrpc::RpcError::new(jsonrpc::ErrorCode::INVALID_REQUEST, "request refused: body larger than 1 MiB");
+                            return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE, jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string()));
                         }
                     };
-                    let answer = a.handle(&body, peer.ip(), chain.as_deref().map(|v| v.as_slice())).await;
-                    Ok(respond(StatusCode::OK, answer.to_string()))
+                    let peer = crate::api::Peer { ip: peer.ip(), chain: chain.clone() };
+                    match jsonrpc::server::answer(&*a, &peer, &body).await {
+                        Some(answer) => Ok(respond(StatusCode::OK, answer.to_string())),
+                        // Notifications only: nothing to answer.
+                        None => Ok(respond(StatusCode::NO_CONTENT, String::new())),
+                    }
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {

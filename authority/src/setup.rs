@@ -1,7 +1,7 @@
 //! Bootstrapping an authority: credentials, its own organisation, a first operator.
 
 use crate::ca::Ca;
-use crate::db::{int, Db};
+use crate::db::Db;
 use credentials::identity::Identity;
 use credentials::pki::{issue, KeyPair, Profile};
 use std::path::{Path, PathBuf};
@@ -24,13 +24,12 @@ pub async fn init(state: &Path, name: &str, server_names: &[String], operator: &
     let ca = Ca::init(state, name, server_names)?;
     let db = Db::open(db_url).await?;
     let now = credentials::now();
-    let org = sqlx::query(&db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, '', ?) RETURNING id"))
+    let (org_id,): (i64,) = sqlx::query_as(&db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, '', ?) RETURNING id"))
         .bind(name.to_owned())
         .bind(name.to_owned())
         .bind(now)
         .fetch_one(db.pool())
         .await?;
-    let org_id = int(&org, "id");
     let key = KeyPair::generate();
     let cert = issue(&ca.sa.cert_pem, &ca.sa.key, &Identity::Principal(operator.into()), &key.public_key_pem(), Profile::Client, 365)?;
     sqlx::query(&db.q("INSERT INTO principals (name, email, org_id, roles, public_key, cert, approved, created) VALUES (?, ?, ?, 'operator,admin', ?, ?, 1, ?)"))

@@ -34,7 +34,7 @@ fn boot_calls_need_the_right_key_address_and_a_fresh_nonce() {
 
     // With a wrong key: refused.
     let mut forged = pl.clone();
-    forged.node_key = vec![7; 32];
+    forged.node_key = credentials::boot_hmac::NodeKey::generate();
     let e = BootManager::new(forged, &h.url, &h.root, dir.path()).unwrap().boot(None).unwrap_err();
     assert_eq!(code(&e), 2, "{e}");
 
@@ -79,6 +79,25 @@ fn foreign_roots_expired_sessions_and_replaced_certificates() {
     assert!(e.to_string().contains("expired"), "{e}");
     c.auth = json!({"AuthMethod": "session", "session": "never-issued"});
     assert_eq!(code(&c.call("GetOrgs", vec![]).unwrap_err()), 2);
+
+    // A replaced certificate is dead: in TLS, for new sessions, and its old sessions.
+    let mut op = h.operator();
+    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
+    let (old_cert, old_key) = h.principal(&mut op, "carol", "princeton", "user");
+    let mut carol = h.client(Some((&old_cert, &old_key)));
+    carol.call("GetOrgs", vec![]).unwrap();
+    let mut carol_s = h.client(None);
+    carol_s.start_session(&old_cert, &old_key).unwrap();
+    carol_s.call("GetOrgs", vec![]).unwrap();
+    let new_key = credentials::pki::KeyPair::generate();
+    let new_cert = carol.call("RekeyPrincipal", vec![json!(new_key.public_key_pem())]).unwrap()["certificate"].as_str().unwrap().to_owned();
+    let e = h.client(Some((&old_cert, &old_key))).call("GetOrgs", vec![]).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("replaced"), "{e}");
+    let e = h.client(None).call("AuthenticateCertificate", vec![json!(old_cert)]).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("not the current certificate"), "{e}");
+    let e = carol_s.call("GetOrgs", vec![]).unwrap_err();
+    assert_eq!(code(&e), 2, "the old session died with its certificate: {e}");
+    h.client(Some((&new_cert, &new_key.to_pem()))).call("GetOrgs", vec![]).unwrap();
 
     // A session key is sealed to the certificate's key: a thief of the certificate
     // (public) cannot open it.
@@ -153,6 +172,8 @@ fn oversized_and_malformed_requests() {
 
 #[test]
 fn setting_debug_contacts_the_node_which_boots_into_debug() {
+    use plab_authority::bootmgr::{serve_triggers, TriggerServer};
+    use plab_authority::types::BootState;
     let h = Harness::start(Backend::Sqlite);
     let mut op = h.operator();
     op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
@@ -160,24 +181,43 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
     let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()["node_id"].as_i64().unwrap();
     let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut bm = BootManager::new(PlNode::parse(&plnode).unwrap(), &h.url, &h.root, dir.path()).unwrap();
-    assert!(matches!(bm.boot(Some(port)).unwrap(), Outcome::Booted { .. }));
+    let pl = PlNode::parse(&plnode).unwrap();
     // The node's trigger listener, as `plab-boot serve` runs it.
-    let node_thread = std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        let (mut s, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
-        let state = bm.check_trigger(&line).unwrap();
-        s.write_all(b"ok\n").unwrap();
-        (state, bm.boot(Some(port)).unwrap())
-    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let server = std::sync::Arc::new(TriggerServer::new(node, pl.node_key.clone(), tx));
+    let listener = h.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    h.rt.spawn(serve_triggers(server.clone(), listener));
+    let mut bm = BootManager::new(pl.clone(), &h.url, &h.root, dir.path()).unwrap();
+    assert!(matches!(bm.boot(Some(port)).unwrap(), Outcome::Booted { .. }));
+
     let r = op.call("UpdateNode", vec![json!(node), json!({"state": "debug"})]).unwrap();
     assert_eq!(r["contacted"], true, "{r}");
-    let (state, outcome) = node_thread.join().unwrap();
-    assert_eq!(state, "debug");
-    assert_eq!(outcome, Outcome::Debug);
+    let state = h.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await }).unwrap();
+    assert_eq!(state, Some(BootState::Debug));
+    assert_eq!(bm.boot(Some(port)).unwrap(), Outcome::Debug);
     assert_eq!(std::fs::read_to_string(dir.path().join("boot-state")).unwrap(), "debug\n");
+
+    // A trigger seen on the wire cannot be replayed, and one signed with another key or
+    // for another node is refused.
+    let params = json!([{"state": "debug"}]);
+    let auth = serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootTrigger", &params)).unwrap();
+    let now = credentials::now();
+    server.check(&auth, &params, now).unwrap();
+    let e = server.check(&auth, &params, now).unwrap_err();
+    assert!(e.message.contains("replayed"), "{e}");
+    let forged = serde_json::to_value(BootAuth::sign(&credentials::boot_hmac::NodeKey::generate(), node, "BootTrigger", &params)).unwrap();
+    assert!(server.check(&forged, &params, now).is_err());
+    let other = serde_json::to_value(BootAuth::sign(&pl.node_key, node + 1, "BootTrigger", &params)).unwrap();
+    assert!(server.check(&other, &params, now).unwrap_err().message.contains("not this one"));
+    let stale = serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootTrigger", &params)).unwrap();
+    assert!(server.check(&stale, &params, now + 3600).is_err(), "outside the skew window");
+
+    // A peer that connects and trickles bytes holds nothing: the listener still answers.
+    let slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write;
+    (&slow).write_all(b"{").unwrap();
+    let r = op.call("UpdateNode", vec![json!(node), json!({"state": "debug"})]).unwrap();
+    assert_eq!(r["contacted"], true, "a slow peer does not block the trigger: {r}");
+    drop(slow);
 }

@@ -94,13 +94,50 @@ fn flow(backend: Backend) {
     let slices = alice.call("GetSlices", vec![]).unwrap();
     assert_eq!(slices[0]["state"]["mode"], "delegated");
 
+    // Numeric attributes may be sent as numbers.
+    pi.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("mem_limit"), json!(768)]).unwrap();
+    pi.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("disk_quota"), json!(2.5)]).unwrap();
+    let rs = vm_types::RSpec::from_xml(alice.call("GetSlices", vec![]).unwrap()[0]["rspec"].as_str().unwrap()).unwrap();
+    assert_eq!((rs.resources.mem_limit.to_string(), rs.resources.disk_quota.to_string()), ("768".into(), "2.5".into()));
+
+    // A centrally managed slice expiring moves the generation: a node polling with the
+    // generation it has learns that the slice must go.
+    pi.call("CreateSlice", vec![json!("plc.princeton.brief")]).unwrap();
+    pi.call("AddSliceNode", vec![json!("plc.princeton.brief"), json!([node])]).unwrap();
+    pi.call("StartSlice", vec![json!("plc.princeton.brief")]).unwrap();
+    let before = scs.call("GetSlicesForNode", vec![json!(node), json!(0)]).unwrap();
+    assert_eq!(before["slices"].as_array().unwrap().len(), 1, "{before}");
+    let gen = before["generation"].as_i64().unwrap();
+    let now = credentials::now();
+    h.rt.block_on(async {
+        sqlx::query(&h.authority.db.q("UPDATE slices SET expires = ? WHERE name = 'plc.princeton.brief'")).bind(now - 1).execute(h.authority.db.pool()).await.unwrap();
+        // Swept here or by the server's own sweeper meanwhile: published exactly once.
+        h.authority.sweep_expired(now).await.unwrap();
+        assert_eq!(h.authority.sweep_expired(now + 1).await.unwrap(), 0, "published once");
+    });
+    let after = scs.call("GetSlicesForNode", vec![json!(node), json!(gen)]).unwrap();
+    assert_eq!(after["unchanged"], false, "{after}");
+    assert_eq!(after["slices"], json!([]), "{after}");
+
+    // A deleted node is given no slices.
+    pi.call("CreateSlice", vec![json!("plc.princeton.gone")]).unwrap();
+    let gone = pi.call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "gone.cs.princeton.test", "ip": "127.0.0.5"})]).unwrap()["node_id"].as_i64().unwrap();
+    pi.call("AddSliceNode", vec![json!("plc.princeton.gone"), json!([gone])]).unwrap();
+    pi.call("StartSlice", vec![json!("plc.princeton.gone")]).unwrap();
+    assert_eq!(op.call("GetSlicesForNode", vec![json!(gone), json!(0)]).unwrap()["slices"].as_array().unwrap().len(), 1);
+    op.call("DeleteNode", vec![json!(gone)]).unwrap();
+    assert_eq!(op.call("GetSlicesForNode", vec![json!(gone), json!(0)]).unwrap()["slices"], json!([]));
+
     // Deleted slices stay on record; the name can be reused.
     pi.call("DeleteSlice", vec![json!("plc.princeton.codeen")]).unwrap();
     assert!(alice.call("GetSlices", vec![]).unwrap().as_array().unwrap().is_empty());
+    for s in ["plc.princeton.brief", "plc.princeton.gone"] {
+        pi.call("DeleteSlice", vec![json!(s)]).unwrap();
+    }
     pi.call("CreateSlice", vec![json!("plc.princeton.codeen")]).unwrap();
     h.rt.block_on(async {
-        let rows = sqlx::query("SELECT COUNT(*) AS n FROM slices WHERE name = 'plc.princeton.codeen'").fetch_one(h.authority.db.pool()).await.unwrap();
-        assert_eq!(plab_authority::db::int(&rows, "n"), 2);
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) AS n FROM slices WHERE name = 'plc.princeton.codeen'").fetch_one(h.authority.db.pool()).await.unwrap();
+        assert_eq!(n, 2);
     });
 }
 

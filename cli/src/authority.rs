@@ -1,9 +1,13 @@
 //! `plab sa ...` and `plab ma ...`: every authority call from the command line.
 //!
 //! `plab sa create-slice plc.princeton.codeen` calls `CreateSlice(auth, "plc.princeton.codeen")`.
-//! Arguments are JSON when they parse as a JSON object, array, number, `true`, `false` or
-//! `null`, text otherwise, and `@FILE` is the file's text. `auth` comes from the settings
-//! file: the client certificate, or none (anonymous calls like `register-principal`).
+//! Each argument is read as the call's parameter in that position needs it, using the
+//! same params types the server decodes: a parameter that takes text gets the word as
+//! text (`set-slice-attr S mem_limit 512` sends `"512"`), one that takes a number, a
+//! list or an object gets the word as JSON (`add-slice-node S [3,4]`), and a word that is
+//! a JSON string (`'"x y"'`) is that string. `@FILE` is the file's text. `auth` comes
+//! from the settings file: the client certificate, or none (anonymous calls like
+//! `register-principal`).
 //!
 //! Settings (`--authority-config`, `$PLAB_AUTHORITY_CONFIG`, or
 //! `~/.config/plab/authority.toml`), as `plab-authority init` writes them:
@@ -66,15 +70,47 @@ fn kebab(m: Method) -> String {
     out
 }
 
-fn arg(a: &str) -> anyhow::Result<Value> {
-    if let Some(file) = a.strip_prefix('@') {
-        return Ok(Value::String(read(Path::new(file))?));
+/// The words after the method as the method's params, each read as its parameter's type
+/// needs: JSON where the word is JSON the parameter accepts, text otherwise.
+fn args(m: Method, words: &[String]) -> anyhow::Result<Vec<Value>> {
+    let names = m.params();
+    if words.len() > names.len() {
+        anyhow::bail!("{} takes at most {} arguments after auth ({})", m.name(), names.len(), names.join(", "));
     }
-    let looks_json = a.starts_with(['{', '[']) || matches!(a, "true" | "false" | "null") || a.parse::<f64>().is_ok();
-    if looks_json {
-        return serde_json::from_str(a).with_context(|| format!("argument {a:?} is not valid JSON"));
+    let mut values = Vec::new();
+    for w in words {
+        values.push(match w.strip_prefix('@') {
+            Some(file) => (Value::String(read(Path::new(file))?), None),
+            None => (serde_json::from_str::<Value>(w).unwrap_or_else(|_| Value::String(w.clone())), Some(w.clone())),
+        });
     }
-    Ok(Value::String(a.to_owned()))
+    // Try the JSON reading; where the server's decoder refuses a parameter read as JSON,
+    // read that word as text instead, and try again. If the text is refused too, the
+    // JSON reading's error is the one that says what is wrong.
+    let mut first_error: Option<(usize, String)> = None;
+    loop {
+        let by_name: serde_json::Map<String, Value> = names.iter().zip(&values).map(|(n, (v, _))| (n.to_string(), v.clone())).collect();
+        match plab_authority::api::Request::decode(m.name(), Value::Object(by_name)) {
+            Ok(_) => return Ok(values.into_iter().map(|(v, _)| v).collect()),
+            Err(e) => {
+                let field = e.message.split([':', '.', '[']).next().unwrap_or("");
+                let retry = names.iter().position(|n| *n == field).filter(|i| {
+                    let (v, word) = &values[*i];
+                    word.as_ref().is_some_and(|w| !matches!(v, Value::String(s) if s == w))
+                });
+                let at = names.iter().position(|n| *n == field);
+                match (retry, &first_error) {
+                    (Some(i), _) => {
+                        first_error = Some((i, e.message.clone()));
+                        let word = values[i].1.clone().unwrap_or_default();
+                        values[i] = (Value::String(word), None);
+                    }
+                    (None, Some((i, first))) if Some(*i) == at => anyhow::bail!("{}: {first}", m.name()),
+                    (None, _) => anyhow::bail!("{}: {}", m.name(), e.message),
+                }
+            }
+        }
+    }
 }
 
 /// Runs `plab sa|ma WORDS...`.
@@ -103,7 +139,7 @@ pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) ->
         _ => None,
     };
     let mut c = AuthorityClient::new(&s.url, &root, identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())), None)?;
-    let params = words[1..].iter().map(|a| arg(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let params = args(m, &words[1..])?;
     let v = c.call(m.name(), params)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

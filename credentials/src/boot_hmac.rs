@@ -19,6 +19,44 @@ use sha2::{Digest, Sha256};
 /// Largest accepted clock difference, seconds.
 pub const MAX_SKEW: i64 = 300;
 
+/// A node key (sections 4.1 and 5.2): the secret the MA generates when a node is
+/// registered and the node keeps in `plnode.txt`. Never printed: its `Debug` shows only
+/// a digest prefix.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeKey(Vec<u8>);
+
+impl NodeKey {
+    /// A fresh 256-bit key from the OS CSPRNG.
+    pub fn generate() -> NodeKey {
+        NodeKey(random_bytes::<32>().to_vec())
+    }
+
+    /// Parses the hex form of `plnode.txt`.
+    pub fn from_hex(s: &str) -> Result<NodeKey, CredentialError> {
+        let b = hex::decode(s.trim()).map_err(|_| CredentialError::Malformed("node key: not hex".into()))?;
+        if b.len() < 16 {
+            return Err(CredentialError::Malformed("node key: shorter than 128 bits".into()));
+        }
+        Ok(NodeKey(b))
+    }
+
+    /// The hex form.
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeKey({}…)", &hex::encode(Sha256::digest(&self.0))[..8])
+    }
+}
+
 /// The `auth` value of a boot manager call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootAuth {
@@ -63,10 +101,10 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 
 impl BootAuth {
     /// Signs a call now, with a fresh nonce.
-    pub fn sign(node_key: &[u8], node_id: i64, method: &str, params: &Value) -> BootAuth {
+    pub fn sign(node_key: &NodeKey, node_id: i64, method: &str, params: &Value) -> BootAuth {
         let timestamp = now();
         let nonce = hex::encode(random_bytes::<16>());
-        let mut m = mac(node_key);
+        let mut m = mac(node_key.as_bytes());
         m.update(message(method, node_id, timestamp, &nonce, params).as_bytes());
         BootAuth {
             method: "hmac".into(),
@@ -79,21 +117,22 @@ impl BootAuth {
 
     /// Checks the MAC (in constant time) and the clock skew. The caller checks the nonce
     /// against those it has seen.
-    pub fn verify(&self, node_key: &[u8], method: &str, params: &Value, at: i64) -> Result<(), CredentialError> {
+    pub fn verify(&self, node_key: &NodeKey, method: &str, params: &Value, at: i64) -> Result<(), CredentialError> {
         if self.method != "hmac" {
             return Err(CredentialError::Malformed("auth.AuthMethod must be \"hmac\"".into()));
         }
         if self.nonce.len() != 32 || hex::decode(&self.nonce).is_err() {
             return Err(CredentialError::Malformed("auth.nonce must be 32 hex digits".into()));
         }
-        if (at - self.timestamp).abs() > MAX_SKEW {
+        // abs_diff: a hostile timestamp (i64::MIN) cannot overflow the arithmetic.
+        if at.abs_diff(self.timestamp) > MAX_SKEW as u64 {
             return Err(CredentialError::Expired(format!(
                 "auth.timestamp is {} s away from the server's clock (at most {MAX_SKEW})",
-                at - self.timestamp
+                at.abs_diff(self.timestamp)
             )));
         }
         let sig = hex::decode(&self.signature).map_err(|_| CredentialError::Malformed("auth.signature: not hex".into()))?;
-        let mut m = mac(node_key);
+        let mut m = mac(node_key.as_bytes());
         m.update(message(method, self.node_id, self.timestamp, &self.nonce, params).as_bytes());
         m.verify_slice(&sig).map_err(|_| CredentialError::BadSignature("auth.signature does not verify with the node key".into()))
     }
@@ -111,15 +150,30 @@ mod tests {
 
     #[test]
     fn mac_binds_method_params_and_key() {
-        let key = b"0123456789abcdef0123456789abcdef";
+        let key = &NodeKey::generate();
         let p = json!({"state": "boot"});
         let a = BootAuth::sign(key, 7, "BootUpdateState", &p);
         a.verify(key, "BootUpdateState", &p, now()).unwrap();
         assert!(a.verify(key, "BootGetState", &p, now()).is_err());
         assert!(a.verify(key, "BootUpdateState", &json!({"state": "debug"}), now()).is_err());
-        assert!(a.verify(b"another key", "BootUpdateState", &p, now()).is_err());
+        assert!(a.verify(&NodeKey::generate(), "BootUpdateState", &p, now()).is_err());
         assert!(matches!(a.verify(key, "BootUpdateState", &p, now() + 1000), Err(CredentialError::Expired(_))));
+        assert!(matches!(a.verify(key, "BootUpdateState", &p, now() - 1000), Err(CredentialError::Expired(_))));
         let other_node = BootAuth { node_id: 8, ..a.clone() };
         assert!(other_node.verify(key, "BootUpdateState", &p, now()).is_err());
+        // A hostile timestamp is refused, not an overflow.
+        let extreme = BootAuth { timestamp: i64::MIN, ..a.clone() };
+        assert!(matches!(extreme.verify(key, "BootUpdateState", &p, now()), Err(CredentialError::Expired(_))));
+        let extreme = BootAuth { timestamp: i64::MAX, ..a };
+        assert!(matches!(extreme.verify(key, "BootUpdateState", &p, i64::MIN), Err(CredentialError::Expired(_))));
+    }
+
+    #[test]
+    fn node_keys_are_never_printed() {
+        let k = NodeKey::generate();
+        assert!(!format!("{k:?}").contains(&k.to_hex()));
+        assert_eq!(NodeKey::from_hex(&k.to_hex()).unwrap(), k);
+        assert!(NodeKey::from_hex("zz").is_err());
+        assert!(NodeKey::from_hex("00ff").is_err(), "too short");
     }
 }

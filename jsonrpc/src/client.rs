@@ -32,6 +32,9 @@ pub enum ClientError {
     /// The answer was not the JSON-RPC answer expected.
     #[error("answer not understood: {0}")]
     Protocol(String),
+    /// The client's own settings are wrong (an address, a certificate, a key).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl ClientError {

@@ -564,3 +564,32 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
     assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
     assert!(e.1.starts_with("public_key:"), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_database_written_by_release_0_1_0_is_migrated_losing_nothing() {
+    // nm-0.1.0.sql is `sqlite3 nm.db .dump` of a state directory plab-nm 0.1.0 wrote:
+    // a root pool, two slice pools split off it, one bound to a stopped container VM.
+    let dir = tempfile::tempdir().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("nm.db")).unwrap();
+    db.execute_batch(include_str!("fixtures/nm-0.1.0.sql")).unwrap();
+    let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, 0, "0.1.0 wrote no schema version");
+    drop(db);
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake);
+    let db = rusqlite::Connection::open(dir.path().join("nm.db")).unwrap();
+    let v: usize = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, plab_nm::store::schema_version());
+    let o = Caller::Owner;
+    let pools = call(&n, &o, "ListPools", json!({})).await.unwrap();
+    let pools = pools["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 3);
+    assert_eq!(pools[0]["resources"]["mem_limit"], "768 MB");
+    assert_eq!((pools[1]["vm"].as_str(), pools[2]["vm"].as_str()), (Some("plc_fx_demo"), None));
+    let st = call(&n, &o, "VmStatus", json!(["plc_fx_demo"])).await.unwrap();
+    assert_eq!((st["wanted"].as_str(), st["address"].as_str(), st["keys"].as_u64()), (Some("stopped"), Some("10.213.0.2"), Some(1)));
+    // The rcaps still work, and the pools still split.
+    let r = call(&n, &slice("plc.fx"), "GetRSpec", json!(["80430f969de55b7b098f4287ef89db12"])).await.unwrap();
+    assert!(r["rspec"].as_str().unwrap().contains(r#"vm_type="linux-vserver-x86""#));
+    rcap(&n, &slice("plc.fx"), "SplitPool", json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)])).await;
+}

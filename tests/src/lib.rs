@@ -146,9 +146,24 @@ impl TestNode {
         false
     }
 
-    /// Waits until ssh answers (sshd starts a moment after the container).
+    /// Waits until ssh answers (sshd starts a moment after the container; on a loaded
+    /// 2-core machine running other tests beside, allow a minute).
     pub fn ssh_ready(&self, key: &Path, login: &str, addr: &str) -> (i32, String) {
-        self.ssh_wait(key, login, addr, Duration::from_secs(20))
+        self.ssh_wait(key, login, addr, Duration::from_secs(60))
+    }
+
+    /// Waits (up to a minute) until VM `vm`'s console log holds `needle` `count` times,
+    /// and returns the log: output a VM writes in the background may come after its
+    /// sshd answers.
+    pub fn wait_log(&self, vm: &str, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.client().call_value("VmLog", json!([vm])).ok().and_then(|v| v["log"].as_str().map(str::to_owned)).unwrap_or_default();
+            if log.matches(needle).count() >= count || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits up to `limit` for ssh to answer (a guest under TCG takes a while to boot).
@@ -256,4 +271,43 @@ pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, t
         c.arg("-serial").arg(format!("file:{}", p.display()));
     }
     c
+}
+
+/// Asserts that an ssh attempt reached the VM's sshd and was refused for its key: ssh's
+/// exit status 255 with sshd's own "Permission denied (publickey...)", not a network
+/// failure, a timeout or a host key mismatch.
+pub fn assert_key_refused(r: &(i32, String), what: &str) {
+    assert_eq!(r.0, 255, "{what}: ssh must fail: {}", r.1);
+    assert!(r.1.contains("Permission denied (publickey"), "{what}: refused by sshd for the key, not otherwise: {}", r.1);
+}
+
+/// Asserts that ssh refused the server because its host key is not the one expected.
+pub fn assert_host_key_refused(r: &(i32, String), what: &str) {
+    assert_eq!(r.0, 255, "{what}: ssh must fail: {}", r.1);
+    assert!(r.1.contains("Host key verification failed"), "{what}: refused for the host key: {}", r.1);
+}
+
+/// Asserts that a command run over ssh exited with exactly `code`.
+pub fn assert_exit(r: &(i32, String), code: i32, what: &str) {
+    assert_eq!(r.0, code, "{what}: {}", r.1);
+}
+
+/// The domain's live libvirt XML (`virsh dumpxml`).
+pub fn virsh_dumpxml(domain: &str) -> String {
+    let o = Command::new("virsh").args(["-c", "qemu:///system", "dumpxml", domain]).output().unwrap();
+    assert!(o.status.success(), "virsh dumpxml {domain}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The command line of the QEMU process libvirt runs for `domain`.
+pub fn qemu_cmdline(domain: &str) -> String {
+    let pid = std::fs::read_to_string(format!("/var/run/libvirt/qemu/{domain}.pid")).unwrap_or_default();
+    let cmd = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).replace('\0', " ")
+}
+
+/// The libvirt domain id of a running domain (changes when it is started again).
+pub fn virsh_domid(domain: &str) -> String {
+    let o = Command::new("virsh").args(["-c", "qemu:///system", "domid", domain]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }

@@ -77,7 +77,7 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     };
     let deadline = started + Duration::from_secs(120);
     let out = loop {
-        let o = ssh("echo $(id -un) $(hostname); df -B1M --output=size / | tail -1");
+        let o = ssh("echo $(id -un) $(hostname)");
         if o.status.success() || Instant::now() > deadline {
             break o;
         }
@@ -87,10 +87,25 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     assert!(out.status.success(), "no ssh login within 120 s: {}\nconsole:\n{log}", String::from_utf8_lossy(&out.stderr));
     eprintln!("guest: first ssh login {:.1} s after QEMU started (TCG)", started.elapsed().as_secs_f64());
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("plc_guest plc-guest"));
-    let size_mb: u64 = lines.next().unwrap().trim().parse().unwrap();
+    assert_eq!(text.trim(), "plc_guest plc-guest");
+    // The root filesystem is grown to the quota in the background after sshd starts
+    // (so as not to slow the way to ssh), and the bootscript runs in the background too:
+    // wait for both.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let size_mb = loop {
+        let o = ssh("df -B1M --output=size / | tail -1");
+        let mb: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+        if mb > 900 || Instant::now() > deadline {
+            break mb;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(size_mb > 900, "root filesystem grown to the 1 GB quota: {size_mb} MB");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&console).unwrap_or_default().contains("guest bootscript ran on plc-guest") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(log.contains("guest bootscript ran on plc-guest"), "{log}");
     // A key that is not the slice's does not get in.
     let other_dir = dir.path().join("other");
@@ -104,5 +119,6 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
         .arg("true")
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    let r = (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned());
+    plab_tests::assert_key_refused(&r, "a key not the slice's");
 }

@@ -334,3 +334,25 @@ fn a_missing_guest_image_fails_cleanly() {
     assert!(b.list().unwrap().is_empty(), "no half-made domain");
     assert!(!cfg.vm_dir.join("plc_demo").exists(), "no half-made overlay");
 }
+
+#[test]
+fn a_kvm_device_libvirts_qemu_user_cannot_open_is_reported_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::User::from_name("libvirt-qemu").ok().flatten().is_some(),
+        "user libvirt-qemu is missing: apt-get install libvirt-daemon-system (make test installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("kvm");
+    std::fs::write(&dev, "").unwrap();
+    // As a host without udev leaves it: root:root 0600.
+    nix::unistd::chown(&dev, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0))).ok();
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = vm_types::libvirt::qemu_user_can_open_kvm(&dev).unwrap_err();
+    assert!(e.contains("libvirt-qemu") && e.contains("chgrp kvm") && e.contains("chmod 0660"), "{e}");
+    // As Debian's udev rule makes it: root:kvm 0660.
+    let kvm = nix::unistd::Group::from_name("kvm").unwrap().expect("group kvm");
+    nix::unistd::chown(&dev, None, Some(kvm.gid)).unwrap();
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o660)).unwrap();
+    vm_types::libvirt::qemu_user_can_open_kvm(&dev).unwrap();
+}

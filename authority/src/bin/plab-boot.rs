@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use plab_authority::bootmgr::{BootManager, Outcome, PlNode};
-use std::io::{BufRead, BufReader, Write};
+use plab_authority::bootmgr::{serve_triggers, BootManager, Outcome, PlNode, TriggerServer};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "plab-boot", version, about = "plab node boot manager")]
@@ -55,36 +55,24 @@ fn main() -> anyhow::Result<()> {
             println!("{}", describe(&o));
         }
         Cmd::Serve { trigger_port, update_secs } => {
-            let listener = std::net::TcpListener::bind((bm.plnode.ip, trigger_port))
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind((bm.plnode.ip, trigger_port)))
                 .with_context(|| format!("listening on {}:{trigger_port}", bm.plnode.ip))?;
-            listener.set_nonblocking(true)?;
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let server = Arc::new(TriggerServer::new(bm.plnode.node_id, bm.plnode.node_key.clone(), tx));
+            rt.spawn(serve_triggers(server, listener));
             println!("{}", describe(&bm.boot(Some(trigger_port))?));
-            let mut next = Instant::now() + Duration::from_secs(update_secs);
             loop {
-                match listener.accept() {
-                    Ok((mut s, peer)) => {
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        let mut line = String::new();
-                        let _ = BufReader::new(s.try_clone()?).read_line(&mut line);
-                        match bm.check_trigger(&line) {
-                            Ok(state) => {
-                                let _ = s.write_all(b"ok\n");
-                                eprintln!("plab-boot: trigger from the MA ({peer}): state {state}; booting again");
-                                println!("{}", describe(&bm.boot(Some(trigger_port))?));
-                            }
-                            Err(e) => {
-                                let _ = s.write_all(b"refused\n");
-                                eprintln!("plab-boot: refused a trigger from {peer}: {e}");
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
-                    Err(e) => return Err(e.into()),
+                // The next trigger from the MA, or the daily update check, whichever comes first.
+                match rt.block_on(tokio::time::timeout(Duration::from_secs(update_secs), rx.recv())) {
+                    Ok(Some(state)) => eprintln!("plab-boot: trigger from the MA: state {state}; booting again"),
+                    Ok(None) => anyhow::bail!("the trigger listener stopped"),
+                    Err(_) => {}
                 }
-                if Instant::now() >= next {
-                    next = Instant::now() + Duration::from_secs(update_secs);
-                    println!("{}", describe(&bm.boot(Some(trigger_port))?));
+                match bm.boot(Some(trigger_port)) {
+                    Ok(o) => println!("{}", describe(&o)),
+                    Err(e) => eprintln!("plab-boot: boot failed (trying again at the next trigger or update check): {e}"),
                 }
             }
         }

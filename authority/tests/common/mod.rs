@@ -32,7 +32,7 @@ fn pg_url() -> String {
 }
 
 /// A fresh PostgreSQL database for one harness.
-async fn fresh_pg() -> String {
+pub async fn fresh_pg() -> String {
     use sqlx::Connection;
     let admin = pg_url();
     let mut c = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
@@ -101,11 +101,10 @@ impl Harness {
     }
 }
 
+/// The error code of a failed call; 0 when the call failed without an answer (a
+/// transport error), which no test may take for a refusal.
 pub fn code(e: &plab_authority::ClientError) -> i64 {
-    match e {
-        plab_authority::ClientError::Rpc { code, .. } => *code,
-        _ => 0,
-    }
+    e.code().map_or(0, |c| c.0)
 }
 
 pub fn s(v: &Value) -> String {

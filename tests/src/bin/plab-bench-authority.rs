@@ -1,8 +1,11 @@
 //! `plab-bench-authority`: the authority's benchmarks, SQLite against PostgreSQL in one run.
 //!
-//! 1. Node polling (`GetSlicesForNode`) with 1,000 and 10,000 registered nodes: requests
-//!    per second at saturation (client threads on one connection each), the server's CPU
-//!    time per request (from /proc), and what 1,000 nodes polling every 10 s would cost.
+//! 1. Node polling (`GetSlicesForNode`) with 1,000 and 10,000 registered nodes, each
+//!    running 5 of 50 started slices: requests per second at saturation (client threads
+//!    on one connection each) and the server's CPU time per request (from /proc), for
+//!    the answer that reads the database (a node's first fetch, and every fetch after a
+//!    change) and for the "unchanged" answer, which does not; and what 1,000 nodes
+//!    polling every 10 s would cost.
 //! 2. Slice creation to ticket (CreateSlice, AddSlicePrincipal, SetSliceAttr,
 //!    GetSliceTicket): calls per second.
 //!
@@ -111,22 +114,26 @@ fn populate(s: &Server, rt: &tokio::runtime::Runtime, n: usize) -> Vec<(i64, Str
     let sessions = rt.block_on(async {
         let db = plab_authority::db::Db::open(&s.db).await.unwrap();
         let mut tx = db.pool().begin().await.unwrap();
-        let site = plab_authority::db::int(&sqlx::query("SELECT id FROM sites").fetch_one(&mut *tx).await.unwrap(), "id");
+        let (site,): (i64,) = sqlx::query_as("SELECT id FROM sites").fetch_one(&mut *tx).await.unwrap();
+        let mut slice_ids = Vec::new();
+        for i in 0..50 {
+            let (id,): (i64,) = sqlx::query_as(&db.q("SELECT id FROM slices WHERE name = ?")).bind(format!("plc.bench.s{i}")).fetch_one(&mut *tx).await.unwrap();
+            slice_ids.push(id);
+        }
         let now = credentials::now();
         let mut sessions = Vec::with_capacity(n);
         for i in 0..n {
-            let r = sqlx::query(&db.q("INSERT INTO nodes (site_id, hostname, ip, mac, state, node_key, deleted, created) VALUES (?, ?, '127.0.0.1', '', 'boot', '00', 0, ?) RETURNING id"))
+            let (id,): (i64,) = sqlx::query_as(&db.q("INSERT INTO nodes (site_id, hostname, ip, mac, state, node_key, deleted, created) VALUES (?, ?, '127.0.0.1', '', 'boot', '00', 0, ?) RETURNING id"))
                 .bind(site).bind(format!("n{i}.bench.test")).bind(now)
                 .fetch_one(&mut *tx).await.unwrap();
-            let id = plab_authority::db::int(&r, "id");
+            // Each node's slice creation service has a session.
             let key = hex::encode(credentials::random_bytes::<16>());
             sqlx::query(&db.q("INSERT INTO sessions (key_hash, identity, expires) VALUES (?, ?, ?)"))
-                .bind(hex::encode(Sha256::digest(key.as_bytes()))).bind(format!("node:{id}")).bind(now + 86400)
+                .bind(hex::encode(Sha256::digest(key.as_bytes()))).bind(format!("service:plc.scs@{id}")).bind(now + 86400)
                 .execute(&mut *tx).await.unwrap();
-            // Each slice runs on every 20th node.
-            let slice_id = plab_authority::db::int(&sqlx::query(&db.q("SELECT id FROM slices WHERE name = ?")).bind(format!("plc.bench.s{}", i % 50)).fetch_one(&mut *tx).await.unwrap(), "id");
-            if i % 20 == 0 {
-                sqlx::query(&db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)")).bind(slice_id).bind(id).execute(&mut *tx).await.unwrap();
+            // Each node runs 5 of the 50 slices; every slice runs on a tenth of the nodes.
+            for k in 0..5 {
+                sqlx::query(&db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)")).bind(slice_ids[(i + k * 10) % 50]).bind(id).execute(&mut *tx).await.unwrap();
             }
             sessions.push((id, key));
         }
@@ -145,9 +152,10 @@ struct PollResult {
 }
 
 /// Polls as the nodes would. `gens` holds each node's last generation (0: never polled)
-/// and is updated. `secs: None` makes one pass over every node (warm-up: each node
+/// and is updated, unless `refetch`, which asks with generation 0 every time (the answer
+/// that reads the database). `secs: None` makes one pass over every node (each node
 /// fetches its slices once); `Some(s)` polls round-robin for `s` seconds.
-fn poll(s: &Server, sessions: &[(i64, String)], gens: &mut [i64], threads: usize, secs: Option<u64>) -> PollResult {
+fn poll(s: &Server, sessions: &[(i64, String)], gens: &mut [i64], threads: usize, secs: Option<u64>, refetch: bool) -> PollResult {
     let pid = s.child.id();
     let tick0 = cpu_ticks(pid);
     let t0 = Instant::now();
@@ -167,7 +175,11 @@ fn poll(s: &Server, sessions: &[(i64, String)], gens: &mut [i64], threads: usize
                         for (_, (id, key), gen) in chunk.iter_mut() {
                             c.auth = json!({"AuthMethod": "session", "session": key});
                             let r = c.call("GetSlicesForNode", vec![json!(id), json!(*gen)]).unwrap();
-                            *gen = r["generation"].as_i64().unwrap_or(0);
+                            if refetch {
+                                assert_eq!(r["slices"].as_array().map(Vec::len), Some(5), "{r}");
+                            } else {
+                                *gen = r["generation"].as_i64().unwrap_or(0);
+                            }
                             n += 1;
                             if end.is_some_and(|e| Instant::now() >= e) {
                                 break 'outer;
@@ -220,24 +232,38 @@ fn main() {
         for kind in ["sqlite", "postgres"] {
             let s = start(kind, &rt);
             let sessions = populate(&s, &rt, n);
-            // Every node fetches its slices once (the "something changed" answer), then
-            // polls with its generation (the "nothing changed" answer, the common case).
             let mut gens = vec![0i64; sessions.len()];
-            let first = poll(&s, &sessions, &mut gens, 2, None);
-            let steady = poll(&s, &sessions, &mut gens, 2, Some(secs));
-            rows.push((n, kind, first, steady));
+            // Every node fetches its slices once, then for `secs` nodes ask with generation
+            // 0 (the answer read from the database, as after every change), then with
+            // their generation (the "nothing changed" answer, the common case).
+            let first = poll(&s, &sessions, &mut gens, 2, None, false);
+            let db = poll(&s, &sessions, &mut gens.clone(), 2, Some(secs), true);
+            let steady = poll(&s, &sessions, &mut gens, 2, Some(secs), false);
+            rows.push((n, kind, first, db, steady));
         }
     }
-    println!("node polling (GetSlicesForNode over HTTPS, 2 client threads, {secs} s):");
-    println!("  {:>6}  {:<9} {:>14} {:>14} {:>16} {:>24}", "nodes", "database", "first fetch/s", "unchanged/s", "CPU/unchanged", "1,000 nodes every 10 s");
-    for (n, kind, first, r) in &rows {
+    println!("node polling (GetSlicesForNode over HTTPS, 2 client threads, {secs} s; 5 of 50 slices per node):");
+    println!(
+        "  {:>6}  {:<9} {:>14} {:>16} {:>14} {:>12} {:>16} {:>24}",
+        "nodes", "database", "first fetch/s", "from database/s", "CPU/fetch", "unchanged/s", "CPU/unchanged", "1,000 nodes every 10 s"
+    );
+    for (n, kind, first, db, r) in &rows {
         // 1,000 nodes every 10 s = 100 requests/s.
         let load = 100.0 * r.cpu_ms_per_req / 1000.0 * 100.0;
-        println!("  {n:>6}  {kind:<9} {:>14.0} {:>14.0} {:>13.3} ms {:>19.2} % core", first.rps, r.rps, r.cpu_ms_per_req, load);
+        println!(
+            "  {n:>6}  {kind:<9} {:>14.0} {:>16.0} {:>11.3} ms {:>12.0} {:>13.3} ms {:>19.2} % core",
+            first.rps, db.rps, db.cpu_ms_per_req, r.rps, r.cpu_ms_per_req, load
+        );
     }
     for n in [1000usize, 10000] {
-        let get = |k: &str| rows.iter().find(|r| r.0 == n && r.1 == k).map(|r| r.3.rps).unwrap_or(0.0);
-        println!("  {n:>6}  ratio postgres/sqlite req/s: {:.2}", get("postgres") / get("sqlite"));
+        let get = |k: &str, f: fn(&(usize, &str, PollResult, PollResult, PollResult)) -> f64| {
+            rows.iter().find(|r| r.0 == n && r.1 == k).map(f).unwrap_or(0.0)
+        };
+        println!(
+            "  {n:>6}  ratio postgres/sqlite req/s: from database {:.2}, unchanged {:.2}",
+            get("postgres", |r| r.3.rps) / get("sqlite", |r| r.3.rps),
+            get("postgres", |r| r.4.rps) / get("sqlite", |r| r.4.rps)
+        );
     }
     println!("slice creation to ticket (CreateSlice, AddSlicePrincipal, SetSliceAttr, GetSliceTicket):");
     let mut rates = Vec::new();

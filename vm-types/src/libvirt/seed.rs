@@ -72,13 +72,14 @@ pub fn network_config(spec: &VmSpec) -> String {
 
 /// The NoCloud `meta-data`. The instance id changes with the seed's content, so that a
 /// stock image's cloud-init applies changed keys or bootscript at the next boot (it runs
-/// its per-instance steps once per instance id).
+/// its per-instance steps once per instance id). Written as `key: value` lines, which the
+/// project's image reads with a shell loop; the values are a slice login, hex and a host
+/// name made from the login (`[a-z0-9_-]` only), so they need no quoting in YAML.
 pub fn meta_data(spec: &VmSpec, user_data: &str, network_config: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::new().chain_update(user_data).chain_update(network_config).finalize();
     let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let doc = json!({ "instance-id": format!("{}-{tag}", spec.name), "local-hostname": spec.name.replace('_', "-") });
-    format!("{doc}\n")
+    format!("instance-id: {}-{tag}\nlocal-hostname: {}\n", spec.name, spec.name.replace('_', "-"))
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
