@@ -5,11 +5,11 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
 need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
       libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
-      dosfstools mtools kmod cpio fdisk grub-pc-bin)
+      dosfstools mtools kmod cpio fdisk grub-pc-bin shellcheck)
 # Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
 # carry, and apt removes that one; the second pass installs the matching qemu-utils.
 updated=
-for pass in 1 2; do
+for _ in 1 2; do
   missing=()
   for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   [ ${#missing[@]} -gt 0 ] || break
@@ -18,10 +18,14 @@ for pass in 1 2; do
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 done
 modprobe overlay 2>/dev/null || true
+# The lint gates (make lint) need rustfmt and clippy, which rustup's default profile has.
+for c in fmt clippy; do
+  cargo "$c" --version >/dev/null 2>&1 || { echo "setup: cargo $c is missing: rustup component add $( [ $c = fmt ] && echo rustfmt || echo clippy )" >&2; exit 1; }
+done
 
 # PostgreSQL for the authority tests (SQLite needs nothing): start the cluster if it is
 # down, and make the role and database the tests use (postgres://plab:plab@127.0.0.1/plab).
-pgver=$(ls /usr/lib/postgresql | sort -n | tail -n1)
+pgver=$(for d in /usr/lib/postgresql/*/; do basename "$d"; done | sort -n | tail -n1)
 if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
   pg_lsclusters -h 2>/dev/null | grep -q . || pg_createcluster "$pgver" main >/dev/null
   pg_ctlcluster "$pgver" main start

@@ -24,8 +24,9 @@ auth_pid=
 cleanup() {
   step "teardown"
   if [ -S "$run/nm.sock" ]; then "$bin/plab" nm --socket "$run/nm.sock" destroy plc_demo 2>/dev/null || true; fi
-  [ -n "$nm_pid" ] && kill "$nm_pid" 2>/dev/null && wait "$nm_pid" 2>/dev/null || true
-  [ -n "$auth_pid" ] && kill "$auth_pid" 2>/dev/null && wait "$auth_pid" 2>/dev/null || true
+  for pid in $nm_pid $auth_pid; do
+    if kill "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
+  done
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$state" "$run"
   echo "removed the VM, the node manager, namespace $ns and $state"
@@ -59,9 +60,12 @@ python3 "$here/owner-script.py" "$run/nm.sock" plc.demo "$here/rspec/pool.xml"
 
 step "slice plc.demo (uid 65534) retrieves its rcap and the pool's RSpec"
 as_slice() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
-rcap=$(as_slice "$bin/plab" nm get-rcap | head -n1)
+# A copy of plab the slice's uid may run (the checkout may be where it cannot enter).
+install -m 755 "$bin/plab" "$state/plab"
+chmod 711 "$state"
+rcap=$(as_slice "$state/plab" nm get-rcap | head -n1)
 echo "rcap: $rcap"
-as_slice "$bin/plab" nm get-rspec "$rcap"
+as_slice "$state/plab" nm get-rspec "$rcap"
 
 step "slice splits a VServerSlice off the pool and binds it"
 ssh-keygen -q -t ed25519 -N '' -C demo@plab -f "$state/id_ed25519"
@@ -73,9 +77,9 @@ cat > "$state/vm.xml" <<XML
 </VServerSlice>
 XML
 chmod 644 "$state/vm.xml"; chmod 711 "$state"
-sub=$(as_slice "$bin/plab" nm split-pool "$rcap" "$state/vm.xml")
+sub=$(as_slice "$state/plab" nm split-pool "$rcap" "$state/vm.xml")
 t0=$(ms)
-as_slice "$bin/plab" nm bind "$sub" plc.demo
+as_slice "$state/plab" nm bind "$sub" plc.demo
 t1=$(ms)
 addr=$("$bin/plab" --json nm status plc_demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')
 
@@ -84,6 +88,7 @@ sshc=(ip netns exec "$ns" ssh -i "$state/id_ed25519" -o StrictHostKeyChecking=no
       -o BatchMode=yes -o ConnectTimeout=3 -o LogLevel=ERROR "plc_demo@$addr")
 until "${sshc[@]}" true 2>/dev/null; do sleep 0.05; [ $(( $(ms) - t1 )) -lt 20000 ] || { echo "no ssh"; exit 1; }; done
 t2=$(ms)
+# shellcheck disable=SC2016 # expanded by the VM's shell, not this one.
 "${sshc[@]}" 'echo "logged in as $(id -un) on $(hostname)"; df -h / | tail -1; grep MemTotal /proc/meminfo'
 
 step "the bootscript's output, kept by the node manager"
@@ -92,6 +97,7 @@ step "the bootscript's output, kept by the node manager"
 step "limits in force (read back from the cgroup and the disk)"
 "$bin/plab" nm status plc_demo | grep -E 'state|details|resources\.(cpu|mem|disk)'
 echo "writing past the 0.5 GB disk quota:"
+# shellcheck disable=SC2016 # expanded by the VM's shell, not this one.
 "${sshc[@]}" 'dd if=/dev/zero of=$HOME/fill bs=1M count=1024 2>&1 | grep -i "no space" ; rm -f $HOME/fill' || true
 
 step "VMs on this node"

@@ -47,6 +47,7 @@ cp /etc/resolv.conf "$tree/etc/resolv.conf" 2>/dev/null || true
 printf '#!/bin/sh\nexit 101\n' > "$tree/usr/sbin/policy-rc.d"; chmod 755 "$tree/usr/sbin/policy-rc.d"
 mount -t devpts devpts "$tree/dev/pts" 2>/dev/null || true
 chroot "$tree" apt-get update -q 2>&1 | sed 's/^/cloud image: /' >&2
+# shellcheck disable=SC2086 # $packages is a space-separated list of package names.
 DEBIAN_FRONTEND=noninteractive chroot "$tree" apt-get install -y -q --no-install-recommends $packages 2>&1 \
   | grep -E '^(Setting up|E:)' | sed 's/^/cloud image: /' >&2
 # The locale cloud-init sets by default (en_US.UTF-8), generated as in Debian's images.
@@ -96,6 +97,7 @@ CFG
 mkfs.ext4 -q -F -U "$uuid" -L cloudimg-rootfs -E offset=$((2048 * 512)) -d "$tree" "$raw" $(( (2048 - 1) * 1024 ))k
 # GRUB's first stage finds its second (core.img, right after the boot sector) by sector
 # number; core.img finds the root filesystem by its UUID and reads grub.cfg there.
+# shellcheck disable=SC2016 # $root is GRUB's variable, for GRUB to expand.
 printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\n' "$uuid" > "$work/early.cfg"
 grub-mkimage -O i386-pc -o "$work/core.img" -c "$work/early.cfg" -p /boot/grub \
   biosdisk part_msdos ext2 search search_fs_uuid normal configfile

@@ -115,7 +115,8 @@ impl Method {
         use Method::*;
         match self {
             AuthenticateCertificate => Part::Both,
-            AddSite | GetSites | AddNode | UpdateNode | DeleteNode | GetManagedNodes | GetNodes | GetNodeConfig | SetPackage => Part::Ma,
+            AddSite | GetSites | AddNode | UpdateNode | DeleteNode | GetManagedNodes | GetNodes | GetNodeConfig
+            | SetPackage => Part::Ma,
             BootGetState | BootUpdateState | BootGetCertificate | BootCheckUpdates => Part::Boot,
             _ => Part::Sa,
         }
@@ -212,10 +213,19 @@ impl Authority {
         sqlx::query(&db.q("INSERT INTO meta (key, value) SELECT 'generation', 1 WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'generation')"))
             .execute(db.pool())
             .await?;
-        let (gen,): (i64,) = sqlx::query_as(&db.q("SELECT value FROM meta WHERE key = 'generation'")).fetch_one(db.pool()).await?;
+        let (gen,): (i64,) =
+            sqlx::query_as(&db.q("SELECT value FROM meta WHERE key = 'generation'")).fetch_one(db.pool()).await?;
         let roots = vec![ca.root.cert.clone()];
         let (changed, _) = tokio::sync::watch::channel(gen);
-        Ok(Authority { db, ca, settings, sessions: Sessions::default(), generation: AtomicI64::new(gen), changed, roots })
+        Ok(Authority {
+            db,
+            ca,
+            settings,
+            sessions: Sessions::default(),
+            generation: AtomicI64::new(gen),
+            changed,
+            roots,
+        })
     }
 
     /// The current generation, as this server last saw it.
@@ -225,9 +235,10 @@ impl Authority {
 
     /// Records a change of what nodes should run; call inside the changing transaction.
     pub async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, AuthError> {
-        let (g,): (i64,) = sqlx::query_as(&self.db.q("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"))
-            .fetch_one(&mut **tx)
-            .await?;
+        let (g,): (i64,) =
+            sqlx::query_as(&self.db.q("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"))
+                .fetch_one(&mut **tx)
+                .await?;
         Ok(g)
     }
 
@@ -269,9 +280,13 @@ impl Authority {
             return self.boot_call(m, &auth, rest, peer.ip).await;
         }
         let now = credentials::now();
-        let caller = resolve(&self.db, &self.sessions, &self.roots, &auth, peer.chain.as_deref().map(Vec::as_slice), now).await?;
+        let caller =
+            resolve(&self.db, &self.sessions, &self.roots, &auth, peer.chain.as_deref().map(Vec::as_slice), now)
+                .await?;
         if matches!(caller, Caller::Anonymous) && !m.anonymous() {
-            return Err(AuthError::unauthenticated(format!("{}: authentication required (auth is null)", m.name())).into());
+            return Err(
+                AuthError::unauthenticated(format!("{}: authentication required (auth is null)", m.name())).into()
+            );
         }
         let req = Request::decode(method, rest)?;
         self.dispatch(&caller, req, now).await
@@ -283,7 +298,9 @@ impl Authority {
             x.map_err(RpcError::from)
         }
         match req {
-            Request::AuthenticateCertificate(p) => reply::<k::AuthenticateCertificate>(r(self.authenticate_certificate(p, now).await)),
+            Request::AuthenticateCertificate(p) => {
+                reply::<k::AuthenticateCertificate>(r(self.authenticate_certificate(p, now).await))
+            }
             Request::AddOrg(p) => reply::<k::AddOrg>(r(self.add_org(c, p).await)),
             Request::GetOrgs(_) => reply::<k::GetOrgs>(r(self.get_orgs(c).await)),
             Request::RegisterPrincipal(p) => reply::<k::RegisterPrincipal>(r(self.register_principal(p, now).await)),
@@ -297,9 +314,15 @@ impl Authority {
             Request::SetSliceAttr(p) => reply::<k::SetSliceAttr>(r(self.set_slice_attr(c, p).await)),
             Request::AddSlicePrincipal(p) => reply::<k::AddSlicePrincipal>(r(self.add_slice_principal(c, p).await)),
             Request::AddSliceNode(p) => reply::<k::AddSliceNode>(r(self.add_slice_node(c, p).await)),
-            Request::StartSlice(p) => reply::<k::StartSlice>(r(self.set_slice_flags(c, p, "StartSlice", Some(1), Some(0), None).await)),
-            Request::StopSlice(p) => reply::<k::StopSlice>(r(self.set_slice_flags(c, p, "StopSlice", Some(0), None, None).await)),
-            Request::DeleteSlice(p) => reply::<k::DeleteSlice>(r(self.set_slice_flags(c, p, "DeleteSlice", Some(0), None, Some(1)).await)),
+            Request::StartSlice(p) => {
+                reply::<k::StartSlice>(r(self.set_slice_flags(c, p, "StartSlice", Some(1), Some(0), None).await))
+            }
+            Request::StopSlice(p) => {
+                reply::<k::StopSlice>(r(self.set_slice_flags(c, p, "StopSlice", Some(0), None, None).await))
+            }
+            Request::DeleteSlice(p) => {
+                reply::<k::DeleteSlice>(r(self.set_slice_flags(c, p, "DeleteSlice", Some(0), None, Some(1)).await))
+            }
             Request::RenewSlice(p) => reply::<k::RenewSlice>(r(self.renew_slice(c, p, now).await)),
             Request::GetSlices(_) => reply::<k::GetSlices>(r(self.get_slices(c).await)),
             Request::GetSliceTicket(p) => reply::<k::GetSliceTicket>(r(self.get_slice_ticket(c, p, now).await)),
@@ -313,9 +336,10 @@ impl Authority {
             Request::GetNodes(p) => reply::<k::GetNodes>(r(self.get_nodes(p).await)),
             Request::GetNodeConfig(p) => reply::<k::GetNodeConfig>(r(self.get_node_config(c, p).await)),
             Request::SetPackage(p) => reply::<k::SetPackage>(r(self.set_package(c, p).await)),
-            Request::BootGetState(_) | Request::BootUpdateState(_) | Request::BootGetCertificate(_) | Request::BootCheckUpdates(_) => {
-                Err(AuthError::internal("boot calls are dispatched separately").into())
-            }
+            Request::BootGetState(_)
+            | Request::BootUpdateState(_)
+            | Request::BootGetCertificate(_)
+            | Request::BootCheckUpdates(_) => Err(AuthError::internal("boot calls are dispatched separately").into()),
         }
     }
 }

@@ -109,11 +109,12 @@ impl Sessions {
         let (identity, expires) = match cached {
             Some(c) => c,
             None => {
-                let row: (String, i64) = sqlx::query_as(&db.q("SELECT identity, expires FROM sessions WHERE key_hash = ?"))
-                    .bind(h.clone())
-                    .fetch_optional(db.pool())
-                    .await?
-                    .ok_or_else(|| AuthError::unauthenticated("auth.session: unknown session"))?;
+                let row: (String, i64) =
+                    sqlx::query_as(&db.q("SELECT identity, expires FROM sessions WHERE key_hash = ?"))
+                        .bind(h.clone())
+                        .fetch_optional(db.pool())
+                        .await?
+                        .ok_or_else(|| AuthError::unauthenticated("auth.session: unknown session"))?;
                 self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(h, row.clone());
                 row
             }
@@ -135,11 +136,12 @@ struct PrincipalRow {
 }
 
 async fn principal_by_name(db: &Db, name: &str, cert_der: Option<&[u8]>) -> Result<Principal, AuthError> {
-    let row: PrincipalRow = sqlx::query_as(&db.q("SELECT id, org_id, roles, approved, cert FROM principals WHERE name = ?"))
-        .bind(name.to_owned())
-        .fetch_optional(db.pool())
-        .await?
-        .ok_or_else(|| AuthError::unauthenticated(format!("auth: no principal {name:?}")))?;
+    let row: PrincipalRow =
+        sqlx::query_as(&db.q("SELECT id, org_id, roles, approved, cert FROM principals WHERE name = ?"))
+            .bind(name.to_owned())
+            .fetch_optional(db.pool())
+            .await?
+            .ok_or_else(|| AuthError::unauthenticated(format!("auth: no principal {name:?}")))?;
     if row.approved == 0 {
         return Err(AuthError::unauthenticated(format!("auth: principal {name} is not approved yet")));
     }
@@ -182,17 +184,24 @@ pub async fn resolve(
     match method {
         "certificate" => {
             let chain = peer_chain.filter(|c| !c.is_empty()).ok_or_else(|| {
-                AuthError::unauthenticated("auth: AuthMethod certificate, but the connection presented no client certificate")
+                AuthError::unauthenticated(
+                    "auth: AuthMethod certificate, but the connection presented no client certificate",
+                )
             })?;
             let id = verify_chain(chain, roots, now).map_err(|e| AuthError::unauthenticated(format!("auth: {e}")))?;
             caller_of(db, id, Some(&chain[0].der)).await
         }
         "session" => {
-            let key = auth.get("session").and_then(Value::as_str).ok_or_else(|| AuthError::invalid("auth.session", "missing"))?;
+            let key = auth
+                .get("session")
+                .and_then(Value::as_str)
+                .ok_or_else(|| AuthError::invalid("auth.session", "missing"))?;
             let id = sessions.lookup(db, key, now).await?;
             caller_of(db, id, None).await
         }
         "hmac" => Err(AuthError::unauthenticated("auth: hmac authenticates only the boot manager's Boot* calls")),
-        other => Err(AuthError::invalid("auth.AuthMethod", format!("{other:?} is not one of certificate, session, hmac"))),
+        other => {
+            Err(AuthError::invalid("auth.AuthMethod", format!("{other:?} is not one of certificate, session, hmac")))
+        }
     }
 }

@@ -17,10 +17,20 @@ use std::net::IpAddr;
 pub const NODE_CERT_DAYS: i64 = 30;
 
 impl Authority {
-    async fn boot_auth(&self, m: Method, auth: &Value, params: &Value, peer: IpAddr, now: i64) -> Result<NodeRow, AuthError> {
+    async fn boot_auth(
+        &self,
+        m: Method,
+        auth: &Value,
+        params: &Value,
+        peer: IpAddr,
+        now: i64,
+    ) -> Result<NodeRow, AuthError> {
         let ba: BootAuth = serde_json::from_value(auth.clone())
             .map_err(|e| AuthError::unauthenticated(format!("auth: a boot call needs HMAC auth ({e})")))?;
-        let n = self.node(ba.node_id).await.map_err(|_| AuthError::unauthenticated(format!("auth.node_id: no node {}", ba.node_id)))?;
+        let n = self
+            .node(ba.node_id)
+            .await
+            .map_err(|_| AuthError::unauthenticated(format!("auth.node_id: no node {}", ba.node_id)))?;
         ba.verify(&n.key()?, m.name(), params, now).map_err(|e| AuthError::unauthenticated(e.to_string()))?;
         let registered: IpAddr = n.ip.parse().map_err(|_| AuthError::internal("stored node address is invalid"))?;
         if registered != peer {
@@ -31,12 +41,16 @@ impl Authority {
         }
         // A nonce may be used once; the MAC already binds it to this node and time.
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query(&self.db.q("DELETE FROM boot_nonces WHERE seen < ?")).bind(now - 2 * MAX_SKEW).execute(&mut *tx).await?;
-        let seen: Option<(i64,)> = sqlx::query_as(&self.db.q("SELECT 1 AS x FROM boot_nonces WHERE node_id = ? AND nonce = ?"))
-            .bind(n.id)
-            .bind(ba.nonce.clone())
-            .fetch_optional(&mut *tx)
+        sqlx::query(&self.db.q("DELETE FROM boot_nonces WHERE seen < ?"))
+            .bind(now - 2 * MAX_SKEW)
+            .execute(&mut *tx)
             .await?;
+        let seen: Option<(i64,)> =
+            sqlx::query_as(&self.db.q("SELECT 1 AS x FROM boot_nonces WHERE node_id = ? AND nonce = ?"))
+                .bind(n.id)
+                .bind(ba.nonce.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
         if seen.is_some() {
             return Err(AuthError::unauthenticated("auth.nonce: replayed request refused"));
         }
@@ -46,22 +60,40 @@ impl Authority {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&self.db.q("UPDATE nodes SET last_contact = ? WHERE id = ?")).bind(now).bind(n.id).execute(&mut *tx).await?;
+        sqlx::query(&self.db.q("UPDATE nodes SET last_contact = ? WHERE id = ?"))
+            .bind(now)
+            .bind(n.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n)
     }
 
-    pub(crate) async fn boot_call(&self, m: Method, auth: &Value, params: Value, peer: IpAddr) -> Result<Value, RpcError> {
+    pub(crate) async fn boot_call(
+        &self,
+        m: Method,
+        auth: &Value,
+        params: Value,
+        peer: IpAddr,
+    ) -> Result<Value, RpcError> {
         let now = credentials::now();
         let n = self.boot_auth(m, auth, &params, peer, now).await?;
         let state = n.boot_state()?;
         match Request::decode(m.name(), params)? {
-            Request::BootGetState(p) => reply::<calls::BootGetState>(self.boot_get_state(n, state, p).await.map_err(RpcError::from)),
+            Request::BootGetState(p) => {
+                reply::<calls::BootGetState>(self.boot_get_state(n, state, p).await.map_err(RpcError::from))
+            }
             Request::BootUpdateState(p) => {
                 let to = p.params.state;
-                let ok = matches!((state, to), (BootState::Install | BootState::Reinstall, BootState::Boot) | (_, BootState::Failboot));
+                let ok = matches!(
+                    (state, to),
+                    (BootState::Install | BootState::Reinstall, BootState::Boot) | (_, BootState::Failboot)
+                );
                 if !ok {
-                    return Err(AuthError::conflict(format!("params.state: a node in {state} may not move itself to {to}")).into());
+                    return Err(AuthError::conflict(format!(
+                        "params.state: a node in {state} may not move itself to {to}"
+                    ))
+                    .into());
                 }
                 sqlx::query(&self.db.q("UPDATE nodes SET state = ? WHERE id = ?"))
                     .bind(to.to_string())
@@ -73,10 +105,20 @@ impl Authority {
             }
             Request::BootGetCertificate(p) => {
                 if state != BootState::Boot {
-                    return Err(AuthError::conflict(format!("the node is in state {state}; certificates are issued in boot state")).into());
+                    return Err(AuthError::conflict(format!(
+                        "the node is in state {state}; certificates are issued in boot state"
+                    ))
+                    .into());
                 }
-                let cert = issue(&self.ca.ma.cert_pem, &self.ca.ma.key, &Identity::Node(n.id), &p.params.public_key, Profile::Node, NODE_CERT_DAYS)
-                    .map_err(|e| AuthError::invalid("params.public_key", e))?;
+                let cert = issue(
+                    &self.ca.ma.cert_pem,
+                    &self.ca.ma.key,
+                    &Identity::Node(n.id),
+                    &p.params.public_key,
+                    Profile::Node,
+                    NODE_CERT_DAYS,
+                )
+                .map_err(|e| AuthError::invalid("params.public_key", e))?;
                 sqlx::query(&self.db.q("UPDATE nodes SET cert = ? WHERE id = ?"))
                     .bind(cert.clone())
                     .bind(n.id)
@@ -89,8 +131,10 @@ impl Authority {
                 }))
             }
             Request::BootCheckUpdates(p) => {
-                let rows: Vec<(String, String)> =
-                    sqlx::query_as("SELECT name, version FROM packages ORDER BY name").fetch_all(self.db.pool()).await.map_err(AuthError::from)?;
+                let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, version FROM packages ORDER BY name")
+                    .fetch_all(self.db.pool())
+                    .await
+                    .map_err(AuthError::from)?;
                 let updates = rows
                     .into_iter()
                     .filter(|(name, version)| p.params.packages.get(name) != Some(version))
@@ -102,12 +146,21 @@ impl Authority {
         }
     }
 
-    async fn boot_get_state(&self, n: NodeRow, state: BootState, p: BootGetStateParams) -> Result<BootStateResult, AuthError> {
+    async fn boot_get_state(
+        &self,
+        n: NodeRow,
+        state: BootState,
+        p: BootGetStateParams,
+    ) -> Result<BootStateResult, AuthError> {
         if let Some(port) = p.params.and_then(|t| t.trigger_port) {
             if port == 0 {
                 return Err(AuthError::invalid("params.trigger_port", "must be a port number"));
             }
-            sqlx::query(&self.db.q("UPDATE nodes SET trigger_port = ? WHERE id = ?")).bind(port as i64).bind(n.id).execute(self.db.pool()).await?;
+            sqlx::query(&self.db.q("UPDATE nodes SET trigger_port = ? WHERE id = ?"))
+                .bind(port as i64)
+                .bind(n.id)
+                .execute(self.db.pool())
+                .await?;
         }
         Ok(BootStateResult { node_id: n.id, hostname: n.hostname, state })
     }

@@ -48,7 +48,8 @@ impl PlNode {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once('=').ok_or_else(|| format!("plnode.txt line {}: expected KEY = \"value\"", i + 1))?;
+            let (k, v) =
+                line.split_once('=').ok_or_else(|| format!("plnode.txt line {}: expected KEY = \"value\"", i + 1))?;
             m.insert(k.trim().to_owned(), v.trim().trim_matches('"').to_owned());
         }
         let get = |k: &str| m.get(k).cloned().ok_or_else(|| format!("plnode.txt: {k} is missing"));
@@ -89,13 +90,15 @@ impl BootManager {
     /// A boot manager calling `server` (trusting `root_pem`) from the node's address.
     pub fn new(plnode: PlNode, server: &str, root_pem: &str, state_dir: &Path) -> Result<BootManager, ClientError> {
         let client = AuthorityClient::new(server, root_pem, None, Some(plnode.ip))?;
-        vm_types::files::private_dir(state_dir, 0o700).map_err(|e| ClientError::Setup(format!("{}: {e}", state_dir.display())))?;
+        vm_types::files::private_dir(state_dir, 0o700)
+            .map_err(|e| ClientError::Setup(format!("{}: {e}", state_dir.display())))?;
         Ok(BootManager { plnode, client, state_dir: state_dir.to_owned() })
     }
 
     /// One HMAC-authenticated boot call, raw.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let auth = BootAuth::sign(&self.plnode.node_key, self.plnode.node_id, method, &Value::Array(vec![params.clone()]));
+        let auth =
+            BootAuth::sign(&self.plnode.node_key, self.plnode.node_id, method, &Value::Array(vec![params.clone()]));
         let auth = serde_json::to_value(auth).map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.client.call_with_auth(method, auth, vec![params])
     }
@@ -112,7 +115,10 @@ impl BootManager {
     }
 
     fn packages(&self) -> BTreeMap<String, String> {
-        std::fs::read_to_string(self.state_dir.join("packages.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+        std::fs::read_to_string(self.state_dir.join("packages.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
     }
 
     fn update(&mut self) -> Result<usize, ClientError> {
@@ -138,7 +144,8 @@ impl BootManager {
         if matches!(state, BootState::Install | BootState::Reinstall) {
             // Stand-in for wiping the disk and installing: a fresh node directory.
             for d in ["nm", "certs"] {
-                vm_types::files::private_dir(&self.state_dir.join(d), 0o700).map_err(|e| ClientError::Setup(e.to_string()))?;
+                vm_types::files::private_dir(&self.state_dir.join(d), 0o700)
+                    .map_err(|e| ClientError::Setup(e.to_string()))?;
             }
             self.write("packages.json", "{}")?;
             self.update()?;

@@ -49,7 +49,11 @@ fn load(dir: &Path, stem: &str) -> anyhow::Result<Signer> {
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
@@ -87,6 +91,12 @@ impl Ca {
     /// Loads the credentials.
     pub fn load(state_dir: &Path, name: &str) -> anyhow::Result<Ca> {
         let dir = Ca::dir(state_dir);
-        Ok(Ca { root: load(&dir, "root")?, sa: load(&dir, "sa")?, ma: load(&dir, "ma")?, server: load(&dir, "server")?, name: name.into() })
+        Ok(Ca {
+            root: load(&dir, "root")?,
+            sa: load(&dir, "sa")?,
+            ma: load(&dir, "ma")?,
+            server: load(&dir, "server")?,
+            name: name.into(),
+        })
     }
 }

@@ -7,8 +7,8 @@
 //! [`crate::types`]) or raw (`call(method, params)`, params after `auth`).
 
 use crate::types::SessionResult;
-use hyper::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use jsonrpc::{AsyncClient, AsyncTransport, Call, Params, Value};
 use rustls::pki_types::pem::PemObject;
@@ -43,15 +43,26 @@ impl Https {
     /// A transport to `url` (`https://host[:port]`), trusting `root_pem`, presenting
     /// `identity` (certificate chain PEM, private key PEM) when given, and calling from
     /// local address `bind` when given.
-    pub fn new(url: &str, root_pem: &str, identity: Option<(&str, &str)>, bind: Option<IpAddr>) -> Result<Https, ClientError> {
+    pub fn new(
+        url: &str,
+        root_pem: &str,
+        identity: Option<(&str, &str)>,
+        bind: Option<IpAddr>,
+    ) -> Result<Https, ClientError> {
         let u = url::Url::parse(url).map_err(|e| setup(format!("url: {url:?}: {e}")))?;
         if u.scheme() != "https" {
             return Err(setup(format!("url: {url:?} must start with https://")));
         }
         let port = u.port_or_known_default().unwrap_or(443);
         let (addr, server_name, host_header) = match u.host() {
-            Some(url::Host::Ipv4(ip)) => (SocketAddr::new(ip.into(), port), ServerName::IpAddress(IpAddr::V4(ip).into()), format!("{ip}:{port}")),
-            Some(url::Host::Ipv6(ip)) => (SocketAddr::new(ip.into(), port), ServerName::IpAddress(IpAddr::V6(ip).into()), format!("[{ip}]:{port}")),
+            Some(url::Host::Ipv4(ip)) => {
+                (SocketAddr::new(ip.into(), port), ServerName::IpAddress(IpAddr::V4(ip).into()), format!("{ip}:{port}"))
+            }
+            Some(url::Host::Ipv6(ip)) => (
+                SocketAddr::new(ip.into(), port),
+                ServerName::IpAddress(IpAddr::V6(ip).into()),
+                format!("[{ip}]:{port}"),
+            ),
             Some(url::Host::Domain(d)) => {
                 use std::net::ToSocketAddrs;
                 let addr = (d, port)
@@ -67,7 +78,9 @@ impl Https {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-            roots.add(c.map_err(|e| setup(format!("root certificate: {e}")))?).map_err(|e| setup(format!("root certificate: {e}")))?;
+            roots
+                .add(c.map_err(|e| setup(format!("root certificate: {e}")))?)
+                .map_err(|e| setup(format!("root certificate: {e}")))?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -78,12 +91,20 @@ impl Https {
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
                     .collect::<Result<_, _>>()
                     .map_err(|e| setup(format!("certificate: {e}")))?;
-                let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| setup(format!("private key: {e}")))?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| setup(format!("private key: {e}")))?;
                 builder.with_client_auth_cert(certs, key).map_err(|e| setup(format!("client certificate: {e}")))?
             }
             None => builder.with_no_client_auth(),
         };
-        Ok(Https { addr, server_name, host_header, tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)), bind, conn: None })
+        Ok(Https {
+            addr,
+            server_name,
+            host_header,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            bind,
+            conn: None,
+        })
     }
 
     fn io(&self, what: &str, e: impl std::fmt::Display) -> ClientError {
@@ -105,8 +126,9 @@ impl Https {
             .await
             .map_err(|_| self.io("TLS handshake", "timed out"))?
             .map_err(|e| self.io("TLS handshake", e))?;
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| self.io("HTTP handshake", e))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| self.io("HTTP handshake", e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -189,13 +211,23 @@ pub struct AsyncAuthorityClient {
 impl AsyncAuthorityClient {
     /// A client of `url` (see [`Https::new`]); it authenticates with the TLS client
     /// certificate when given one, and is anonymous otherwise.
-    pub fn new(url: &str, root_pem: &str, identity: Option<(&str, &str)>, bind: Option<IpAddr>) -> Result<AsyncAuthorityClient, ClientError> {
+    pub fn new(
+        url: &str,
+        root_pem: &str,
+        identity: Option<(&str, &str)>,
+        bind: Option<IpAddr>,
+    ) -> Result<AsyncAuthorityClient, ClientError> {
         let auth = if identity.is_some() { json!({"AuthMethod": "certificate"}) } else { Value::Null };
         Ok(AsyncAuthorityClient { inner: AsyncClient::new(Https::new(url, root_pem, identity, bind)?), auth })
     }
 
     /// Calls `method` with `auth` and positional `params`.
-    pub async fn call_with_auth(&mut self, method: &str, auth: Value, params: Vec<Value>) -> Result<Value, ClientError> {
+    pub async fn call_with_auth(
+        &mut self,
+        method: &str,
+        auth: Value,
+        params: Vec<Value>,
+    ) -> Result<Value, ClientError> {
         let mut all = vec![auth];
         all.extend(params);
         self.inner.call_value(method, Value::Array(all)).await
@@ -210,15 +242,18 @@ impl AsyncAuthorityClient {
     /// Calls `C` with typed params and this client's `auth`; its typed result.
     pub async fn request<C: Call>(&mut self, params: &C::Params) -> Result<C::Result, ClientError> {
         let v = self.call(C::METHOD, positional(params)?).await?;
-        serde_path_to_error::deserialize(v).map_err(|e| ClientError::Protocol(format!("{}: result {}: {}", C::METHOD, e.path(), e.inner())))
+        serde_path_to_error::deserialize(v)
+            .map_err(|e| ClientError::Protocol(format!("{}: result {}: {}", C::METHOD, e.path(), e.inner())))
     }
 
     /// Authenticates with `chain_pem` (section 5.5) and switches this client to the
     /// session it gets; returns when it expires.
     pub async fn start_session(&mut self, chain_pem: &str, key_pem: &str) -> Result<i64, ClientError> {
         let r = self.call_with_auth("AuthenticateCertificate", Value::Null, vec![json!(chain_pem)]).await?;
-        let r: SessionResult = serde_json::from_value(r).map_err(|e| ClientError::Protocol(format!("AuthenticateCertificate: {e}")))?;
-        let key = credentials::seal::open(key_pem, &r.session).map_err(|e| setup(format!("opening the session key: {e}")))?;
+        let r: SessionResult =
+            serde_json::from_value(r).map_err(|e| ClientError::Protocol(format!("AuthenticateCertificate: {e}")))?;
+        let key =
+            credentials::seal::open(key_pem, &r.session).map_err(|e| setup(format!("opening the session key: {e}")))?;
         let key = String::from_utf8(key).map_err(|_| ClientError::Protocol("session key is not text".into()))?;
         self.auth = json!({"AuthMethod": "session", "session": key});
         Ok(r.expires)
@@ -236,7 +271,12 @@ pub struct AuthorityClient {
 
 impl AuthorityClient {
     /// A client of `url` (see [`Https::new`]).
-    pub fn new(url: &str, root_pem: &str, identity: Option<(&str, &str)>, bind: Option<IpAddr>) -> Result<AuthorityClient, ClientError> {
+    pub fn new(
+        url: &str,
+        root_pem: &str,
+        identity: Option<(&str, &str)>,
+        bind: Option<IpAddr>,
+    ) -> Result<AuthorityClient, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(setup)?;
         let inner = AsyncAuthorityClient::new(url, root_pem, identity, bind)?;
         Ok(AuthorityClient { rt, auth: inner.auth.clone(), inner })
@@ -268,6 +308,7 @@ impl AuthorityClient {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

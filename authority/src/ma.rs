@@ -27,12 +27,15 @@ pub(crate) struct NodeRow {
 impl NodeRow {
     /// The node's boot state.
     pub fn boot_state(&self) -> Result<BootState, AuthError> {
-        self.state.parse().map_err(|_| AuthError::internal(format!("node {}: stored state {:?} is not a boot state", self.id, self.state)))
+        self.state.parse().map_err(|_| {
+            AuthError::internal(format!("node {}: stored state {:?} is not a boot state", self.id, self.state))
+        })
     }
 
     /// The node key (section 5.2).
     pub fn key(&self) -> Result<NodeKey, AuthError> {
-        NodeKey::from_hex(&self.node_key).map_err(|_| AuthError::internal(format!("node {}: stored node key is not hex", self.id)))
+        NodeKey::from_hex(&self.node_key)
+            .map_err(|_| AuthError::internal(format!("node {}: stored node key is not hex", self.id)))
     }
 }
 
@@ -53,12 +56,15 @@ impl Authority {
         if p.roles.contains(&Role::Operator) {
             return Ok(());
         }
-        let (org, tech): (i64, Option<i64>) = sqlx::query_as(&self.db.q("SELECT org_id, tech_id FROM sites WHERE id = ?"))
-            .bind(site_id)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or_else(|| AuthError::not_found(format!("site: no site {site_id}")))?;
-        if (p.has(Role::Admin) && p.org_id == org) || (p.has(Role::Tech) && (tech == Some(p.id) || (tech.is_none() && p.org_id == org))) {
+        let (org, tech): (i64, Option<i64>) =
+            sqlx::query_as(&self.db.q("SELECT org_id, tech_id FROM sites WHERE id = ?"))
+                .bind(site_id)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or_else(|| AuthError::not_found(format!("site: no site {site_id}")))?;
+        if (p.has(Role::Admin) && p.org_id == org)
+            || (p.has(Role::Tech) && (tech == Some(p.id) || (tech.is_none() && p.org_id == org)))
+        {
             Ok(())
         } else {
             Err(AuthError::denied(method, "the site's tech, an admin of its organisation, or the operator role"))
@@ -79,7 +85,9 @@ impl Authority {
         check_name("site.name", &o.name)?;
         let subnets = o.subnets.unwrap_or_default();
         for s in subnets.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (addr, len) = s.split_once('/').ok_or_else(|| AuthError::invalid("site.subnets", format!("{s:?} is not address/length")))?;
+            let (addr, len) = s
+                .split_once('/')
+                .ok_or_else(|| AuthError::invalid("site.subnets", format!("{s:?} is not address/length")))?;
             let ok = addr.parse::<IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128);
             if !ok {
                 return Err(AuthError::invalid("site.subnets", format!("{s:?} is not address/length")));
@@ -92,12 +100,13 @@ impl Authority {
         }
         let tech = match &o.tech {
             Some(t) => {
-                let (id, roles): (i64, String) = sqlx::query_as(&self.db.q("SELECT id, roles FROM principals WHERE name = ? AND org_id = ?"))
-                    .bind(t.clone())
-                    .bind(org_id)
-                    .fetch_optional(self.db.pool())
-                    .await?
-                    .ok_or_else(|| AuthError::not_found(format!("site.tech: no principal {t:?} in {}", o.org)))?;
+                let (id, roles): (i64, String) =
+                    sqlx::query_as(&self.db.q("SELECT id, roles FROM principals WHERE name = ? AND org_id = ?"))
+                        .bind(t.clone())
+                        .bind(org_id)
+                        .fetch_optional(self.db.pool())
+                        .await?
+                        .ok_or_else(|| AuthError::not_found(format!("site.tech: no principal {t:?} in {}", o.org)))?;
                 if !roles.split(',').any(|x| x == "tech") {
                     return Err(AuthError::invalid("site.tech", format!("{t} does not have the tech role")));
                 }
@@ -122,10 +131,11 @@ impl Authority {
     }
 
     pub(crate) async fn get_sites(&self) -> Result<Vec<SiteInfo>, AuthError> {
-        let rows: Vec<(i64, String, String, String)> =
-            sqlx::query_as("SELECT s.id, s.name, o.name AS org, s.subnets FROM sites s JOIN orgs o ON o.id = s.org_id ORDER BY s.id")
-                .fetch_all(self.db.pool())
-                .await?;
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT s.id, s.name, o.name AS org, s.subnets FROM sites s JOIN orgs o ON o.id = s.org_id ORDER BY s.id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
         Ok(rows.into_iter().map(|(site_id, name, org, subnets)| SiteInfo { site_id, name, org, subnets }).collect())
     }
 
@@ -138,7 +148,8 @@ impl Authority {
             .ok_or_else(|| AuthError::not_found(format!("node.site: no site {:?}", o.site)))?;
         self.require_site(c, site_id, "AddNode").await?;
         check_hostname(&o.hostname)?;
-        o.ip.parse::<IpAddr>().map_err(|_| AuthError::invalid("node.ip", format!("{:?} is not an IP address", o.ip)))?;
+        o.ip.parse::<IpAddr>()
+            .map_err(|_| AuthError::invalid("node.ip", format!("{:?} is not an IP address", o.ip)))?;
         let mac = o.mac.unwrap_or_default();
         check_mac(&mac)?;
         let key = NodeKey::generate();
@@ -189,7 +200,8 @@ impl Authority {
         self.commit_change(tx).await?;
         // Section 4.8.2: when a node is put in debug state, the MA contacts it to trigger
         // the boot process, bringing it into a safe state quickly.
-        let contacted = if o.state == Some(BootState::Debug) { self.trigger_node(&n, BootState::Debug).await } else { false };
+        let contacted =
+            if o.state == Some(BootState::Debug) { self.trigger_node(&n, BootState::Debug).await } else { false };
         Ok(NodeUpdated { node_id: n.id, contacted })
     }
 
@@ -216,7 +228,8 @@ impl Authority {
             Ok::<String, std::io::Error>(line)
         };
         match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            Ok(Ok(line)) => match jsonrpc::client::result(line.as_bytes()).map(serde_json::from_value::<TriggerResult>) {
+            Ok(Ok(line)) => match jsonrpc::client::result(line.as_bytes()).map(serde_json::from_value::<TriggerResult>)
+            {
                 Ok(Ok(r)) => r.accepted,
                 other => {
                     tracing::warn!(node = n.id, "the node at {addr} refused the trigger: {other:?}");
@@ -244,7 +257,8 @@ impl Authority {
     }
 
     pub(crate) async fn get_managed_nodes(&self) -> Result<Vec<i64>, AuthError> {
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM nodes WHERE deleted = 0 ORDER BY id").fetch_all(self.db.pool()).await?;
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM nodes WHERE deleted = 0 ORDER BY id").fetch_all(self.db.pool()).await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
@@ -270,7 +284,10 @@ impl Authority {
             .map(|r| {
                 Ok(NodeInfo {
                     node_id: r.id,
-                    state: r.state.parse().map_err(|_| AuthError::internal(format!("node {}: stored state {:?}", r.id, r.state)))?,
+                    state: r
+                        .state
+                        .parse()
+                        .map_err(|_| AuthError::internal(format!("node {}: stored state {:?}", r.id, r.state)))?,
                     hostname: r.hostname,
                     ip: r.ip,
                     mac: r.mac,
@@ -307,7 +324,11 @@ impl Authority {
         }
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("DELETE FROM packages WHERE name = ?")).bind(p.name.clone()).execute(&mut *tx).await?;
-        sqlx::query(&self.db.q("INSERT INTO packages (name, version) VALUES (?, ?)")).bind(p.name).bind(version).execute(&mut *tx).await?;
+        sqlx::query(&self.db.q("INSERT INTO packages (name, version) VALUES (?, ?)"))
+            .bind(p.name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Empty {})
     }
@@ -316,7 +337,12 @@ impl Authority {
 fn check_hostname(h: &str) -> Result<(), AuthError> {
     let ok = !h.is_empty()
         && h.len() <= 253
-        && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-'));
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+        });
     if ok {
         Ok(())
     } else {
@@ -325,7 +351,10 @@ fn check_hostname(h: &str) -> Result<(), AuthError> {
 }
 
 fn check_mac(m: &str) -> Result<(), AuthError> {
-    let ok = m.is_empty() || (m.len() == 17 && m.split(':').count() == 6 && m.split(':').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())));
+    let ok = m.is_empty()
+        || (m.len() == 17
+            && m.split(':').count() == 6
+            && m.split(':').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())));
     if ok {
         Ok(())
     } else {

@@ -56,7 +56,10 @@ pub fn check_name(field: &str, s: &str) -> Result<(), AuthError> {
     if ok {
         Ok(())
     } else {
-        Err(AuthError::invalid(field, format!("{s:?} must be 1 to 64 characters of a-z, 0-9, '-', '_', '.', starting with a letter")))
+        Err(AuthError::invalid(
+            field,
+            format!("{s:?} must be 1 to 64 characters of a-z, 0-9, '-', '_', '.', starting with a letter"),
+        ))
     }
 }
 
@@ -81,17 +84,24 @@ impl Authority {
     }
 
     async fn is_member(&self, slice_id: i64, principal_id: i64) -> Result<bool, AuthError> {
-        let r: Option<(i64,)> = sqlx::query_as(&self.db.q("SELECT 1 AS x FROM slice_principals WHERE slice_id = ? AND principal_id = ?"))
-            .bind(slice_id)
-            .bind(principal_id)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let r: Option<(i64,)> =
+            sqlx::query_as(&self.db.q("SELECT 1 AS x FROM slice_principals WHERE slice_id = ? AND principal_id = ?"))
+                .bind(slice_id)
+                .bind(principal_id)
+                .fetch_optional(self.db.pool())
+                .await?;
         Ok(r.is_some())
     }
 
     /// Checks that the caller holds `need` for the slice: `User` = member (or better),
     /// `Admin` = admin of the slice's org (or operator), `Operator` = operator.
-    pub(crate) async fn require_slice(&self, c: &Caller, s: &SliceRow, need: Role, method: &str) -> Result<(), AuthError> {
+    pub(crate) async fn require_slice(
+        &self,
+        c: &Caller,
+        s: &SliceRow,
+        need: Role,
+        method: &str,
+    ) -> Result<(), AuthError> {
         let p = c.principal().ok_or_else(|| AuthError::denied(method, "a principal"))?;
         if p.roles.contains(&Role::Operator) {
             return Ok(());
@@ -117,15 +127,21 @@ impl Authority {
             .ok_or_else(|| AuthError::not_found(format!("org: no organisation {name:?}")))
     }
 
-    pub(crate) async fn authenticate_certificate(&self, p: AuthenticateParams, now: i64) -> Result<SessionResult, AuthError> {
+    pub(crate) async fn authenticate_certificate(
+        &self,
+        p: AuthenticateParams,
+        now: i64,
+    ) -> Result<SessionResult, AuthError> {
         check_len("certificate", &p.certificate)?;
         let chain = Cert::bundle_from_pem(&p.certificate).map_err(|e| AuthError::invalid("certificate", e))?;
-        let id = verify_chain(&chain, &self.roots, now).map_err(|e| AuthError::unauthenticated(format!("certificate: {e}")))?;
+        let id = verify_chain(&chain, &self.roots, now)
+            .map_err(|e| AuthError::unauthenticated(format!("certificate: {e}")))?;
         if let Identity::Principal(name) = &id {
-            let r: Option<(Option<String>, i64)> = sqlx::query_as(&self.db.q("SELECT cert, approved FROM principals WHERE name = ?"))
-                .bind(name.clone())
-                .fetch_optional(self.db.pool())
-                .await?;
+            let r: Option<(Option<String>, i64)> =
+                sqlx::query_as(&self.db.q("SELECT cert, approved FROM principals WHERE name = ?"))
+                    .bind(name.clone())
+                    .fetch_optional(self.db.pool())
+                    .await?;
             let current = r.filter(|(_, approved)| *approved == 1).and_then(|(c, _)| c);
             let current_der = current.and_then(|c| Cert::from_pem(&c).ok()).map(|c| c.der);
             if current_der.as_deref() != Some(chain[0].der.as_slice()) {
@@ -133,7 +149,8 @@ impl Authority {
             }
         }
         let key = hex::encode(credentials::random_bytes::<32>());
-        let sealed = credentials::seal::seal(&chain[0].spki, key.as_bytes()).map_err(|e| AuthError::invalid("certificate", e))?;
+        let sealed = credentials::seal::seal(&chain[0].spki, key.as_bytes())
+            .map_err(|e| AuthError::invalid("certificate", e))?;
         let expires = (now + self.settings.session_ttl).min(chain[0].not_after);
         self.sessions.create(&self.db, &key, &id, expires).await?;
         Ok(SessionResult { session: sealed, expires, identity: id.to_string() })
@@ -147,26 +164,36 @@ impl Authority {
         check_name("org.name", &o.name)?;
         let root = SliceName::parse(&self.ca.name).map_err(AuthError::internal)?;
         if !root.covers(&o.authority) {
-            return Err(AuthError::invalid("org.authority", format!("{} is outside this authority's names ({root})", o.authority)));
+            return Err(AuthError::invalid(
+                "org.authority",
+                format!("{} is outside this authority's names ({root})", o.authority),
+            ));
         }
         let address = o.address.unwrap_or_default();
         check_len("org.address", &address)?;
-        let (org_id,): (i64,) = sqlx::query_as(&self.db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, ?, ?) RETURNING id"))
-            .bind(o.name.clone())
-            .bind(o.authority.to_string())
-            .bind(address)
-            .bind(credentials::now())
-            .fetch_one(self.db.pool())
-            .await
-            .map_err(conflict_on_unique(&format!("org: {} or authority {} exists already", o.name, o.authority)))?;
+        let (org_id,): (i64,) = sqlx::query_as(
+            &self.db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, ?, ?) RETURNING id"),
+        )
+        .bind(o.name.clone())
+        .bind(o.authority.to_string())
+        .bind(address)
+        .bind(credentials::now())
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(conflict_on_unique(&format!("org: {} or authority {} exists already", o.name, o.authority)))?;
         Ok(OrgIdResult { org_id })
     }
 
     pub(crate) async fn get_orgs(&self, c: &Caller) -> Result<Vec<OrgInfo>, AuthError> {
         c.principal().ok_or_else(|| AuthError::denied("GetOrgs", "a principal"))?;
         let rows: Vec<(i64, String, String, String)> =
-            sqlx::query_as("SELECT id, name, authority, address FROM orgs ORDER BY id").fetch_all(self.db.pool()).await?;
-        Ok(rows.into_iter().map(|(org_id, name, authority, address)| OrgInfo { org_id, name, authority, address }).collect())
+            sqlx::query_as("SELECT id, name, authority, address FROM orgs ORDER BY id")
+                .fetch_all(self.db.pool())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(org_id, name, authority, address)| OrgInfo { org_id, name, authority, address })
+            .collect())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -207,8 +234,15 @@ impl Authority {
     }
 
     fn principal_cert(&self, name: &str, public_key: &str) -> Result<String, AuthError> {
-        issue(&self.ca.sa.cert_pem, &self.ca.sa.key, &Identity::Principal(name.into()), public_key, Profile::Client, 365)
-            .map_err(|e| AuthError::invalid("principal.public_key", e))
+        issue(
+            &self.ca.sa.cert_pem,
+            &self.ca.sa.key,
+            &Identity::Principal(name.into()),
+            public_key,
+            Profile::Client,
+            365,
+        )
+        .map_err(|e| AuthError::invalid("principal.public_key", e))
     }
 
     pub(crate) async fn register_principal(&self, p: RegisterParams, now: i64) -> Result<RegisteredResult, AuthError> {
@@ -217,15 +251,25 @@ impl Authority {
         Ok(RegisteredResult { principal_id: id, approved: false })
     }
 
-    pub(crate) async fn add_principal(&self, c: &Caller, p: AddPrincipalParams, now: i64) -> Result<PrincipalCertResult, AuthError> {
+    pub(crate) async fn add_principal(
+        &self,
+        c: &Caller,
+        p: AddPrincipalParams,
+        now: i64,
+    ) -> Result<PrincipalCertResult, AuthError> {
         let me = c.principal().ok_or_else(|| AuthError::denied("AddPrincipal", "a principal"))?;
         let n = p.principal;
         let (org_id, _) = self.org_by_name(&n.org).await?;
-        let ok = me.roles.contains(&Role::Operator) || (me.has(Role::Admin) && me.org_id == org_id && matches!(n.role, Role::User | Role::Tech));
+        let ok = me.roles.contains(&Role::Operator)
+            || (me.has(Role::Admin) && me.org_id == org_id && matches!(n.role, Role::User | Role::Tech));
         if !ok {
-            return Err(AuthError::denied("AddPrincipal", "admin of the org (for users and techs) or the operator role"));
+            return Err(AuthError::denied(
+                "AddPrincipal",
+                "admin of the org (for users and techs) or the operator role",
+            ));
         }
-        let (id, cert) = self.insert_principal(&n.name, &n.email, &n.org, &n.public_key, n.role.name(), true, now).await?;
+        let (id, cert) =
+            self.insert_principal(&n.name, &n.email, &n.org, &n.public_key, n.role.name(), true, now).await?;
         Ok(PrincipalCertResult { principal_id: id, certificate: format!("{cert}{}", self.ca.sa.cert_pem) })
     }
 
@@ -269,10 +313,13 @@ impl Authority {
         )
         .fetch_all(self.db.pool())
         .await?;
-        let keys: Vec<(i64, String)> = sqlx::query_as("SELECT principal_id, key FROM ssh_keys").fetch_all(self.db.pool()).await?;
+        let keys: Vec<(i64, String)> =
+            sqlx::query_as("SELECT principal_id, key FROM ssh_keys").fetch_all(self.db.pool()).await?;
         Ok(rows
             .into_iter()
-            .filter(|r| p.roles.contains(&Role::Operator) || (p.has(Role::Admin) && r.org_id == p.org_id) || r.id == p.id)
+            .filter(|r| {
+                p.roles.contains(&Role::Operator) || (p.has(Role::Admin) && r.org_id == p.org_id) || r.id == p.id
+            })
             .map(|r| PrincipalInfo {
                 principal_id: r.id,
                 ssh_keys: keys.iter().filter(|k| k.0 == r.id).map(|k| k.1.clone()).collect(),
@@ -286,19 +333,31 @@ impl Authority {
     }
 
     pub(crate) async fn get_principal_cert(&self, p: NameParams) -> Result<CertResult, AuthError> {
-        let (cert,): (String,) = sqlx::query_as(&self.db.q("SELECT cert FROM principals WHERE name = ? AND approved = 1"))
-            .bind(p.name.clone())
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or_else(|| AuthError::not_found(format!("name: no approved principal {:?}", p.name)))?;
+        let (cert,): (String,) =
+            sqlx::query_as(&self.db.q("SELECT cert FROM principals WHERE name = ? AND approved = 1"))
+                .bind(p.name.clone())
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or_else(|| AuthError::not_found(format!("name: no approved principal {:?}", p.name)))?;
         Ok(CertResult { certificate: format!("{cert}{}", self.ca.sa.cert_pem), root: self.ca.root.cert_pem.clone() })
     }
 
-    pub(crate) async fn rekey_principal(&self, c: &Caller, p: PublicKeyParams) -> Result<PrincipalCertResult, AuthError> {
+    pub(crate) async fn rekey_principal(
+        &self,
+        c: &Caller,
+        p: PublicKeyParams,
+    ) -> Result<PrincipalCertResult, AuthError> {
         let me = c.principal().ok_or_else(|| AuthError::denied("RekeyPrincipal", "a principal"))?;
         check_len("public_key", &p.public_key)?;
-        let cert = issue(&self.ca.sa.cert_pem, &self.ca.sa.key, &Identity::Principal(me.name.clone()), &p.public_key, Profile::Client, 365)
-            .map_err(|e| AuthError::invalid("public_key", e))?;
+        let cert = issue(
+            &self.ca.sa.cert_pem,
+            &self.ca.sa.key,
+            &Identity::Principal(me.name.clone()),
+            &p.public_key,
+            Profile::Client,
+            365,
+        )
+        .map_err(|e| AuthError::invalid("public_key", e))?;
         sqlx::query(&self.db.q("UPDATE principals SET public_key = ?, cert = ? WHERE id = ?"))
             .bind(p.public_key)
             .bind(cert.clone())
@@ -330,7 +389,8 @@ impl Authority {
         let name = SliceName::parse(&p.slice_name).map_err(|e| AuthError::invalid("slice_name", e))?;
         // The org whose authority is the longest prefix of the name approves it. A slice
         // never takes an authority's own name: pools given to that name cover its slices.
-        let orgs: Vec<(i64, String)> = sqlx::query_as("SELECT id, authority FROM orgs").fetch_all(self.db.pool()).await?;
+        let orgs: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, authority FROM orgs").fetch_all(self.db.pool()).await?;
         if orgs.iter().any(|(_, a)| a == name.as_str()) {
             return Err(AuthError::invalid("slice_name", format!("{name} is an authority's name, not a slice's")));
         }
@@ -346,7 +406,12 @@ impl Authority {
             return Err(AuthError::denied("CreateSlice", &format!("admin of the organisation for {authority}")));
         }
         let rspec = RSpec {
-            class: RSpecClass::Slice(vm_types::SliceRSpec { name: Some(name.clone()), vm_type: VmType::LinuxVserverX86, keys: vec![], bootscript: None }),
+            class: RSpecClass::Slice(vm_types::SliceRSpec {
+                name: Some(name.clone()),
+                vm_type: VmType::LinuxVserverX86,
+                keys: vec![],
+                bootscript: None,
+            }),
             resources: Resources::spec_default(),
         };
         let expires = now + self.settings.slice_ttl;
@@ -384,7 +449,8 @@ impl Authority {
                 }
             }
             "vm_type" => {
-                let t = VmType::parse(&value).ok_or_else(|| AuthError::invalid("value", format!("{value:?} is not a VM type")))?;
+                let t = VmType::parse(&value)
+                    .ok_or_else(|| AuthError::invalid("value", format!("{value:?} is not a VM type")))?;
                 if let RSpecClass::Slice(x) = &mut rspec.class {
                     x.vm_type = t;
                 }
@@ -396,7 +462,11 @@ impl Authority {
             }
         }
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query(&self.db.q("UPDATE slices SET rspec = ? WHERE id = ?")).bind(rspec.to_xml()).bind(s.id).execute(&mut *tx).await?;
+        sqlx::query(&self.db.q("UPDATE slices SET rspec = ? WHERE id = ?"))
+            .bind(rspec.to_xml())
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
         self.commit_change(tx).await?;
         Ok(Empty {})
     }
@@ -406,11 +476,12 @@ impl Authority {
         self.require_slice(c, &s, Role::User, "AddSlicePrincipal").await?;
         let mut tx = self.db.pool().begin().await?;
         for n in p.principals {
-            let (pid,): (i64,) = sqlx::query_as(&self.db.q("SELECT id FROM principals WHERE name = ? AND approved = 1"))
-                .bind(n.clone())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| AuthError::not_found(format!("principals: no approved principal {n:?}")))?;
+            let (pid,): (i64,) =
+                sqlx::query_as(&self.db.q("SELECT id FROM principals WHERE name = ? AND approved = 1"))
+                    .bind(n.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| AuthError::not_found(format!("principals: no approved principal {n:?}")))?;
             if !self.is_member(s.id, pid).await? {
                 sqlx::query(&self.db.q("INSERT INTO slice_principals (slice_id, principal_id) VALUES (?, ?)"))
                     .bind(s.id)
@@ -433,13 +504,18 @@ impl Authority {
                 .fetch_optional(&mut *tx)
                 .await?;
             found.ok_or_else(|| AuthError::not_found(format!("nodes: no node {id}")))?;
-            let exists: Option<(i64,)> = sqlx::query_as(&self.db.q("SELECT 1 AS x FROM slice_nodes WHERE slice_id = ? AND node_id = ?"))
-                .bind(s.id)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<(i64,)> =
+                sqlx::query_as(&self.db.q("SELECT 1 AS x FROM slice_nodes WHERE slice_id = ? AND node_id = ?"))
+                    .bind(s.id)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if exists.is_none() {
-                sqlx::query(&self.db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)")).bind(s.id).bind(id).execute(&mut *tx).await?;
+                sqlx::query(&self.db.q("INSERT INTO slice_nodes (slice_id, node_id) VALUES (?, ?)"))
+                    .bind(s.id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         self.commit_change(tx).await?;
@@ -484,10 +560,17 @@ impl Authority {
             return Err(AuthError::invalid("expires", "must be in the future"));
         }
         if p.expires > now + self.settings.slice_max_ttl {
-            return Err(AuthError::invalid("expires", format!("at most {} days ahead", self.settings.slice_max_ttl / 86400)));
+            return Err(AuthError::invalid(
+                "expires",
+                format!("at most {} days ahead", self.settings.slice_max_ttl / 86400),
+            ));
         }
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query(&self.db.q("UPDATE slices SET expires = ?, expiry_published = 0 WHERE id = ?")).bind(p.expires).bind(s.id).execute(&mut *tx).await?;
+        sqlx::query(&self.db.q("UPDATE slices SET expires = ?, expiry_published = 0 WHERE id = ?"))
+            .bind(p.expires)
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
         self.commit_change(tx).await?;
         Ok(ExpiresResult { expires: p.expires })
     }
@@ -514,10 +597,11 @@ impl Authority {
         .bind(s.id)
         .fetch_all(self.db.pool())
         .await?;
-        let ns: Vec<(i64,)> = sqlx::query_as(&self.db.q("SELECT node_id FROM slice_nodes WHERE slice_id = ? ORDER BY node_id"))
-            .bind(s.id)
-            .fetch_all(self.db.pool())
-            .await?;
+        let ns: Vec<(i64,)> =
+            sqlx::query_as(&self.db.q("SELECT node_id FROM slice_nodes WHERE slice_id = ? ORDER BY node_id"))
+                .bind(s.id)
+                .fetch_all(self.db.pool())
+                .await?;
         Ok(SliceInfo {
             slice_id: s.id,
             name: s.name.clone(),
@@ -532,10 +616,14 @@ impl Authority {
     pub(crate) async fn get_slices(&self, c: &Caller) -> Result<Vec<SliceInfo>, AuthError> {
         let p = c.principal().ok_or_else(|| AuthError::denied("GetSlices", "a principal"))?;
         let rows: Vec<SliceRow> =
-            sqlx::query_as(&format!("SELECT {SLICE_COLUMNS} FROM slices WHERE deleted = 0 ORDER BY id")).fetch_all(self.db.pool()).await?;
+            sqlx::query_as(&format!("SELECT {SLICE_COLUMNS} FROM slices WHERE deleted = 0 ORDER BY id"))
+                .fetch_all(self.db.pool())
+                .await?;
         let mut out = Vec::new();
         for s in rows {
-            let visible = p.roles.contains(&Role::Operator) || (p.has(Role::Admin) && p.org_id == s.org_id) || self.is_member(s.id, p.id).await?;
+            let visible = p.roles.contains(&Role::Operator)
+                || (p.has(Role::Admin) && p.org_id == s.org_id)
+                || self.is_member(s.id, p.id).await?;
             if visible {
                 out.push(self.slice_info(&s).await?);
             }
@@ -543,18 +631,30 @@ impl Authority {
         Ok(out)
     }
 
-    pub(crate) async fn get_slice_ticket(&self, c: &Caller, p: SliceParams, now: i64) -> Result<SignedTicket, AuthError> {
+    pub(crate) async fn get_slice_ticket(
+        &self,
+        c: &Caller,
+        p: SliceParams,
+        now: i64,
+    ) -> Result<SignedTicket, AuthError> {
         let s = self.slice(&p.slice_name).await?;
         self.require_slice(c, &s, Role::User, "GetSliceTicket").await?;
         if s.expires <= now {
             return Err(AuthError::conflict(format!("slice_name: {} has expired; renew it first", s.name)));
         }
-        let nodes: Vec<(i64,)> = sqlx::query_as(&self.db.q("SELECT node_id FROM slice_nodes WHERE slice_id = ? ORDER BY node_id"))
-            .bind(s.id)
-            .fetch_all(self.db.pool())
-            .await?;
+        let nodes: Vec<(i64,)> =
+            sqlx::query_as(&self.db.q("SELECT node_id FROM slice_nodes WHERE slice_id = ? ORDER BY node_id"))
+                .bind(s.id)
+                .fetch_all(self.db.pool())
+                .await?;
         let ttl = self.settings.ticket_ttl.min(s.expires - now);
-        let body = TicketBody::new(&self.ca.name, &s.name, self.rspec_with_keys(&s).await?, nodes.into_iter().map(|(n,)| n).collect(), ttl);
+        let body = TicketBody::new(
+            &self.ca.name,
+            &s.name,
+            self.rspec_with_keys(&s).await?,
+            nodes.into_iter().map(|(n,)| n).collect(),
+            ttl,
+        );
         let signed = body.sign(&self.ca.sa.key_pem, &self.ca.sa.cert_pem).map_err(AuthError::internal)?;
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET delegated = 1 WHERE id = ?")).bind(s.id).execute(&mut *tx).await?;
@@ -568,7 +668,10 @@ impl Authority {
     /// can sweep side by side. Returns how many slices it published.
     pub async fn sweep_expired(&self, now: i64) -> Result<u64, AuthError> {
         let mut tx = self.db.pool().begin().await?;
-        let n = sqlx::query(&self.db.q("UPDATE slices SET expiry_published = 1 WHERE deleted = 0 AND expiry_published = 0 AND expires <= ?"))
+        let n =
+            sqlx::query(&self.db.q(
+                "UPDATE slices SET expiry_published = 1 WHERE deleted = 0 AND expiry_published = 0 AND expires <= ?",
+            ))
             .bind(now)
             .execute(&mut *tx)
             .await?
@@ -591,7 +694,11 @@ impl Authority {
         }
     }
 
-    pub(crate) async fn get_slices_for_node(&self, c: &Caller, p: SlicesForNodeParams) -> Result<SlicesForNodeResult, AuthError> {
+    pub(crate) async fn get_slices_for_node(
+        &self,
+        c: &Caller,
+        p: SlicesForNodeParams,
+    ) -> Result<SlicesForNodeResult, AuthError> {
         let node = p.node_id;
         let allowed = match c {
             Caller::Service { node: n, .. } => *n == node,

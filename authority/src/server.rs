@@ -24,7 +24,9 @@ pub fn tls_config(a: &Authority) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(a.ca.root.cert.der.clone()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let chain = vec![CertificateDer::from(a.ca.server.cert.der.clone())];
     let key = PrivateKeyDer::from_pem_slice(a.ca.server.key_pem.as_bytes())?;
     Ok(rustls::ServerConfig::builder_with_provider(provider)
@@ -77,7 +79,10 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
                 let chain = chain.clone();
                 async move {
                     if req.uri().path() != "/rpc" {
-                        return Ok::<_, std::convert::Infallible>(respond(StatusCode::NOT_FOUND, "{\"error\":\"POST JSON-RPC to /rpc\"}".into()));
+                        return Ok::<_, std::convert::Infallible>(respond(
+                            StatusCode::NOT_FOUND,
+                            "{\"error\":\"POST JSON-RPC to /rpc\"}".into(),
+                        ));
                     }
                     if req.method() != Method::POST {
                         return Ok(respond(StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"POST only\"}".into()));
@@ -85,8 +90,14 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
                     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => {
-                            let e = jsonrpc::RpcError::new(jsonrpc::ErrorCode::INVALID_REQUEST, "request refused: body larger than 1 MiB");
-                            return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE, jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string()));
+                            let e = jsonrpc::RpcError::new(
+                                jsonrpc::ErrorCode::INVALID_REQUEST,
+                                "request refused: body larger than 1 MiB",
+                            );
+                            return Ok(respond(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string(),
+                            ));
                         }
                     };
                     let peer = crate::api::Peer { ip: peer.ip(), chain: chain.clone() };

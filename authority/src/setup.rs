@@ -19,19 +19,35 @@ pub struct OperatorCreds {
 /// Creates the CA files, the authority's organisation (its authority name is the
 /// authority's own name) and an operator, whose key, certificate and CLI settings go to
 /// `<state>/operator/`.
-pub async fn init(state: &Path, name: &str, server_names: &[String], operator: &str, email: &str, db_url: &str, url: &str) -> anyhow::Result<OperatorCreds> {
+pub async fn init(
+    state: &Path,
+    name: &str,
+    server_names: &[String],
+    operator: &str,
+    email: &str,
+    db_url: &str,
+    url: &str,
+) -> anyhow::Result<OperatorCreds> {
     std::fs::create_dir_all(state)?;
     let ca = Ca::init(state, name, server_names)?;
     let db = Db::open(db_url).await?;
     let now = credentials::now();
-    let (org_id,): (i64,) = sqlx::query_as(&db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, '', ?) RETURNING id"))
-        .bind(name.to_owned())
-        .bind(name.to_owned())
-        .bind(now)
-        .fetch_one(db.pool())
-        .await?;
+    let (org_id,): (i64,) =
+        sqlx::query_as(&db.q("INSERT INTO orgs (name, authority, address, created) VALUES (?, ?, '', ?) RETURNING id"))
+            .bind(name.to_owned())
+            .bind(name.to_owned())
+            .bind(now)
+            .fetch_one(db.pool())
+            .await?;
     let key = KeyPair::generate();
-    let cert = issue(&ca.sa.cert_pem, &ca.sa.key, &Identity::Principal(operator.into()), &key.public_key_pem(), Profile::Client, 365)?;
+    let cert = issue(
+        &ca.sa.cert_pem,
+        &ca.sa.key,
+        &Identity::Principal(operator.into()),
+        &key.public_key_pem(),
+        Profile::Client,
+        365,
+    )?;
     sqlx::query(&db.q("INSERT INTO principals (name, email, org_id, roles, public_key, cert, approved, created) VALUES (?, ?, ?, 'operator,admin', ?, ?, 1, ?)"))
         .bind(operator.to_owned())
         .bind(email.to_owned())
@@ -49,7 +65,12 @@ pub async fn init(state: &Path, name: &str, server_names: &[String], operator: &
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join("key.pem"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("key.pem"))?;
         f.write_all(key.to_pem().as_bytes())?;
     }
     let config = dir.join("plab.toml");

@@ -2,6 +2,7 @@
 //! expired sessions, names outside the caller's authority or full of metacharacters,
 //! oversized requests. Each is refused with a clear error and changes nothing. Also the
 //! MA contacting a node when it is set to debug.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 mod common;
 use common::{code, Backend, Harness};
@@ -13,7 +14,10 @@ fn setup(h: &Harness) -> (plab_authority::AuthorityClient, i64, String) {
     let mut op = h.operator();
     op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
     op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.2"})]).unwrap()["node_id"].as_i64().unwrap();
+    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.2"})]).unwrap()
+        ["node_id"]
+        .as_i64()
+        .unwrap();
     let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
     (op, node, plnode)
 }
@@ -41,18 +45,23 @@ fn boot_calls_need_the_right_key_address_and_a_fresh_nonce() {
     // Replay: the same signed request twice.
     let mut c = plab_authority::AuthorityClient::new(&h.url, &h.root, None, Some(pl.ip)).unwrap();
     let params = json!({});
-    let auth = serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootGetState", &Value::Array(vec![params.clone()]))).unwrap();
+    let auth =
+        serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootGetState", &Value::Array(vec![params.clone()])))
+            .unwrap();
     c.call_with_auth("BootGetState", auth.clone(), vec![params.clone()]).unwrap();
     let e = c.call_with_auth("BootGetState", auth, vec![params.clone()]).unwrap_err();
     assert!(e.to_string().contains("replayed"), "{e}");
     // The MAC covers the params: changing them breaks it.
-    let auth = serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootUpdateState", &json!([{"state": "boot"}]))).unwrap();
+    let auth = serde_json::to_value(BootAuth::sign(&pl.node_key, node, "BootUpdateState", &json!([{"state": "boot"}])))
+        .unwrap();
     let e = c.call_with_auth("BootUpdateState", auth, vec![json!({"state": "failboot"})]).unwrap_err();
     assert_eq!(code(&e), 2, "{e}");
 
     // Certificates are only issued in boot state, and a node cannot put itself in debug.
     let mut bm = BootManager::new(pl, &h.url, &h.root, dir.path()).unwrap();
-    let e = bm.call("BootGetCertificate", json!({"public_key": credentials::pki::KeyPair::generate().public_key_pem()})).unwrap_err();
+    let e = bm
+        .call("BootGetCertificate", json!({"public_key": credentials::pki::KeyPair::generate().public_key_pem()}))
+        .unwrap_err();
     assert!(e.to_string().contains("boot state"), "{e}");
     let e = bm.call("BootUpdateState", json!({"state": "debug"})).unwrap_err();
     assert_eq!(code(&e), 4, "{e}");
@@ -90,7 +99,10 @@ fn foreign_roots_expired_sessions_and_replaced_certificates() {
     carol_s.start_session(&old_cert, &old_key).unwrap();
     carol_s.call("GetOrgs", vec![]).unwrap();
     let new_key = credentials::pki::KeyPair::generate();
-    let new_cert = carol.call("RekeyPrincipal", vec![json!(new_key.public_key_pem())]).unwrap()["certificate"].as_str().unwrap().to_owned();
+    let new_cert = carol.call("RekeyPrincipal", vec![json!(new_key.public_key_pem())]).unwrap()["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let e = h.client(Some((&old_cert, &old_key))).call("GetOrgs", vec![]).unwrap_err();
     assert!(code(&e) == 2 && e.to_string().contains("replaced"), "{e}");
     let e = h.client(None).call("AuthenticateCertificate", vec![json!(old_cert)]).unwrap_err();
@@ -121,17 +133,31 @@ fn names_outside_authority_and_metacharacters_change_nothing() {
     assert_eq!(code(&e), -32602, "the authority itself is no slice: {e}");
     let e = op.call("AddOrg", vec![json!({"name": "evil", "authority": "com.evil"})]).unwrap_err();
     assert!(e.to_string().contains("outside this authority"), "{e}");
-    for bad in ["plc.princeton.x'; DROP TABLE slices;--", "plc.princeton.$(reboot)", "plc.princeton.a b", "PLC.princeton.x"] {
+    for bad in
+        ["plc.princeton.x'; DROP TABLE slices;--", "plc.princeton.$(reboot)", "plc.princeton.a b", "PLC.princeton.x"]
+    {
         let e = pi.call("CreateSlice", vec![json!(bad)]).unwrap_err();
         assert_eq!(code(&e), -32602, "{bad}: {e}");
         assert!(e.to_string().starts_with("slice_name:"), "{e}");
     }
     let k = credentials::pki::KeyPair::generate();
     for bad in ["bob'; DROP TABLE principals;--", "`id`", "a/b", ""] {
-        let e = h.client(None).call("RegisterPrincipal", vec![json!({"name": bad, "email": "b@x.test", "org": "princeton", "public_key": k.public_key_pem()})]).unwrap_err();
+        let e = h
+            .client(None)
+            .call(
+                "RegisterPrincipal",
+                vec![json!({"name": bad, "email": "b@x.test", "org": "princeton", "public_key": k.public_key_pem()})],
+            )
+            .unwrap_err();
         assert!(e.to_string().starts_with("principal.name:"), "{bad}: {e}");
     }
-    let e = h.client(None).call("RegisterPrincipal", vec![json!({"name": "eve", "email": "e@x.test", "org": "princeton", "public_key": "not a key"})]).unwrap_err();
+    let e = h
+        .client(None)
+        .call(
+            "RegisterPrincipal",
+            vec![json!({"name": "eve", "email": "e@x.test", "org": "princeton", "public_key": "not a key"})],
+        )
+        .unwrap_err();
     assert!(e.to_string().starts_with("principal.public_key:"), "{e}");
     for bad in ["n1;rm -rf /", "$(reboot).test", "-x.test"] {
         let e = pi.call("AddNode", vec![json!({"site": "pcs", "hostname": bad, "ip": "127.0.0.4"})]).unwrap_err();
@@ -178,7 +204,10 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
     let mut op = h.operator();
     op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
     op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()["node_id"].as_i64().unwrap();
+    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()
+        ["node_id"]
+        .as_i64()
+        .unwrap();
     let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let pl = PlNode::parse(&plnode).unwrap();
@@ -193,7 +222,8 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
 
     let r = op.call("UpdateNode", vec![json!(node), json!({"state": "debug"})]).unwrap();
     assert_eq!(r["contacted"], true, "{r}");
-    let state = h.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await }).unwrap();
+    let state =
+        h.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await }).unwrap();
     assert_eq!(state, Some(BootState::Debug));
     assert_eq!(bm.boot(Some(port)).unwrap(), Outcome::Debug);
     assert_eq!(std::fs::read_to_string(dir.path().join("boot-state")).unwrap(), "debug\n");
@@ -206,7 +236,13 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
     server.check(&auth, &params, now).unwrap();
     let e = server.check(&auth, &params, now).unwrap_err();
     assert!(e.message.contains("replayed"), "{e}");
-    let forged = serde_json::to_value(BootAuth::sign(&credentials::boot_hmac::NodeKey::generate(), node, "BootTrigger", &params)).unwrap();
+    let forged = serde_json::to_value(BootAuth::sign(
+        &credentials::boot_hmac::NodeKey::generate(),
+        node,
+        "BootTrigger",
+        &params,
+    ))
+    .unwrap();
     assert!(server.check(&forged, &params, now).is_err());
     let other = serde_json::to_value(BootAuth::sign(&pl.node_key, node + 1, "BootTrigger", &params)).unwrap();
     assert!(server.check(&other, &params, now).unwrap_err().message.contains("not this one"));

@@ -1,6 +1,7 @@
 //! The whole authority flow, on SQLite and on PostgreSQL: an organisation and its admin,
 //! users registering and being approved, a site and a node that boots with plab-boot,
 //! a slice created, configured, started, polled by the node's service, and ticketed.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 mod common;
 use common::{code, Backend, Harness};
@@ -12,7 +13,8 @@ use serde_json::json;
 fn flow(backend: Backend) {
     let h = Harness::start(backend);
     let mut op = h.operator();
-    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton", "address": "Princeton, NJ"})]).unwrap();
+    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton", "address": "Princeton, NJ"})])
+        .unwrap();
     let pi = h.principal(&mut op, "larry", "princeton", "admin");
     let mut pi = h.client(Some((&pi.0, &pi.1)));
 
@@ -25,7 +27,8 @@ fn flow(backend: Backend) {
     pi.call("ApprovePrincipal", vec![json!("alice")]).unwrap();
     let cert = anon.call("GetPrincipalCert", vec![json!("alice")]).unwrap()["certificate"].as_str().unwrap().to_owned();
     let mut alice = h.client(Some((&cert, &uk.to_pem())));
-    let alice_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@princeton.test";
+    let alice_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@princeton.test";
     alice.call("AddPrincipalKey", vec![json!(alice_key)]).unwrap();
     // Sessions work as well as client certificates.
     let mut alice_s = h.client(None);
@@ -54,7 +57,8 @@ fn flow(backend: Backend) {
     pi.call("CreateSlice", vec![json!("plc.princeton.codeen")]).unwrap();
     pi.call("AddSlicePrincipal", vec![json!("plc.princeton.codeen"), json!(["alice"])]).unwrap();
     alice.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("bootscript"), json!("echo codeen")]).unwrap();
-    let e = alice.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("mem_limit"), json!("4096")]).unwrap_err();
+    let e =
+        alice.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("mem_limit"), json!("4096")]).unwrap_err();
     assert_eq!(code(&e), 1, "mem_limit is an admin-level attribute: {e}");
     pi.call("SetSliceAttr", vec![json!("plc.princeton.codeen"), json!("mem_limit"), json!("512")]).unwrap();
     alice.call("AddSliceNode", vec![json!("plc.princeton.codeen"), json!([node])]).unwrap();
@@ -85,7 +89,8 @@ fn flow(backend: Backend) {
     assert!(e.to_string().starts_with("expires:"), "{e}");
 
     // A ticket verifies with the SA certificate; the slice becomes delegated.
-    let t: SignedTicket = serde_json::from_value(alice.call("GetSliceTicket", vec![json!("plc.princeton.codeen")]).unwrap()).unwrap();
+    let t: SignedTicket =
+        serde_json::from_value(alice.call("GetSliceTicket", vec![json!("plc.princeton.codeen")]).unwrap()).unwrap();
     let body = t.verify(&Cert::from_pem(&h.authority.ca.sa.cert_pem).unwrap(), credentials::now()).unwrap();
     assert_eq!(body.slice, "plc.princeton.codeen");
     assert_eq!(body.nodes, vec![node]);
@@ -110,7 +115,11 @@ fn flow(backend: Backend) {
     let gen = before["generation"].as_i64().unwrap();
     let now = credentials::now();
     h.rt.block_on(async {
-        sqlx::query(&h.authority.db.q("UPDATE slices SET expires = ? WHERE name = 'plc.princeton.brief'")).bind(now - 1).execute(h.authority.db.pool()).await.unwrap();
+        sqlx::query(&h.authority.db.q("UPDATE slices SET expires = ? WHERE name = 'plc.princeton.brief'"))
+            .bind(now - 1)
+            .execute(h.authority.db.pool())
+            .await
+            .unwrap();
         // Swept here or by the server's own sweeper meanwhile: published exactly once.
         h.authority.sweep_expired(now).await.unwrap();
         assert_eq!(h.authority.sweep_expired(now + 1).await.unwrap(), 0, "published once");
@@ -121,10 +130,17 @@ fn flow(backend: Backend) {
 
     // A deleted node is given no slices.
     pi.call("CreateSlice", vec![json!("plc.princeton.gone")]).unwrap();
-    let gone = pi.call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "gone.cs.princeton.test", "ip": "127.0.0.5"})]).unwrap()["node_id"].as_i64().unwrap();
+    let gone = pi
+        .call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "gone.cs.princeton.test", "ip": "127.0.0.5"})])
+        .unwrap()["node_id"]
+        .as_i64()
+        .unwrap();
     pi.call("AddSliceNode", vec![json!("plc.princeton.gone"), json!([gone])]).unwrap();
     pi.call("StartSlice", vec![json!("plc.princeton.gone")]).unwrap();
-    assert_eq!(op.call("GetSlicesForNode", vec![json!(gone), json!(0)]).unwrap()["slices"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        op.call("GetSlicesForNode", vec![json!(gone), json!(0)]).unwrap()["slices"].as_array().unwrap().len(),
+        1
+    );
     op.call("DeleteNode", vec![json!(gone)]).unwrap();
     assert_eq!(op.call("GetSlicesForNode", vec![json!(gone), json!(0)]).unwrap()["slices"], json!([]));
 
@@ -136,7 +152,10 @@ fn flow(backend: Backend) {
     }
     pi.call("CreateSlice", vec![json!("plc.princeton.codeen")]).unwrap();
     h.rt.block_on(async {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) AS n FROM slices WHERE name = 'plc.princeton.codeen'").fetch_one(h.authority.db.pool()).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) AS n FROM slices WHERE name = 'plc.princeton.codeen'")
+            .fetch_one(h.authority.db.pool())
+            .await
+            .unwrap();
         assert_eq!(n, 2);
     });
 }

@@ -4,6 +4,7 @@
 //! from callers holding valid sessions (operator, member), anonymous callers, and random
 //! `auth`, so that the params reach the handlers. Nothing panics, every answer is a
 //! JSON-RPC reply for the request's id, and bad params never give Internal.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 mod common;
 use common::{Backend, Harness};
@@ -18,8 +19,15 @@ fn arb_json() -> impl Strategy<Value = Value> {
         (0i64..20).prop_map(|n| json!(n)),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         ".{0,40}".prop_map(Value::String),
-        prop_oneof![Just("plc.princeton.a"), Just("alice"), Just("princeton"), Just("mem_limit"), Just("bootscript"), Just("debug")]
-            .prop_map(|s| json!(s)),
+        prop_oneof![
+            Just("plc.princeton.a"),
+            Just("alice"),
+            Just("princeton"),
+            Just("mem_limit"),
+            Just("bootscript"),
+            Just("debug")
+        ]
+        .prop_map(|s| json!(s)),
     ];
     leaf.prop_recursive(3, 32, 6, |inner| {
         prop_oneof![
@@ -72,9 +80,10 @@ fn every_method_with_arbitrary_params_from_every_kind_of_caller() {
         c.start_session(chain, key).unwrap();
         c.auth.clone()
     };
-    let auths = vec![session(&h.op.0, &h.op.1), session(&member.0, &member.1), Value::Null];
+    let auths = [session(&h.op.0, &h.op.1), session(&member.0, &member.1), Value::Null];
 
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 1500, ..ProptestConfig::default() });
+    let mut runner =
+        proptest::test_runner::TestRunner::new(ProptestConfig { cases: 1500, ..ProptestConfig::default() });
     let methods: Vec<&str> = plab_authority::Method::ALL.iter().map(|m| m.name()).collect();
     let strategy = (
         proptest::sample::select(methods),

@@ -4,14 +4,25 @@
 //! must succeed (a transport error, an Internal error or a NotFound is a failure); a
 //! denied call must give PermissionDenied (1), or NotAuthenticated (2) for anonymous
 //! callers and for boot calls without their HMAC.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 mod common;
 use common::{code, Backend, Harness};
 use plab_authority::{AuthorityClient, Method};
 use serde_json::{json, Value};
 
-const WHO: [&str; 10] =
-    ["anon", "operator", "admin", "other_admin", "member", "outsider", "tech", "tech_elsewhere", "service", "other_service"];
+const WHO: [&str; 10] = [
+    "anon",
+    "operator",
+    "admin",
+    "other_admin",
+    "member",
+    "outsider",
+    "tech",
+    "tech_elsewhere",
+    "service",
+    "other_service",
+];
 
 /// Who may call each cell (by WHO name).
 fn allowed(cell: &str) -> Vec<&'static str> {
@@ -27,11 +38,20 @@ fn allowed(cell: &str) -> Vec<&'static str> {
         // Any principal, for itself or what it may see.
         "GetOrgs" | "GetPrincipals" | "AddPrincipalKey" | "RekeyPrincipal" | "GetSlices" => principals,
         // The admin of the slice's (or principal's, or site's) organisation.
-        "ApprovePrincipal" | "AddPrincipal:user" | "AddPrincipal:tech" | "CreateSlice" | "AddSite" => vec!["operator", "admin"],
+        "ApprovePrincipal" | "AddPrincipal:user" | "AddPrincipal:tech" | "CreateSlice" | "AddSite" => {
+            vec!["operator", "admin"]
+        }
         "SetSliceAttr:cpu_share" | "SetSliceAttr:mem_limit" | "SetSliceAttr:disk_quota" => vec!["operator", "admin"],
         // Members of the slice.
-        "SetSliceAttr:bootscript" | "SetSliceAttr:vm_type" | "AddSlicePrincipal" | "AddSliceNode" | "StartSlice" | "StopSlice" | "DeleteSlice"
-        | "RenewSlice" | "GetSliceTicket" => vec!["operator", "admin", "member"],
+        "SetSliceAttr:bootscript"
+        | "SetSliceAttr:vm_type"
+        | "AddSlicePrincipal"
+        | "AddSliceNode"
+        | "StartSlice"
+        | "StopSlice"
+        | "DeleteSlice"
+        | "RenewSlice"
+        | "GetSliceTicket" => vec!["operator", "admin", "member"],
         // The node itself, or a service on it.
         "GetSlicesForNode" => vec!["operator", "service"],
         // The MA's public listing: any authenticated caller.
@@ -68,7 +88,11 @@ fn every_method_by_every_caller() {
     let tech2 = creds("tom", "princeton", "tech", &mut op);
     op.call("AddSite", vec![json!({"org": "princeton", "name": "princeton-cs", "tech": "tina"})]).unwrap();
     op.call("AddSite", vec![json!({"org": "princeton", "name": "princeton-ee", "tech": "tom"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "n1.princeton.test", "ip": "127.0.0.1"})]).unwrap()["node_id"].as_i64().unwrap();
+    let node = op
+        .call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "n1.princeton.test", "ip": "127.0.0.1"})])
+        .unwrap()["node_id"]
+        .as_i64()
+        .unwrap();
     // The node boots so that it has a certificate, and its NM certifies a service; a
     // second node does the same.
     let boot = |n: i64, ip: &str| {
@@ -84,7 +108,11 @@ fn every_method_by_every_caller() {
         (chain, key)
     };
     let (node_chain, node_key) = boot(node, "127.0.0.1");
-    let node2 = op.call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "n2.princeton.test", "ip": "127.0.0.1"})]).unwrap()["node_id"].as_i64().unwrap();
+    let node2 = op
+        .call("AddNode", vec![json!({"site": "princeton-cs", "hostname": "n2.princeton.test", "ip": "127.0.0.1"})])
+        .unwrap()["node_id"]
+        .as_i64()
+        .unwrap();
     let (node2_chain, node2_key) = boot(node2, "127.0.0.1");
     let svc = h.service_chain(&node_chain, &node_key, "plc.scs", node);
     let svc2 = h.service_chain(&node2_chain, &node2_key, "plc.scs", node2);
@@ -111,10 +139,24 @@ fn every_method_by_every_caller() {
         let slice = format!("plc.princeton.s{i}");
         op.call("CreateSlice", vec![json!(slice)]).unwrap();
         op.call("AddSlicePrincipal", vec![json!(slice), json!(["alice"])]).unwrap();
-        let n = op.call("AddNode", vec![json!({"site": "princeton-cs", "hostname": format!("d{i}.princeton.test"), "ip": "127.0.0.9"})]).unwrap()["node_id"].as_i64().unwrap();
+        let n = op
+            .call(
+                "AddNode",
+                vec![json!({"site": "princeton-cs", "hostname": format!("d{i}.princeton.test"), "ip": "127.0.0.9"})],
+            )
+            .unwrap()["node_id"]
+            .as_i64()
+            .unwrap();
         let pending = format!("pending{i}");
         let k = credentials::pki::KeyPair::generate();
-        h.client(None).call("RegisterPrincipal", vec![json!({"name": pending, "email": "p@x.test", "org": "princeton", "public_key": k.public_key_pem()})]).unwrap();
+        h.client(None)
+            .call(
+                "RegisterPrincipal",
+                vec![
+                    json!({"name": pending, "email": "p@x.test", "org": "princeton", "public_key": k.public_key_pem()}),
+                ],
+            )
+            .unwrap();
         let now = credentials::now();
         let key = format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx k{i}@x");
         let new_principal = |role: &str| json!({"name": format!("new{role}{i}"), "email": "n@x.test", "org": "princeton", "role": role, "public_key": k.public_key_pem()});
@@ -122,7 +164,13 @@ fn every_method_by_every_caller() {
             ("AuthenticateCertificate".into(), "AuthenticateCertificate", vec![json!(h.op.0)]),
             ("AddOrg".into(), "AddOrg", vec![json!({"name": format!("org{i}"), "authority": format!("plc.org{i}")})]),
             ("GetOrgs".into(), "GetOrgs", vec![]),
-            ("RegisterPrincipal".into(), "RegisterPrincipal", vec![json!({"name": format!("reg{i}"), "email": "r@x.test", "org": "princeton", "public_key": k.public_key_pem()})]),
+            (
+                "RegisterPrincipal".into(),
+                "RegisterPrincipal",
+                vec![
+                    json!({"name": format!("reg{i}"), "email": "r@x.test", "org": "princeton", "public_key": k.public_key_pem()}),
+                ],
+            ),
             ("ApprovePrincipal".into(), "ApprovePrincipal", vec![json!(pending)]),
             ("GetPrincipals".into(), "GetPrincipals", vec![]),
             ("GetPrincipalCert".into(), "GetPrincipalCert", vec![json!("alice")]),
@@ -139,7 +187,11 @@ fn every_method_by_every_caller() {
             ("DeleteSlice".into(), "DeleteSlice", vec![json!(slice)]),
             ("AddSite".into(), "AddSite", vec![json!({"org": "princeton", "name": format!("site{i}")})]),
             ("GetSites".into(), "GetSites", vec![]),
-            ("AddNode".into(), "AddNode", vec![json!({"site": "princeton-cs", "hostname": format!("a{i}.princeton.test"), "ip": "127.0.0.8"})]),
+            (
+                "AddNode".into(),
+                "AddNode",
+                vec![json!({"site": "princeton-cs", "hostname": format!("a{i}.princeton.test"), "ip": "127.0.0.8"})],
+            ),
             ("UpdateNode".into(), "UpdateNode", vec![json!(n), json!({"mac": "00:11:22:33:44:55"})]),
             ("GetManagedNodes".into(), "GetManagedNodes", vec![]),
             ("GetNodes".into(), "GetNodes", vec![]),
@@ -203,7 +255,10 @@ fn a_node_certificate_certifies_services_but_calls_nothing() {
     let mut op = h.operator();
     op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
     op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()["node_id"].as_i64().unwrap();
+    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()
+        ["node_id"]
+        .as_i64()
+        .unwrap();
     let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
     let nd = tempfile::tempdir().unwrap();
     let pl = plab_authority::bootmgr::PlNode::parse(&plnode).unwrap();
@@ -246,12 +301,20 @@ fn what_each_caller_sees() {
     let mut pa = h.client(Some((&padmin.0, &padmin.1)));
     let mut ma = h.client(Some((&madmin.0, &madmin.1)));
     let mut al = h.client(Some((&alice.0, &alice.1)));
-    assert_eq!(names(pa.call("GetPrincipals", vec![]).unwrap(), "name"), ["alice", "bob", "padmin"], "an admin sees its org");
+    assert_eq!(
+        names(pa.call("GetPrincipals", vec![]).unwrap(), "name"),
+        ["alice", "bob", "padmin"],
+        "an admin sees its org"
+    );
     assert_eq!(names(ma.call("GetPrincipals", vec![]).unwrap(), "name"), ["madmin", "mallory"]);
     assert_eq!(names(al.call("GetPrincipals", vec![]).unwrap(), "name"), ["alice"], "a user sees itself");
     assert_eq!(names(op.call("GetPrincipals", vec![]).unwrap(), "name").len(), 6);
     assert_eq!(names(pa.call("GetSlices", vec![]).unwrap(), "name"), ["plc.princeton.a", "plc.princeton.b"]);
-    assert_eq!(names(ma.call("GetSlices", vec![]).unwrap(), "name"), ["plc.mit.m"], "another org's admin sees none of princeton's");
+    assert_eq!(
+        names(ma.call("GetSlices", vec![]).unwrap(), "name"),
+        ["plc.mit.m"],
+        "another org's admin sees none of princeton's"
+    );
     assert_eq!(names(al.call("GetSlices", vec![]).unwrap(), "name"), ["plc.princeton.a"], "a member sees its slices");
     assert_eq!(names(op.call("GetSlices", vec![]).unwrap(), "name").len(), 3);
 }

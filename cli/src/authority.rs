@@ -89,7 +89,8 @@ fn args(m: Method, words: &[String]) -> anyhow::Result<Vec<Value>> {
     // JSON reading's error is the one that says what is wrong.
     let mut first_error: Option<(usize, String)> = None;
     loop {
-        let by_name: serde_json::Map<String, Value> = names.iter().zip(&values).map(|(n, (v, _))| (n.to_string(), v.clone())).collect();
+        let by_name: serde_json::Map<String, Value> =
+            names.iter().zip(&values).map(|(n, (v, _))| (n.to_string(), v.clone())).collect();
         match plab_authority::api::Request::decode(m.name(), Value::Object(by_name)) {
             Ok(_) => return Ok(values.into_iter().map(|(v, _)| v).collect()),
             Err(e) => {
@@ -129,7 +130,11 @@ pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) ->
     };
     let m = method_of(word).ok_or_else(|| anyhow::anyhow!("no method {word:?}; methods:\n{}", list(part)))?;
     if m.part() != part && m.part() != Part::Both && !(part == Part::Ma && m.part() == Part::Boot) {
-        anyhow::bail!("{} belongs to the other authority (use `plab {}`)", m.name(), if part == Part::Sa { "ma" } else { "sa" });
+        anyhow::bail!(
+            "{} belongs to the other authority (use `plab {}`)",
+            m.name(),
+            if part == Part::Sa { "ma" } else { "sa" }
+        );
     }
     let path = settings_path(config);
     let s: Settings = toml::from_str(&read(&path)?).with_context(|| path.display().to_string())?;

@@ -203,6 +203,13 @@ pub(crate) fn render(v: &Value) -> String {
 }
 
 fn main() {
+    // Output piped into `head` and the like: end quietly when the reader goes away, as
+    // command-line tools do, instead of panicking on the broken pipe.
+    // SAFETY: called first thing, before any other thread exists; SIG_DFL for SIGPIPE
+    // installs no handler code, so nothing can run in signal context.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -230,14 +237,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Nm { socket, cmd } => nm(&socket, cmd, cli.json),
-        Cmd::Sa { authority_config, words } => authority::run(plab_authority::api::Part::Sa, authority_config, &words, cli.json),
-        Cmd::Ma { authority_config, words } => authority::run(plab_authority::api::Part::Ma, authority_config, &words, cli.json),
+        Cmd::Sa { authority_config, words } => {
+            authority::run(plab_authority::api::Part::Sa, authority_config, &words, cli.json)
+        }
+        Cmd::Ma { authority_config, words } => {
+            authority::run(plab_authority::api::Part::Ma, authority_config, &words, cli.json)
+        }
         Cmd::Keygen { dir } => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::create_dir_all(&dir)?;
             let k = credentials::pki::KeyPair::generate();
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key.pem"))
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("key.pem"))
                 .with_context(|| format!("{}/key.pem", dir.display()))?;
             f.write_all(k.to_pem().as_bytes())?;
             std::fs::write(dir.join("public.pem"), k.public_key_pem())?;
@@ -248,7 +263,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let t: credentials::ticket::SignedTicket = serde_json::from_str(&read(&ticket)?).context("ticket")?;
             let sa = credentials::pki::Cert::from_pem(&read(&sa_cert)?)?;
             let body = t.verify(&sa, credentials::now())?;
-            println!("valid ticket for {} from {}, expires at {} (Unix time), nodes {:?}", body.slice, body.authority, body.expires, body.nodes);
+            println!(
+                "valid ticket for {} from {}, expires at {} (Unix time), nodes {:?}",
+                body.slice, body.authority, body.expires, body.nodes
+            );
             Ok(())
         }
     }
@@ -261,7 +279,11 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 fn resources(r: &std::collections::BTreeMap<String, String>) -> String {
-    ["cpu_share", "mem_limit", "disk_quota"].iter().map(|k| format!("{k}={}", r.get(*k).map_or("-", String::as_str))).collect::<Vec<_>>().join(" ")
+    ["cpu_share", "mem_limit", "disk_quota"]
+        .iter()
+        .map(|k| format!("{k}={}", r.get(*k).map_or("-", String::as_str)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A VM as FIELD/VALUE rows.
@@ -340,7 +362,14 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|vm| {
                     let state = vm.state.map_or("-".into(), |s| s.to_string());
-                    vec![vm.vm.clone(), vm.slice.to_string(), vm.vm_type.to_string(), state, vm.ssh.clone(), resources(&vm.resources)]
+                    vec![
+                        vm.vm.clone(),
+                        vm.slice.to_string(),
+                        vm.vm_type.to_string(),
+                        state,
+                        vm.ssh.clone(),
+                        resources(&vm.resources),
+                    ]
                 })
                 .collect();
             println!("{}", table(&["VM", "SLICE", "TYPE", "STATE", "SSH", "RESOURCES"], rows));
@@ -352,14 +381,27 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
                 .pools
                 .iter()
                 .map(|p| {
-                    vec![p.id.to_string(), opt(p.parent.map(|x| x.to_string())), p.slice.to_string(), p.class.clone(), opt(p.vm.clone()), resources(&p.resources)]
+                    vec![
+                        p.id.to_string(),
+                        opt(p.parent.map(|x| x.to_string())),
+                        p.slice.to_string(),
+                        p.class.clone(),
+                        opt(p.vm.clone()),
+                        resources(&p.resources),
+                    ]
                 })
                 .collect();
             println!("{}", table(&["ID", "PARENT", "SLICE", "CLASS", "VM", "RESOURCES"], rows));
         }
-        NmCmd::Status { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::VmStatus>(&VmParams { vm })?)))),
-        NmCmd::Start { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StartVM>(&VmParams { vm })?)))),
-        NmCmd::Stop { vm } => println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StopVM>(&VmParams { vm })?)))),
+        NmCmd::Status { vm } => {
+            println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::VmStatus>(&VmParams { vm })?))))
+        }
+        NmCmd::Start { vm } => {
+            println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StartVM>(&VmParams { vm })?))))
+        }
+        NmCmd::Stop { vm } => {
+            println!("{}", table(&["FIELD", "VALUE"], vm_rows(&show!(nm.call::<c::StopVM>(&VmParams { vm })?))))
+        }
         NmCmd::KnownHosts { vm } => {
             let v = show!(nm.call::<c::VmStatus>(&VmParams { vm: vm.clone() })?);
             match v.details.as_ref().and_then(|d| d.get("ssh_host_key")) {
@@ -390,10 +432,14 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
             rows.extend(v.warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
             println!("{}", table(&["FIELD", "VALUE"], rows));
         }
-        NmCmd::Orphans => show!(nm.call::<c::Orphans>(&jsonrpc::NoParams {})?).orphans.iter().for_each(|o| println!("{} ({})", o.vm, o.vm_type)),
-        NmCmd::CleanOrphans => {
-            show!(nm.call::<c::CleanOrphans>(&jsonrpc::NoParams {})?).removed.iter().for_each(|o| println!("removed {o}"))
-        }
+        NmCmd::Orphans => show!(nm.call::<c::Orphans>(&jsonrpc::NoParams {})?)
+            .orphans
+            .iter()
+            .for_each(|o| println!("{} ({})", o.vm, o.vm_type)),
+        NmCmd::CleanOrphans => show!(nm.call::<c::CleanOrphans>(&jsonrpc::NoParams {})?)
+            .removed
+            .iter()
+            .for_each(|o| println!("removed {o}")),
     }
     Ok(())
 }

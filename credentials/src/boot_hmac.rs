@@ -79,10 +79,8 @@ pub fn canonical_json(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&m[k])))
-                .collect();
+            let parts: Vec<String> =
+                keys.into_iter().map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&m[k]))).collect();
             format!("{{{}}}", parts.join(","))
         }
         Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
@@ -106,13 +104,7 @@ impl BootAuth {
         let nonce = hex::encode(random_bytes::<16>());
         let mut m = mac(node_key.as_bytes());
         m.update(message(method, node_id, timestamp, &nonce, params).as_bytes());
-        BootAuth {
-            method: "hmac".into(),
-            node_id,
-            timestamp,
-            nonce,
-            signature: hex::encode(m.finalize().into_bytes()),
-        }
+        BootAuth { method: "hmac".into(), node_id, timestamp, nonce, signature: hex::encode(m.finalize().into_bytes()) }
     }
 
     /// Checks the MAC (in constant time) and the clock skew. The caller checks the nonce
@@ -131,21 +123,27 @@ impl BootAuth {
                 at.abs_diff(self.timestamp)
             )));
         }
-        let sig = hex::decode(&self.signature).map_err(|_| CredentialError::Malformed("auth.signature: not hex".into()))?;
+        let sig =
+            hex::decode(&self.signature).map_err(|_| CredentialError::Malformed("auth.signature: not hex".into()))?;
         let mut m = mac(node_key.as_bytes());
         m.update(message(method, self.node_id, self.timestamp, &self.nonce, params).as_bytes());
-        m.verify_slice(&sig).map_err(|_| CredentialError::BadSignature("auth.signature does not verify with the node key".into()))
+        m.verify_slice(&sig)
+            .map_err(|_| CredentialError::BadSignature("auth.signature does not verify with the node key".into()))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
     fn canonical_json_sorts_keys() {
-        assert_eq!(canonical_json(&json!({"b": 1, "a": [true, {"y": "x", "c": null}]})), r#"{"a":[true,{"c":null,"y":"x"}],"b":1}"#);
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": [true, {"y": "x", "c": null}]})),
+            r#"{"a":[true,{"c":null,"y":"x"}],"b":1}"#
+        );
     }
 
     #[test]

@@ -93,15 +93,32 @@ impl fmt::Display for Identity {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn round_trips_and_rejects() {
-        for cn in ["plab-root:plc", "authority:sa:plc", "authority:ma:plc", "principal:alice", "node:12", "service:plc.scs@12"] {
+        for cn in [
+            "plab-root:plc",
+            "authority:sa:plc",
+            "authority:ma:plc",
+            "principal:alice",
+            "node:12",
+            "service:plc.scs@12",
+        ] {
             assert_eq!(Identity::parse(cn).unwrap().to_string(), cn);
         }
-        for bad in ["", "root", "principal:", "principal:a b", "node:x", "service:plc.scs", "authority:xx:plc", "principal:a;rm"] {
+        for bad in [
+            "",
+            "root",
+            "principal:",
+            "principal:a b",
+            "node:x",
+            "service:plc.scs",
+            "authority:xx:plc",
+            "principal:a;rm",
+        ] {
             assert!(Identity::parse(bad).is_err(), "{bad}");
         }
     }

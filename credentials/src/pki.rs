@@ -104,10 +104,8 @@ impl Cert {
         let mut out = Vec::new();
         for p in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
             let p = p.map_err(|e| CredentialError::Malformed(format!("certificate bundle: {e}")))?;
-            let text = format!(
-                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                base64_lines(&p.contents)
-            );
+            let text =
+                format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64_lines(&p.contents));
             out.push(Cert::from_der(&p.contents, text)?);
         }
         if out.is_empty() {
@@ -190,7 +188,8 @@ pub fn issue(
         .map_err(|e| CredentialError::Malformed(format!("public key: {e}")))?;
     let issuer_params = CertificateParams::from_ca_cert_pem(issuer_pem)
         .map_err(|e| CredentialError::Malformed(format!("issuer certificate: {e}")))?;
-    let issuer = issuer_params.self_signed(&issuer_key.0).map_err(|e| CredentialError::Malformed(format!("issuer: {e}")))?;
+    let issuer =
+        issuer_params.self_signed(&issuer_key.0).map_err(|e| CredentialError::Malformed(format!("issuer: {e}")))?;
     p.signed_by(&spki, &issuer, &issuer_key.0)
         .map(|c| c.pem())
         .map_err(|e| CredentialError::Malformed(format!("issuing {subject}: {e}")))
@@ -201,14 +200,16 @@ pub fn issue(
 pub fn verify_chain(chain: &[Cert], roots: &[Cert], at: i64) -> Result<Identity, CredentialError> {
     let leaf = chain.first().ok_or_else(|| CredentialError::Malformed("empty certificate chain".into()))?;
     let leaf_der = CertificateDer::from(leaf.der.clone());
-    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| CredentialError::Malformed(format!("certificate: {e:?}")))?;
+    let ee = webpki::EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| CredentialError::Malformed(format!("certificate: {e:?}")))?;
     let root_ders: Vec<CertificateDer<'static>> = roots.iter().map(|r| CertificateDer::from(r.der.clone())).collect();
     let anchors: Vec<_> = root_ders
         .iter()
         .map(|d| webpki::anchor_from_trusted_cert(d).map(|a| a.to_owned()))
         .collect::<Result<_, _>>()
         .map_err(|e| CredentialError::Malformed(format!("root certificate: {e:?}")))?;
-    let intermediates: Vec<CertificateDer<'static>> = chain[1..].iter().map(|c| CertificateDer::from(c.der.clone())).collect();
+    let intermediates: Vec<CertificateDer<'static>> =
+        chain[1..].iter().map(|c| CertificateDer::from(c.der.clone())).collect();
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.max(0) as u64));
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
@@ -223,7 +224,10 @@ pub fn verify_chain(chain: &[Cert], roots: &[Cert], at: i64) -> Result<Identity,
         webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
             CredentialError::Expired(format!("certificate of {} is outside its validity period", leaf.identity))
         }
-        e => CredentialError::Untrusted(format!("certificate of {} does not lead to a trusted root: {e:?}", leaf.identity)),
+        e => CredentialError::Untrusted(format!(
+            "certificate of {} does not lead to a trusted root: {e:?}",
+            leaf.identity
+        )),
     })?;
     // Who may issue what. The issuer named in each certificate was just verified by its
     // signature, so the names below are trustworthy.
@@ -248,6 +252,7 @@ pub fn verify_pem(chain_pem: &str, roots: &[Cert]) -> Result<Identity, Credentia
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -261,9 +266,25 @@ mod tests {
         let rk = KeyPair::generate();
         let root = new_root("plc", &rk, 3650).unwrap();
         let sak = KeyPair::generate();
-        let sa = issue(&root, &rk, &Identity::Authority(AuthorityKind::Sa, "plc".into()), &sak.public_key_pem(), Profile::Authority, 365).unwrap();
+        let sa = issue(
+            &root,
+            &rk,
+            &Identity::Authority(AuthorityKind::Sa, "plc".into()),
+            &sak.public_key_pem(),
+            Profile::Authority,
+            365,
+        )
+        .unwrap();
         let mak = KeyPair::generate();
-        let ma = issue(&root, &rk, &Identity::Authority(AuthorityKind::Ma, "plc".into()), &mak.public_key_pem(), Profile::Authority, 365).unwrap();
+        let ma = issue(
+            &root,
+            &rk,
+            &Identity::Authority(AuthorityKind::Ma, "plc".into()),
+            &mak.public_key_pem(),
+            Profile::Authority,
+            365,
+        )
+        .unwrap();
         Pki { root: Cert::from_pem(&root).unwrap(), sa: (sa, sak), ma: (ma, mak) }
     }
 
@@ -276,21 +297,21 @@ mod tests {
         let svc_id = Identity::Service { slice: vm_types::SliceName::parse("plc.scs").unwrap(), node: 7 };
         let svc = issue(&node, &nk, &svc_id, &sk.public_key_pem(), Profile::Client, 1).unwrap();
         let bundle = format!("{svc}{node}{}", p.ma.0);
-        assert_eq!(verify_pem(&bundle, &[p.root.clone()]).unwrap(), svc_id);
+        assert_eq!(verify_pem(&bundle, std::slice::from_ref(&p.root)).unwrap(), svc_id);
 
         // A node may not vouch for a service on another node.
         let other = Identity::Service { slice: vm_types::SliceName::parse("plc.scs").unwrap(), node: 8 };
         let forged = issue(&node, &nk, &other, &sk.public_key_pem(), Profile::Client, 1).unwrap();
-        let e = verify_pem(&format!("{forged}{node}{}", p.ma.0), &[p.root.clone()]).unwrap_err();
+        let e = verify_pem(&format!("{forged}{node}{}", p.ma.0), std::slice::from_ref(&p.root)).unwrap_err();
         assert!(matches!(e, CredentialError::Untrusted(_)), "{e}");
 
         // A principal certificate from the MA is refused; one from the SA is fine.
         let uk = KeyPair::generate();
         let u = Identity::Principal("alice".into());
         let bad = issue(&p.ma.0, &p.ma.1, &u, &uk.public_key_pem(), Profile::Client, 1).unwrap();
-        assert!(verify_pem(&format!("{bad}{}", p.ma.0), &[p.root.clone()]).is_err());
+        assert!(verify_pem(&format!("{bad}{}", p.ma.0), std::slice::from_ref(&p.root)).is_err());
         let good = issue(&p.sa.0, &p.sa.1, &u, &uk.public_key_pem(), Profile::Client, 1).unwrap();
-        assert_eq!(verify_pem(&format!("{good}{}", p.sa.0), &[p.root.clone()]).unwrap(), u);
+        assert_eq!(verify_pem(&format!("{good}{}", p.sa.0), std::slice::from_ref(&p.root)).unwrap(), u);
     }
 
     #[test]
@@ -300,11 +321,11 @@ mod tests {
         let uk = KeyPair::generate();
         let u = Identity::Principal("mallory".into());
         let c = issue(&other.sa.0, &other.sa.1, &u, &uk.public_key_pem(), Profile::Client, 1).unwrap();
-        let e = verify_pem(&format!("{c}{}", other.sa.0), &[p.root.clone()]).unwrap_err();
+        let e = verify_pem(&format!("{c}{}", other.sa.0), std::slice::from_ref(&p.root)).unwrap_err();
         assert!(matches!(e, CredentialError::Untrusted(_)), "{e}");
         let c = issue(&p.sa.0, &p.sa.1, &u, &uk.public_key_pem(), Profile::Client, 1).unwrap();
         let chain = Cert::bundle_from_pem(&format!("{c}{}", p.sa.0)).unwrap();
-        let e = verify_chain(&chain, &[p.root.clone()], now() + 3 * 86400).unwrap_err();
+        let e = verify_chain(&chain, std::slice::from_ref(&p.root), now() + 3 * 86400).unwrap_err();
         assert!(matches!(e, CredentialError::Expired(_)), "{e}");
     }
 }

@@ -49,14 +49,16 @@ pub fn seal(spki_der: &[u8], secret: &[u8]) -> Result<String, CredentialError> {
 
 /// Opens what [`seal`] made, with the PKCS#8 PEM private key.
 pub fn open(private_key_pem: &str, sealed: &str) -> Result<Vec<u8>, CredentialError> {
-    let sk = SecretKey::from_pkcs8_pem(private_key_pem).map_err(|e| CredentialError::Malformed(format!("private key: {e}")))?;
+    let sk = SecretKey::from_pkcs8_pem(private_key_pem)
+        .map_err(|e| CredentialError::Malformed(format!("private key: {e}")))?;
     let raw = b64().decode(sealed.trim()).map_err(|_| CredentialError::Malformed("sealed key: not base64".into()))?;
     if raw.len() < 65 + 12 + 16 {
         return Err(CredentialError::Malformed("sealed key: too short".into()));
     }
     let (eph_pub, rest) = raw.split_at(65);
     let (nonce, ct) = rest.split_at(12);
-    let eph = PublicKey::from_sec1_bytes(eph_pub).map_err(|_| CredentialError::Malformed("sealed key: bad point".into()))?;
+    let eph =
+        PublicKey::from_sec1_bytes(eph_pub).map_err(|_| CredentialError::Malformed("sealed key: bad point".into()))?;
     let shared = p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), eph.as_affine());
     key(shared.raw_secret_bytes(), eph_pub)
         .decrypt(Nonce::from_slice(nonce), ct)
@@ -64,6 +66,7 @@ pub fn open(private_key_pem: &str, sealed: &str) -> Result<Vec<u8>, CredentialEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::pki::KeyPair;

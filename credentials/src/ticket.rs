@@ -68,10 +68,15 @@ impl TicketBody {
 
     /// Signs the body with the SA's private key (PKCS#8 PEM).
     pub fn sign(&self, sa_key_pem: &str, sa_cert_pem: &str) -> Result<SignedTicket, CredentialError> {
-        let key = SigningKey::from_pkcs8_pem(sa_key_pem).map_err(|e| CredentialError::Malformed(format!("SA key: {e}")))?;
+        let key =
+            SigningKey::from_pkcs8_pem(sa_key_pem).map_err(|e| CredentialError::Malformed(format!("SA key: {e}")))?;
         let body = serde_json::to_vec(self).map_err(|e| CredentialError::Malformed(e.to_string()))?;
         let sig: DerSignature = key.sign(&body);
-        Ok(SignedTicket { body: b64().encode(&body), signature: b64().encode(sig.as_bytes()), signer: sa_cert_pem.into() })
+        Ok(SignedTicket {
+            body: b64().encode(&body),
+            signature: b64().encode(sig.as_bytes()),
+            signer: sa_cert_pem.into(),
+        })
     }
 }
 
@@ -81,16 +86,25 @@ impl SignedTicket {
         let Identity::Authority(crate::identity::AuthorityKind::Sa, sa_name) = &sa.identity else {
             return Err(CredentialError::Untrusted(format!("{} is not a slice authority", sa.identity)));
         };
-        let body = b64().decode(&self.body).map_err(|_| CredentialError::Malformed("ticket body: not base64".into()))?;
-        let sig = b64().decode(&self.signature).map_err(|_| CredentialError::Malformed("ticket signature: not base64".into()))?;
-        let sig = DerSignature::try_from(sig.as_slice()).map_err(|_| CredentialError::Malformed("ticket signature: not DER".into()))?;
+        let body =
+            b64().decode(&self.body).map_err(|_| CredentialError::Malformed("ticket body: not base64".into()))?;
+        let sig = b64()
+            .decode(&self.signature)
+            .map_err(|_| CredentialError::Malformed("ticket signature: not base64".into()))?;
+        let sig = DerSignature::try_from(sig.as_slice())
+            .map_err(|_| CredentialError::Malformed("ticket signature: not DER".into()))?;
         let vk = VerifyingKey::from_public_key_der(&sa.spki)
             .map_err(|_| CredentialError::Malformed("SA certificate: not a P-256 key".into()))?;
-        vk.verify(&body, &sig)
-            .map_err(|_| CredentialError::BadSignature("ticket: the signature does not verify (forged or altered)".into()))?;
-        let t: TicketBody = serde_json::from_slice(&body).map_err(|e| CredentialError::Malformed(format!("ticket body: {e}")))?;
+        vk.verify(&body, &sig).map_err(|_| {
+            CredentialError::BadSignature("ticket: the signature does not verify (forged or altered)".into())
+        })?;
+        let t: TicketBody =
+            serde_json::from_slice(&body).map_err(|e| CredentialError::Malformed(format!("ticket body: {e}")))?;
         if &t.authority != sa_name {
-            return Err(CredentialError::Untrusted(format!("ticket: issued by {} but signed by {sa_name}", t.authority)));
+            return Err(CredentialError::Untrusted(format!(
+                "ticket: issued by {} but signed by {sa_name}",
+                t.authority
+            )));
         }
         if at >= t.expires {
             return Err(CredentialError::Expired(format!("ticket for {} expired at {}", t.slice, t.expires)));
@@ -100,6 +114,7 @@ impl SignedTicket {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::identity::AuthorityKind;
@@ -110,7 +125,15 @@ mod tests {
         let rk = KeyPair::generate();
         let root = new_root("plc", &rk, 10).unwrap();
         let sak = KeyPair::generate();
-        let sa = issue(&root, &rk, &Identity::Authority(AuthorityKind::Sa, "plc".into()), &sak.public_key_pem(), Profile::Authority, 10).unwrap();
+        let sa = issue(
+            &root,
+            &rk,
+            &Identity::Authority(AuthorityKind::Sa, "plc".into()),
+            &sak.public_key_pem(),
+            Profile::Authority,
+            10,
+        )
+        .unwrap();
         let sa_cert = Cert::from_pem(&sa).unwrap();
         let t = TicketBody::new("plc", "plc.demo", "<VServerSlice/>".into(), vec![1], 3600);
         let s = t.sign(&sak.to_pem(), &sa).unwrap();

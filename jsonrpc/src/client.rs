@@ -68,7 +68,8 @@ pub fn request(id: u64, method: &str, params: &Value) -> Vec<u8> {
 pub fn result(answer: &[u8]) -> Result<Value, ClientError> {
     let mut v: Value = serde_json::from_slice(answer).map_err(|e| ClientError::Protocol(format!("not JSON: {e}")))?;
     if let Some(e) = v.get_mut("error") {
-        let e: RpcError = serde_json::from_value(e.take()).map_err(|e| ClientError::Protocol(format!("error object: {e}")))?;
+        let e: RpcError =
+            serde_json::from_value(e.take()).map_err(|e| ClientError::Protocol(format!("error object: {e}")))?;
         return Err(ClientError::Rpc(e));
     }
     match v.get_mut("result") {
@@ -78,7 +79,8 @@ pub fn result(answer: &[u8]) -> Result<Value, ClientError> {
 }
 
 fn typed<C: Call>(v: Value) -> Result<C::Result, ClientError> {
-    serde_path_to_error::deserialize(v).map_err(|e| ClientError::Protocol(format!("{}: result {}: {}", C::METHOD, e.path(), e.inner())))
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| ClientError::Protocol(format!("{}: result {}: {}", C::METHOD, e.path(), e.inner())))
 }
 
 fn params_value<C: Call>(p: &C::Params) -> Result<Value, ClientError> {
@@ -184,6 +186,7 @@ impl<S: Read + Write> Transport for LineTransport<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -218,9 +221,11 @@ mod tests {
 
     #[test]
     fn typed_calls_errors_and_bad_answers() {
-        let mut c = Client::new(Canned(|r| json!({"jsonrpc": "2.0", "result": {"y": r["params"]["x"].as_u64().unwrap() * 2}})));
+        let mut c =
+            Client::new(Canned(|r| json!({"jsonrpc": "2.0", "result": {"y": r["params"]["x"].as_u64().unwrap() * 2}})));
         assert_eq!(c.call::<Double>(&P { x: 21 }).unwrap(), R { y: 42 });
-        let mut c = Client::new(Canned(|_| json!({"jsonrpc": "2.0", "error": {"code": 3, "message": "no such thing"}})));
+        let mut c =
+            Client::new(Canned(|_| json!({"jsonrpc": "2.0", "error": {"code": 3, "message": "no such thing"}})));
         let e = c.call::<Double>(&P { x: 1 }).unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND));
         assert_eq!(e.to_string(), "no such thing");

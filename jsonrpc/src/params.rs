@@ -32,7 +32,8 @@ pub struct Empty {}
 /// Turns params given by position into the same params by name. Nulls are left out, so
 /// that a required parameter given as `null` is reported as missing.
 pub fn by_name(method: &str, names: &[&str], params: Value) -> Result<Map<String, Value>, RpcError> {
-    let takes = || if names.is_empty() { "takes no parameters".to_string() } else { format!("takes {}", names.join(", ")) };
+    let takes =
+        || if names.is_empty() { "takes no parameters".to_string() } else { format!("takes {}", names.join(", ")) };
     match params {
         Value::Null => Ok(Map::new()),
         Value::Array(a) => {
@@ -90,6 +91,7 @@ pub fn encode<P: Params>(p: &P) -> Result<Value, serde_json::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

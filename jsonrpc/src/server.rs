@@ -16,7 +16,12 @@ pub trait Handler: Send + Sync {
     /// Who is calling, as the transport established it (never a field of the request).
     type Caller: Sync;
     /// Runs `method` with `params` (absent params are `Null`).
-    fn call(&self, caller: &Self::Caller, method: &str, params: Value) -> impl Future<Output = Result<Value, RpcError>> + Send;
+    fn call(
+        &self,
+        caller: &Self::Caller,
+        method: &str,
+        params: Value,
+    ) -> impl Future<Output = Result<Value, RpcError>> + Send;
 }
 
 /// One decoded request.
@@ -38,7 +43,12 @@ pub fn decode_request(v: Value) -> Result<Request, (Value, RpcError)> {
     let id = o.remove("id");
     let rid = match &id {
         None | Some(Value::Null | Value::String(_) | Value::Number(_)) => id.clone().unwrap_or(Value::Null),
-        Some(_) => return Err((Value::Null, RpcError::new(ErrorCode::INVALID_REQUEST, "id: must be a string, a number or null"))),
+        Some(_) => {
+            return Err((
+                Value::Null,
+                RpcError::new(ErrorCode::INVALID_REQUEST, "id: must be a string, a number or null"),
+            ))
+        }
     };
     if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err((rid, RpcError::new(ErrorCode::INVALID_REQUEST, "jsonrpc: must be \"2.0\"")));
@@ -50,7 +60,9 @@ pub fn decode_request(v: Value) -> Result<Request, (Value, RpcError)> {
     let params = match o.remove("params") {
         None => Value::Null,
         Some(p @ (Value::Null | Value::Array(_) | Value::Object(_))) => p,
-        Some(_) => return Err((rid, RpcError::new(ErrorCode::INVALID_REQUEST, "params: must be an array or an object"))),
+        Some(_) => {
+            return Err((rid, RpcError::new(ErrorCode::INVALID_REQUEST, "params: must be an array or an object")))
+        }
     };
     Ok(Request { id, method, params })
 }
@@ -81,7 +93,9 @@ async fn one<H: Handler>(h: &H, caller: &H::Caller, v: Value) -> Option<Value> {
 pub async fn answer<H: Handler>(h: &H, caller: &H::Caller, message: &[u8]) -> Option<Value> {
     let v: Value = match serde_json::from_slice(message) {
         Ok(v) => v,
-        Err(e) => return Some(response(Value::Null, Err(RpcError::new(ErrorCode::PARSE_ERROR, format!("not JSON: {e}"))))),
+        Err(e) => {
+            return Some(response(Value::Null, Err(RpcError::new(ErrorCode::PARSE_ERROR, format!("not JSON: {e}")))))
+        }
     };
     match v {
         Value::Array(items) if items.is_empty() => {
@@ -89,7 +103,10 @@ pub async fn answer<H: Handler>(h: &H, caller: &H::Caller, message: &[u8]) -> Op
         }
         Value::Array(items) if items.len() > MAX_BATCH => Some(response(
             Value::Null,
-            Err(RpcError::new(ErrorCode::INVALID_REQUEST, format!("batch of {} requests; at most {MAX_BATCH}", items.len()))),
+            Err(RpcError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("batch of {} requests; at most {MAX_BATCH}", items.len()),
+            )),
         )),
         Value::Array(items) => {
             let mut out = Vec::new();
@@ -158,6 +175,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -331,6 +331,7 @@ jsonrpc::api! {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -346,7 +347,10 @@ mod tests {
         assert!(e.message.contains("unknown parameter \"slice\""), "{e}");
         let e = Request::decode("Bind", serde_json::json!(["ab", "plc.Demo"])).unwrap_err();
         assert!(e.message.starts_with("slice_name: slice name \"plc.Demo\""), "{e}");
-        assert_eq!(Request::decode("createpool", serde_json::Value::Null).unwrap_err().code, jsonrpc::ErrorCode::METHOD_NOT_FOUND);
+        assert_eq!(
+            Request::decode("createpool", serde_json::Value::Null).unwrap_err().code,
+            jsonrpc::ErrorCode::METHOD_NOT_FOUND
+        );
     }
 
     #[test]

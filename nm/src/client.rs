@@ -15,7 +15,10 @@ impl NmClient {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<NmClient, ClientError> {
         let s = UnixStream::connect(path).map_err(|e| {
-            ClientError::Transport(format!("cannot connect to the node manager at {} ({e}); is `plab-nm serve` running?", path.display()))
+            ClientError::Transport(format!(
+                "cannot connect to the node manager at {} ({e}); is `plab-nm serve` running?",
+                path.display()
+            ))
         })?;
         Ok(NmClient { inner: Client::new(LineTransport::new(s)) })
     }
@@ -33,6 +36,9 @@ impl NmClient {
     /// A string field of a raw result.
     pub fn call_str(&mut self, method: &str, params: Value, field: &str) -> Result<String, ClientError> {
         let v = self.call_value(method, params)?;
-        v[field].as_str().map(str::to_owned).ok_or_else(|| ClientError::Protocol(format!("{method}: no {field} in the answer")))
+        v[field]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol(format!("{method}: no {field} in the answer")))
     }
 }

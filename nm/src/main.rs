@@ -7,7 +7,6 @@ use plab_nm::node::NodeFacts;
 use plab_nm::{server, Config, NodeManager};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use vm_types::{Registry, VmType};
 
 #[derive(Parser)]
@@ -50,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let (config, state_dir, socket, node_netns, image_dir) = match Cli::parse().cmd {
         #[cfg(feature = "kvm-probe")]
         Cmd::ProbeKvm => {
-            let facts = vm_types::accel::probe(Duration::from_secs(5));
+            let facts = vm_types::accel::probe(std::time::Duration::from_secs(5));
             let a = vm_types::accel::decide(&facts);
             println!("accelerator: {}", a.name());
             if let vm_types::accel::Accelerator::Tcg(why) = &a {
@@ -59,7 +58,9 @@ fn main() -> anyhow::Result<()> {
             println!("facts: {facts:?}");
             return Ok(());
         }
-        Cmd::Serve { config, state_dir, socket, node_netns, image_dir } => (config, state_dir, socket, node_netns, image_dir),
+        Cmd::Serve { config, state_dir, socket, node_netns, image_dir } => {
+            (config, state_dir, socket, node_netns, image_dir)
+        }
     };
     let mut cfg = match &config {
         Some(p) => Config::load(p)?,
@@ -89,8 +90,9 @@ fn main() -> anyhow::Result<()> {
     // calling thread only, and every thread and child made afterwards inherits it.
     if let Some(ns) = &cfg.node_netns {
         let path = PathBuf::from("/var/run/netns").join(ns);
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("node_netns: {} does not exist (create it with `ip netns add {ns}`)", path.display()))?;
+        let f = std::fs::File::open(&path).with_context(|| {
+            format!("node_netns: {} does not exist (create it with `ip netns add {ns}`)", path.display())
+        })?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("node_netns: setns failed (run as root)")?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -105,13 +107,17 @@ fn accelerator(setting: AcceleratorSetting) -> (String, String) {
         AcceleratorSetting::Kvm => ("kvm".into(), "forced by the accelerator setting".into()),
         AcceleratorSetting::Tcg => ("tcg".into(), "forced by the accelerator setting".into()),
         #[cfg(feature = "kvm-probe")]
-        AcceleratorSetting::Auto => match vm_types::accel::decide(&vm_types::accel::probe(Duration::from_secs(5))) {
-            vm_types::accel::Accelerator::Kvm => ("kvm".into(), "KVM ran a test guest".into()),
-            vm_types::accel::Accelerator::Tcg(why) => {
-                tracing::warn!("hypervisor guests will run under TCG (slow): {why}; set accelerator = \"kvm\" to override");
-                ("tcg".into(), why)
+        AcceleratorSetting::Auto => {
+            match vm_types::accel::decide(&vm_types::accel::probe(std::time::Duration::from_secs(5))) {
+                vm_types::accel::Accelerator::Kvm => ("kvm".into(), "KVM ran a test guest".into()),
+                vm_types::accel::Accelerator::Tcg(why) => {
+                    tracing::warn!(
+                        "hypervisor guests will run under TCG (slow): {why}; set accelerator = \"kvm\" to override"
+                    );
+                    ("tcg".into(), why)
+                }
             }
-        },
+        }
         #[cfg(not(feature = "kvm-probe"))]
         AcceleratorSetting::Auto => ("tcg".into(), "this node manager was built without the KVM probe".into()),
     }
@@ -129,7 +135,7 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
                 runtime: cfg.oci_runtime.clone(),
                 runtime_root: cfg.state_dir.join("runc"),
                 bridge: cfg.bridge.clone(),
-                stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+                stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
             },
             vm_types::host::linux(),
         )?;
@@ -161,7 +167,12 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
 /// linux-kvm-x86 through `libvirt_uri`, or linux-xen-x86 through a Xen host's libvirt
 /// (`xen:///system`), when libvirt answers and the guest image (`guest_image`) is there.
 #[cfg(feature = "libvirt")]
-fn libvirt_backend(cfg: &Config, vm_type: VmType, accel: &str, host_netns: &Path) -> anyhow::Result<Arc<dyn vm_types::Backend>> {
+fn libvirt_backend(
+    cfg: &Config,
+    vm_type: VmType,
+    accel: &str,
+    host_netns: &Path,
+) -> anyhow::Result<Arc<dyn vm_types::Backend>> {
     use vm_types::libvirt::{GuestImage, LibvirtBackend, LibvirtConfig};
     use vm_types::Backend;
     let xen = vm_type == VmType::LinuxXenX86;
@@ -178,11 +189,17 @@ fn libvirt_backend(cfg: &Config, vm_type: VmType, accel: &str, host_netns: &Path
         LibvirtConfig {
             uri: if xen { "xen:///system".into() } else { cfg.libvirt_uri.clone() },
             vm_type,
-            domain_type: if xen { "xen".into() } else if accel == "kvm" { "kvm".into() } else { "qemu".into() },
+            domain_type: if xen {
+                "xen".into()
+            } else if accel == "kvm" {
+                "kvm".into()
+            } else {
+                "qemu".into()
+            },
             vm_dir: cfg.guest_dir.clone(),
             image,
             bridge: cfg.bridge.clone(),
-            stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+            stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
             tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
             owner: LibvirtConfig::owner_of(&cfg.guest_dir),
         },
@@ -198,16 +215,20 @@ fn libvirt_backend(_: &Config, _: VmType, _: &str, _: &Path) -> anyhow::Result<A
 }
 
 /// Problems on this host that make hypervisor VMs slow or fail, each with its fix.
+#[cfg(feature = "libvirt")]
 fn warnings(cfg: &Config) -> Vec<String> {
     let mut w = Vec::new();
-    #[cfg(feature = "libvirt")]
     if cfg.libvirt_uri.starts_with("qemu:") {
         if let Err(e) = vm_types::libvirt::qemu_user_can_open_kvm(Path::new("/dev/kvm")) {
             w.push(e);
         }
     }
-    let _ = cfg;
     w
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn warnings(_: &Config) -> Vec<String> {
+    Vec::new()
 }
 
 async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
@@ -222,7 +243,8 @@ async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
         .context("node bridge")?;
     // Owner-only unless local services act as slices; SO_PEERCRED decides either way.
     let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
-    let listener = server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
+    let listener =
+        server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
     let nm = NodeManager::open(cfg.clone(), reg)?;
     nm.set_facts(NodeFacts { accelerator: Some((accel, why)), warnings });
     for line in nm.reconcile().await {

@@ -57,6 +57,7 @@ impl fmt::Debug for Rcap {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -37,7 +37,9 @@ pub async fn serve(nm: Arc<NodeManager>, listener: UnixListener) {
         };
         let (caller, slot) = match stream.peer_cred() {
             Ok(cred) => (caller_of(&nm, cred.uid()), slots.take(&cred.uid().to_string())),
-            Err(e) => (Err(format!("permission denied: cannot read the caller's credentials: {e}")), slots.take("unknown")),
+            Err(e) => {
+                (Err(format!("permission denied: cannot read the caller's credentials: {e}")), slots.take("unknown"))
+            }
         };
         tokio::spawn(serve_conn(handler.clone(), caller, stream, slot));
     }

@@ -114,13 +114,27 @@ impl Store {
             let pools = c
                 .prepare("SELECT id, rcap, parent, slice, rspec, vm FROM pools ORDER BY id")?
                 .query_map([], |r| {
-                    Ok(PoolRow { id: r.get(0)?, rcap: r.get(1)?, parent: r.get(2)?, slice: r.get(3)?, rspec: r.get(4)?, vm: r.get(5)? })
+                    Ok(PoolRow {
+                        id: r.get(0)?,
+                        rcap: r.get(1)?,
+                        parent: r.get(2)?,
+                        slice: r.get(3)?,
+                        rspec: r.get(4)?,
+                        vm: r.get(5)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let vms = c
                 .prepare("SELECT name, slice, rspec, idx, address, state FROM vms ORDER BY idx")?
                 .query_map([], |r| {
-                    Ok(VmRow { name: r.get(0)?, slice: r.get(1)?, rspec: r.get(2)?, idx: r.get(3)?, address: r.get(4)?, state: r.get(5)? })
+                    Ok(VmRow {
+                        name: r.get(0)?,
+                        slice: r.get(1)?,
+                        rspec: r.get(2)?,
+                        idx: r.get(3)?,
+                        address: r.get(4)?,
+                        state: r.get(5)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((pools, vms))
@@ -136,10 +150,19 @@ impl Store {
     }
 
     /// Shrinks unbound `parent` to `parent_rspec` and adds the split-off child; returns its id.
-    pub fn split(&self, parent: i64, parent_rspec: &str, rcap: &str, slice: &str, rspec: &str) -> Result<i64, StoreError> {
+    pub fn split(
+        &self,
+        parent: i64,
+        parent_rspec: &str,
+        rcap: &str,
+        slice: &str,
+        rspec: &str,
+    ) -> Result<i64, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            if tx.execute("UPDATE pools SET rspec = ?1 WHERE id = ?2 AND vm IS NULL", params![parent_rspec, parent])? != 1 {
+            if tx.execute("UPDATE pools SET rspec = ?1 WHERE id = ?2 AND vm IS NULL", params![parent_rspec, parent])?
+                != 1
+            {
                 return Err(StoreError::Lost("the pool (bound, or gone)"));
             }
             tx.execute(
@@ -213,11 +236,14 @@ impl Store {
 
     /// The VM a slice has, if any (used by tests and checks).
     pub fn vm_of_slice(&self, slice: &str) -> Result<Option<String>, StoreError> {
-        self.with(|c| Ok(c.query_row("SELECT name FROM vms WHERE slice = ?1", params![slice], |r| r.get(0)).optional()?))
+        self.with(|c| {
+            Ok(c.query_row("SELECT name FROM vms WHERE slice = ?1", params![slice], |r| r.get(0)).optional()?)
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -71,7 +71,11 @@ impl Slots {
     pub fn take(&self, caller: &str) -> Option<OwnedSemaphorePermit> {
         let mut m = self.per_caller.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, s| s.available_permits() < MAX_CONNECTIONS_PER_CALLER);
-        m.entry(caller.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_CALLER))).clone().try_acquire_owned().ok()
+        m.entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_CALLER)))
+            .clone()
+            .try_acquire_owned()
+            .ok()
     }
 }
 

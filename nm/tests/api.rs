@@ -2,6 +2,7 @@
 //! what, Bind's all-or-nothing behaviour and its undo paths, reconciliation's repairs,
 //! per-VM locking, pool accounting under concurrency, persistence, and the wire
 //! protocol's limits.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use jsonrpc::ErrorCode;
 use plab_nm::node::reconcile::Repair;
@@ -16,7 +17,9 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJ
 const KEY2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBk4pK5IYqk/NsoJWXGxbqUZBMzIjzY2JwqXEhyS6H7T bob@example.org";
 
 fn pool_xml(mem: u32) -> String {
-    format!(r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="10" mem_limit="{mem}"/></PoolRSpec>"#)
+    format!(
+        r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="10" mem_limit="{mem}"/></PoolRSpec>"#
+    )
 }
 
 fn slice_xml(name: &str, mem: u32) -> String {
@@ -102,20 +105,25 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
 
     let e = call(&n, &me, "CreatePool", json!([pool_xml(64), "plc.demo"])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
-    let e = call(&n, &owner, "CreatePool", json!(["<PoolRSpec>\n<resources mem_limit='x'/>", "plc.demo"])).await.unwrap_err();
+    let e = call(&n, &owner, "CreatePool", json!(["<PoolRSpec>\n<resources mem_limit='x'/>", "plc.demo"]))
+        .await
+        .unwrap_err();
     assert_eq!(e.0, ErrorCode::INVALID_RSPEC);
     assert!(e.1.starts_with("rspec: line 2, column 1"), "{e:?}");
     let e = call(&n, &owner, "CreatePool", json!([pool_xml(64), "plc.Demo"])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
     assert!(e.1.starts_with("slice_name:"), "{e:?}");
-    let e = call(&n, &owner, "CreatePool", json!([pool_xml(64), "plc.averyveryveryveryverylongname"])).await.unwrap_err();
+    let e =
+        call(&n, &owner, "CreatePool", json!([pool_xml(64), "plc.averyveryveryveryverylongname"])).await.unwrap_err();
     assert!(e.1.contains("32"), "{e:?}");
     let e = call(&n, &owner, "CreatePool", json!({"rspec": pool_xml(64), "slice": "plc"})).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
     let e = call(&n, &owner, "NoSuchMethod", json!({})).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::METHOD_NOT_FOUND);
 
-    for bad in ["", "zz", "00000000000000000000000000000000", "0123456789abcdef0123456789abcdef0", "'; DROP TABLE pools; --"] {
+    for bad in
+        ["", "zz", "00000000000000000000000000000000", "0123456789abcdef0123456789abcdef0", "'; DROP TABLE pools; --"]
+    {
         let e = call(&n, &me, "GetRSpec", json!({ "rcap": bad })).await.unwrap_err();
         assert_eq!(e, (ErrorCode::UNKNOWN_RCAP, "unknown rcap".to_string()));
     }
@@ -123,7 +131,10 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let root = rcap(&n, &owner, "CreatePool", json!([pool_xml(512), "plc.demo"])).await;
     let before = call(&n, &me, "GetRSpec", json!([root])).await.unwrap();
     let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 4096)])).await.unwrap_err();
-    assert_eq!(e, (ErrorCode::RESOURCES, "rspec: mem_limit: asks for 4096 MB but the pool holds only 512 MB".to_string()));
+    assert_eq!(
+        e,
+        (ErrorCode::RESOURCES, "rspec: mem_limit: asks for 4096 MB but the pool holds only 512 MB".to_string())
+    );
     let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.elsewhere", 64)])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
     assert!(e.1.contains("outside the pool's slice"), "{e:?}");
@@ -167,7 +178,9 @@ async fn the_node_managers_own_refusals() {
     assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
     assert!(e.1.contains("bound to VM plc_demo"), "{e:?}");
     // 2. A pool for one VM type cannot give another.
-    let kvm = format!(r#"<KvmSlice name="plc.demo"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY}</key></KvmSlice>"#);
+    let kvm = format!(
+        r#"<KvmSlice name="plc.demo"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY}</key></KvmSlice>"#
+    );
     let e = call(&n, &me, "SplitPool", json!([root, kvm])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::INVALID_RSPEC, "{e:?}");
     assert!(e.1.contains("not allowed by the pool"), "{e:?}");
@@ -184,7 +197,13 @@ async fn the_node_managers_own_refusals() {
     assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
     assert!(e.1.contains("already bound"), "{e:?}");
     // 6. A pool of another VM type cannot be added to an existing VM.
-    let untyped = rcap(&n, &owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc.demo"])).await;
+    let untyped = rcap(
+        &n,
+        &owner,
+        "CreatePool",
+        json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc.demo"]),
+    )
+    .await;
     let kvm_sub = rcap(&n, &me, "SplitPool", json!([untyped, kvm])).await;
     let e = call(&n, &me, "Bind", json!([kvm_sub, "plc.demo"])).await.unwrap_err();
     assert!(e.0 == ErrorCode::UNSUPPORTED || e.0 == ErrorCode::CONFLICT, "{e:?}");
@@ -227,7 +246,10 @@ async fn a_slice_cannot_see_or_touch_another_slices_vm() {
     let pools = call(&n, &me, "ListPools", json!({})).await.unwrap();
     assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["slice"] == "plc.demo"), "{pools}");
     // The other VM was never touched.
-    assert!(fake.calls().iter().all(|c| c.vm != "plc_other" || matches!(c.op, Op::Create | Op::Start | Op::Status | Op::List)));
+    assert!(fake
+        .calls()
+        .iter()
+        .all(|c| c.vm != "plc_other" || matches!(c.op, Op::Create | Op::Start | Op::Status | Op::List)));
     assert_eq!(call(&n, &Caller::Owner, "VmStatus", json!(["plc_other"])).await.unwrap()["state"], "running");
 }
 
@@ -255,7 +277,10 @@ async fn a_failed_bind_leaves_no_state_and_state_survives_restart() {
     let me = slice("plc.demo");
     let r = call(&n, &me, "GetRSpec", json!([sub])).await.unwrap();
     assert!(r["rspec"].as_str().unwrap().contains("VServerSlice"));
-    assert!(call(&n, &Caller::Owner, "GetRSpec", json!([root])).await.unwrap()["rspec"].as_str().unwrap().contains("768"));
+    assert!(call(&n, &Caller::Owner, "GetRSpec", json!([root])).await.unwrap()["rspec"]
+        .as_str()
+        .unwrap()
+        .contains("768"));
     let vms = call(&n, &me, "ListVMs", json!({})).await.unwrap();
     assert_eq!(vms["vms"][0]["vm"], "plc_demo");
     assert_eq!(vms["vms"][0]["state"], "running");
@@ -279,7 +304,10 @@ async fn a_failed_update_or_cleanup_is_undone_and_reported() {
     let st = call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap();
     assert_eq!((st["resources"]["mem_limit"].as_str(), st["pools"].as_u64()), (Some("64 MB"), Some(1)));
     let pools = call(&n, &me, "ListPools", json!({})).await.unwrap();
-    assert!(pools["pools"].as_array().unwrap().iter().any(|p| p["rcap"] == more.as_str() && p["vm"].is_null()), "{pools}");
+    assert!(
+        pools["pools"].as_array().unwrap().iter().any(|p| p["rcap"] == more.as_str() && p["vm"].is_null()),
+        "{pools}"
+    );
     // ... and binds once the backend recovers.
     call(&n, &me, "Bind", json!([more, "plc.demo"])).await.unwrap();
     assert_eq!(call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap()["resources"]["mem_limit"], "96 MB");
@@ -380,18 +408,30 @@ async fn reconcile_repairs_every_kind_of_drift() {
 #[tokio::test]
 async fn two_vm_types_on_one_node() {
     let dir = tempfile::tempdir().unwrap();
-    let (vs, kvm) = (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
+    let (vs, kvm) =
+        (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
     let mut reg = Registry::new();
     reg.register(vs.clone());
     reg.register(kvm.clone());
     let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
-    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc"])).await;
+    let root = rcap(
+        &n,
+        &Caller::Owner,
+        "CreatePool",
+        json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc"]),
+    )
+    .await;
     let a = rcap(&n, &Caller::Owner, "SplitPool", json!([root, slice_xml("plc.a", 64)])).await;
-    let k = format!(r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#);
+    let k = format!(
+        r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#
+    );
     let b = rcap(&n, &Caller::Owner, "SplitPool", json!([root, k])).await;
     call(&n, &Caller::Owner, "Bind", json!([a, "plc.a"])).await.unwrap();
     assert_eq!(call(&n, &Caller::Owner, "Bind", json!([b, "plc.k"])).await.unwrap()["vm_type"], "linux-kvm-x86");
-    assert_eq!((vs.calls_of(Op::Create), kvm.calls_of(Op::Create)), (vec!["plc_a".to_string()], vec!["plc_k".to_string()]));
+    assert_eq!(
+        (vs.calls_of(Op::Create), kvm.calls_of(Op::Create)),
+        (vec!["plc_a".to_string()], vec!["plc_k".to_string()])
+    );
     let info = call(&n, &Caller::Owner, "NodeInfo", json!({})).await.unwrap();
     assert_eq!(info["vm_types"], json!(["linux-vserver-x86", "linux-kvm-x86"]));
     assert_eq!(info["vms"], 2);
@@ -400,14 +440,23 @@ async fn two_vm_types_on_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_boot_holds_up_only_its_own_vm() {
     let dir = tempfile::tempdir().unwrap();
-    let (vs, kvm) = (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
+    let (vs, kvm) =
+        (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
     kvm.delay(Op::Start, Duration::from_secs(3));
     let mut reg = Registry::new();
     reg.register(vs.clone());
     reg.register(kvm.clone());
     let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
-    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([r#"<PoolRSpec><resources cpu_share="40" disk_quota="100" mem_limit="4096"/></PoolRSpec>"#, "plc"])).await;
-    let k = format!(r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#);
+    let root = rcap(
+        &n,
+        &Caller::Owner,
+        "CreatePool",
+        json!([r#"<PoolRSpec><resources cpu_share="40" disk_quota="100" mem_limit="4096"/></PoolRSpec>"#, "plc"]),
+    )
+    .await;
+    let k = format!(
+        r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#
+    );
     let kp = rcap(&n, &Caller::Owner, "SplitPool", json!([root, k])).await;
     let mut vps = Vec::new();
     for i in 0..10 {
@@ -415,7 +464,10 @@ async fn a_slow_boot_holds_up_only_its_own_vm() {
     }
     let t0 = Instant::now();
     let n2 = n.clone();
-    let guest = tokio::spawn(async move { call(&n2, &Caller::Owner, "Bind", json!([kp, "plc.k"])).await.map(|_| Instant::now()) });
+    let guest =
+        tokio::spawn(
+            async move { call(&n2, &Caller::Owner, "Bind", json!([kp, "plc.k"])).await.map(|_| Instant::now()) },
+        );
     // Wait until the guest's start is under way, then bind ten containers beside it.
     while kvm.calls_of(Op::Start).is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -423,7 +475,9 @@ async fn a_slow_boot_holds_up_only_its_own_vm() {
     let mut containers = Vec::new();
     for (i, p) in vps.into_iter().enumerate() {
         let n2 = n.clone();
-        containers.push(tokio::spawn(async move { call(&n2, &Caller::Owner, "Bind", json!([p, format!("plc.c{i}")])).await.map(|_| Instant::now()) }));
+        containers.push(tokio::spawn(async move {
+            call(&n2, &Caller::Owner, "Bind", json!([p, format!("plc.c{i}")])).await.map(|_| Instant::now())
+        }));
     }
     let mut last_container = t0;
     for c in containers {
@@ -452,12 +506,14 @@ async fn a_pool_is_never_spent_twice() {
         let p = rcap(&n, &me, "SplitPool", json!([root, slice_xml("plc.demo", 32)])).await;
         let (n1, n2, n3) = (n.clone(), n.clone(), n.clone());
         let (p1, p2, p3) = (p.clone(), p.clone(), p.clone());
-        let bind = tokio::spawn(async move { call(&n1, &slice("plc.demo"), "Bind", json!([p1, "plc.demo"])).await.is_ok() });
+        let bind =
+            tokio::spawn(async move { call(&n1, &slice("plc.demo"), "Bind", json!([p1, "plc.demo"])).await.is_ok() });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let split = tokio::spawn(async move {
             call(&n2, &slice("plc.demo"), "SplitPool", json!([p2, slice_xml("plc.demo", 32)])).await.is_ok()
         });
-        let destroy = tokio::spawn(async move { call(&n3, &slice("plc.demo"), "DestroyPool", json!([p3])).await.is_ok() });
+        let destroy =
+            tokio::spawn(async move { call(&n3, &slice("plc.demo"), "DestroyPool", json!([p3])).await.is_ok() });
         let wins = [bind.await.unwrap(), split.await.unwrap(), destroy.await.unwrap()];
         assert_eq!(wins, [true, false, false], "round {round}");
     }
@@ -536,7 +592,15 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
     let rk = KeyPair::generate();
     let root = new_root("plc", &rk, 10).unwrap();
     let mak = KeyPair::generate();
-    let ma = issue(&root, &rk, &Identity::Authority(AuthorityKind::Ma, "plc".into()), &mak.public_key_pem(), Profile::Authority, 10).unwrap();
+    let ma = issue(
+        &root,
+        &rk,
+        &Identity::Authority(AuthorityKind::Ma, "plc".into()),
+        &mak.public_key_pem(),
+        Profile::Authority,
+        10,
+    )
+    .unwrap();
     let nk = KeyPair::generate();
     let node_cert = issue(&ma, &mak, &Identity::Node(7), &nk.public_key_pem(), Profile::Node, 10).unwrap();
     std::fs::write(dir.path().join("node-cert.pem"), format!("{node_cert}{ma}")).unwrap();
@@ -587,9 +651,13 @@ async fn a_database_written_by_release_0_1_0_is_migrated_losing_nothing() {
     assert_eq!(pools[0]["resources"]["mem_limit"], "768 MB");
     assert_eq!((pools[1]["vm"].as_str(), pools[2]["vm"].as_str()), (Some("plc_fx_demo"), None));
     let st = call(&n, &o, "VmStatus", json!(["plc_fx_demo"])).await.unwrap();
-    assert_eq!((st["wanted"].as_str(), st["address"].as_str(), st["keys"].as_u64()), (Some("stopped"), Some("10.213.0.2"), Some(1)));
+    assert_eq!(
+        (st["wanted"].as_str(), st["address"].as_str(), st["keys"].as_u64()),
+        (Some("stopped"), Some("10.213.0.2"), Some(1))
+    );
     // The rcaps still work, and the pools still split.
     let r = call(&n, &slice("plc.fx"), "GetRSpec", json!(["80430f969de55b7b098f4287ef89db12"])).await.unwrap();
     assert!(r["rspec"].as_str().unwrap().contains(r#"vm_type="linux-vserver-x86""#));
-    rcap(&n, &slice("plc.fx"), "SplitPool", json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)])).await;
+    rcap(&n, &slice("plc.fx"), "SplitPool", json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)]))
+        .await;
 }

@@ -1,5 +1,6 @@
 //! Shared harness for cross-component tests and benchmarks: a node is a network namespace
 //! this process creates plus a real `plab-nm serve` running in it.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(missing_docs)]
 
 use plab_nm::NmClient;
@@ -17,7 +18,12 @@ fn require(cond: bool, what: &str) {
 pub fn prerequisites() {
     require(nix::unistd::geteuid().is_root(), "run as root (make test does)");
     for (tool, pkg) in [("runc", "runc"), ("ssh", "openssh-client"), ("ip", "iproute2"), ("mkfs.ext4", "e2fsprogs")] {
-        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().map(|s| s.success());
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success());
         require(ok.unwrap_or(false), &format!("`{tool}`: apt-get install {pkg}"));
     }
     let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| IMAGE.into());
@@ -158,7 +164,12 @@ impl TestNode {
     pub fn wait_log(&self, vm: &str, needle: &str, count: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let log = self.client().call_value("VmLog", json!([vm])).ok().and_then(|v| v["log"].as_str().map(str::to_owned)).unwrap_or_default();
+            let log = self
+                .client()
+                .call_value("VmLog", json!([vm]))
+                .ok()
+                .and_then(|v| v["log"].as_str().map(str::to_owned))
+                .unwrap_or_default();
             if log.matches(needle).count() >= count || Instant::now() > deadline {
                 return log;
             }
@@ -198,7 +209,11 @@ impl Drop for TestNode {
 
 pub fn keypair(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("id_ed25519");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f"]).arg(&key).status().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
     assert!(st.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_owned())
@@ -233,13 +248,22 @@ pub fn guest_files(dir: &Path, spec: &vm_types::VmSpec) {
     vm_types::libvirt::write_seed(&vm_types::host::LinuxHost, dir, spec).unwrap();
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
     let quota = vm_types::libvirt::sector_floor(spec.resources.disk_quota_bytes());
-    vm_types::libvirt::GuestImage::project(g).create_overlay(&vm_types::host::LinuxHost, &dir.join("disk.qcow2"), quota).unwrap();
+    vm_types::libvirt::GuestImage::project(g)
+        .create_overlay(&vm_types::host::LinuxHost, &dir.join("disk.qcow2"), quota)
+        .unwrap();
 }
 
 /// Raw QEMU booting the guest in `dir` (see [`guest_files`]) the way the libvirt backend's
 /// domain does (same kernel, initramfs, command line, rng device), inside network
 /// namespace `netns` on an existing tap.
-pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, tap: &str, console: Option<&Path>) -> Command {
+pub fn raw_qemu(
+    netns: &str,
+    accel: &str,
+    dir: &Path,
+    spec: &vm_types::VmSpec,
+    tap: &str,
+    console: Option<&Path>,
+) -> Command {
     let g = Path::new(GUEST_IMAGE);
     let n = &spec.network;
     let mut c = Command::new("ip");
@@ -278,7 +302,11 @@ pub fn raw_qemu(netns: &str, accel: &str, dir: &Path, spec: &vm_types::VmSpec, t
 /// failure, a timeout or a host key mismatch.
 pub fn assert_key_refused(r: &(i32, String), what: &str) {
     assert_eq!(r.0, 255, "{what}: ssh must fail: {}", r.1);
-    assert!(r.1.contains("Permission denied (publickey"), "{what}: refused by sshd for the key, not otherwise: {}", r.1);
+    assert!(
+        r.1.contains("Permission denied (publickey"),
+        "{what}: refused by sshd for the key, not otherwise: {}",
+        r.1
+    );
 }
 
 /// Asserts that ssh refused the server because its host key is not the one expected.

@@ -1,6 +1,7 @@
 //! `plab sa` and `plab ma` against a real `plab-authority serve`, as a user types them:
 //! arguments read as each parameter needs them (numbers for numeric attributes, JSON
 //! strings, objects and lists), errors that name the parameter. Needs no root.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::bin;
 use std::process::{Child, Command, Stdio};
@@ -49,7 +50,10 @@ fn authority() -> Authority {
 impl Authority {
     fn plab(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(bin("plab")).env("PLAB_AUTHORITY_CONFIG", &self.config).args(args).output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     }
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out) = self.plab(args);
@@ -84,7 +88,9 @@ fn arguments_are_read_as_each_parameter_needs() {
     a.ok(&["ma", "set-package", "plab-nm", "2"]);
     // Lists and objects.
     a.ok(&["ma", "add-site", r#"{"org": "princeton", "name": "pcs"}"#]);
-    let node = a.json(&["ma", "add-node", r#"{"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"}"#])["node_id"].as_i64().unwrap();
+    let node = a.json(&["ma", "add-node", r#"{"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"}"#])["node_id"]
+        .as_i64()
+        .unwrap();
     a.ok(&["sa", "add-slice-node", "plc.princeton.codeen", &format!("[{node}]")]);
     assert_eq!(a.json(&["sa", "get-slices"])[0]["nodes"], serde_json::json!([node]));
     // Errors name the parameter, before anything is sent.

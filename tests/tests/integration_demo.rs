@@ -1,5 +1,6 @@
 //! `make demo` is the README's first command: run its script against the binaries of
 //! this build and check that every stage did what it says.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::{bin, prerequisites};
 use std::process::Command;

@@ -4,6 +4,7 @@
 //! root filesystem to the disk quota, runs the bootscript and lets the slice's user log in
 //! with OpenSSH. QEMU runs inside a network namespace this test creates, on a tap in a
 //! bridge there. Needs root, qemu-system-x86 and the guest image (`make image`).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::{guest_files, keypair, prerequisites, raw_qemu};
 use std::process::{Command, Stdio};
@@ -33,7 +34,13 @@ fn ip(ns: &str, args: &str) {
 #[test]
 fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     prerequisites();
-    let ok = Command::new("sh").arg("-c").arg("command -v qemu-system-x86_64").stdout(Stdio::null()).status().unwrap().success();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("command -v qemu-system-x86_64")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "qemu-system-x86_64 is missing: apt-get install qemu-system-x86 (make test installs it)");
 
     let dir = tempfile::tempdir().unwrap();
@@ -47,7 +54,12 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
         resources,
         keys: vec![SshKey::parse(&public).unwrap()],
         bootscript: Some("echo \"guest bootscript ran on $(hostname)\"".into()),
-        network: VmNetwork { index: 1, address: "10.214.0.2".parse().unwrap(), prefix_len: 24, gateway: "10.214.0.1".parse().unwrap() },
+        network: VmNetwork {
+            index: 1,
+            address: "10.214.0.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.214.0.1".parse().unwrap(),
+        },
         nm_socket_dir: None,
     };
     guest_files(dir.path(), &spec);
@@ -69,7 +81,18 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
         Command::new("ip")
             .args(["netns", "exec", &ns.0, "ssh", "-i"])
             .arg(&key)
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=2",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .arg("plc_guest@10.214.0.2")
             .arg(cmd)
             .output()
@@ -84,7 +107,11 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let log = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(out.status.success(), "no ssh login within 120 s: {}\nconsole:\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "no ssh login within 120 s: {}\nconsole:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("guest: first ssh login {:.1} s after QEMU started (TCG)", started.elapsed().as_secs_f64());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim(), "plc_guest plc-guest");
@@ -102,7 +129,9 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     };
     assert!(size_mb > 900, "root filesystem grown to the 1 GB quota: {size_mb} MB");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&console).unwrap_or_default().contains("guest bootscript ran on plc-guest") && Instant::now() < deadline {
+    while !std::fs::read_to_string(&console).unwrap_or_default().contains("guest bootscript ran on plc-guest")
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = std::fs::read_to_string(&console).unwrap_or_default();
@@ -114,7 +143,18 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     let o = Command::new("ip")
         .args(["netns", "exec", &ns.0, "ssh", "-i"])
         .arg(&other)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=2",
+            "-o",
+            "LogLevel=ERROR",
+        ])
         .arg("plc_guest@10.214.0.2")
         .arg("true")
         .output()

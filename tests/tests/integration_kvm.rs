@@ -3,8 +3,12 @@
 //! stock guests, TCG otherwise), reached with OpenSSH at its node-private address; it
 //! survives a `kill -9` of the node manager and is removed completely. Needs root,
 //! libvirtd (`make test` starts it), qemu-system-x86 and the guest image (`make image`).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
-use plab_tests::{assert_host_key_refused, assert_key_refused, keypair, prerequisites, qemu_cmdline, virsh_domid, virsh_dumpxml, TestNode};
+use plab_tests::{
+    assert_host_key_refused, assert_key_refused, keypair, prerequisites, qemu_cmdline, virsh_domid, virsh_dumpxml,
+    TestNode,
+};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,7 +21,11 @@ fn virsh_names() -> String {
 #[test]
 fn integration_kvm_guest_through_the_node_manager() {
     prerequisites();
-    let up = Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let up = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(up, "libvirtd is not running: `make test` starts it (ci/setup.sh), or run `virtlogd -d; libvirtd -d`");
     // A clean ACPI shutdown under TCG on a loaded 2-core machine can take a while; the
     // test is about the shutdown being clean, not fast.
@@ -25,7 +33,10 @@ fn integration_kvm_guest_through_the_node_manager() {
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
     let info = c.call_value("NodeInfo", json!({})).unwrap();
-    assert!(info["vm_types"].as_array().unwrap().iter().any(|t| t == "linux-kvm-x86"), "the node offers linux-kvm-x86: {info}");
+    assert!(
+        info["vm_types"].as_array().unwrap().iter().any(|t| t == "linux-kvm-x86"),
+        "the node offers linux-kvm-x86: {info}"
+    );
 
     let pool = r#"<PoolRSpec><resources cpu_share="4" disk_quota="4" mem_limit="2048"/></PoolRSpec>"#;
     let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
@@ -39,9 +50,16 @@ fn integration_kvm_guest_through_the_node_manager() {
     assert_eq!(vm["vm_type"], "linux-kvm-x86");
     let addr = vm["address"].as_str().unwrap().to_owned();
     let (code, out) = node.ssh_wait(&key, "plc_it_kvm", &addr, Duration::from_secs(120));
-    let log = c.call_value("VmLog", json!(["plc_it_kvm"])).map(|v| v["log"].as_str().unwrap_or("").to_owned()).unwrap_or_default();
+    let log = c
+        .call_value("VmLog", json!(["plc_it_kvm"]))
+        .map(|v| v["log"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default();
     assert_eq!(code, 0, "no ssh login into the guest: {out}\nconsole:\n{log}\nNM log:\n{}", node.nm_log());
-    eprintln!("kvm guest: Bind {:.2} s, first ssh login {:.1} s after Bind", bind.as_secs_f64(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "kvm guest: Bind {:.2} s, first ssh login {:.1} s after Bind",
+        bind.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
     let t1 = Instant::now();
     let (_, who) = node.ssh(&key, "plc_it_kvm", &addr, "id -un; hostname");
     eprintln!("kvm guest: a later ssh login takes {:.2} s", t1.elapsed().as_secs_f64());
@@ -75,7 +93,9 @@ fn integration_kvm_guest_through_the_node_manager() {
     let bob_dir = node.dir.path().join("bob");
     std::fs::create_dir_all(&bob_dir).unwrap();
     let (bob, bob_public) = keypair(&bob_dir);
-    let more = format!(r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="0" disk_quota="0" mem_limit="0"/><key>{bob_public}</key></KvmSlice>"#);
+    let more = format!(
+        r#"<KvmSlice name="plc.it.kvm"><resources cpu_share="0" disk_quota="0" mem_limit="0"/><key>{bob_public}</key></KvmSlice>"#
+    );
     let more = c.call_str("SplitPool", json!([root, more]), "rcap").unwrap();
     c.call_value("Bind", json!([more, "plc.it.kvm"])).unwrap();
     let (code, out) = node.ssh(&key, "plc_it_kvm", &addr, "echo kept > ~/unsynced");

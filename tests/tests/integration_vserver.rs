@@ -2,7 +2,7 @@
 //! test creates, real runc containers built from the project image, real OpenSSH logins.
 //! Needs root, runc, OpenSSH's client and the image (`make image`); it fails, saying what
 //! to install, when any is missing.
-
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_nm::NmClient;
 use plab_tests::{assert_exit, assert_key_refused, keypair, mounts_under, prerequisites, TestNode};
@@ -55,7 +55,8 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     node.ssh(&key, "plc_it_demo", &addr, "rm -f $HOME/fill");
 
     // The memory limit is enforced: holding 200 MB in a 64 MB VM gets the process killed.
-    let (code, out) = node.ssh(&key, "plc_it_demo", &addr, "head -c 200000000 /dev/zero | tail > /dev/null; echo status=$?");
+    let (code, out) =
+        node.ssh(&key, "plc_it_demo", &addr, "head -c 200000000 /dev/zero | tail > /dev/null; echo status=$?");
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.trim().lines().last(), Some("status=137"), "tail must be killed by the OOM killer (SIGKILL): {out}");
 
@@ -67,9 +68,20 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     // sshd presents the host key the node manager made and shows, and the slice's login
     // cannot read its private half.
     let host_key = st["details"]["ssh_host_key"].as_str().expect("status shows the ssh host key").to_owned();
-    let kh = Command::new(plab_tests::bin("plab")).args(["nm", "--socket"]).arg(node.socket()).args(["known-hosts", &name]).output().unwrap();
+    let kh = Command::new(plab_tests::bin("plab"))
+        .args(["nm", "--socket"])
+        .arg(node.socket())
+        .args(["known-hosts", &name])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&kh.stdout).trim(), format!("{addr} {host_key}"), "plab nm known-hosts");
-    let r = node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "cat /etc/plab/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key");
+    let r = node.ssh_verified(
+        &key,
+        "plc_it_demo",
+        &addr,
+        &host_key,
+        "cat /etc/plab/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key",
+    );
     assert_exit(&r, 1, "cat of root-only files");
     assert!(r.1.contains("cat: /etc/plab/ssh_host_ed25519_key: Permission denied"), "{}", r.1);
     assert!(!r.1.contains("PRIVATE KEY"), "{}", r.1);
@@ -79,7 +91,11 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert_eq!(c.call_value("VmStatus", json!([name])).unwrap()["state"], "stopped");
     c.call_value("StartVM", json!([name])).unwrap();
     assert_eq!(node.ssh_ready(&key, "plc_it_demo", &addr).0, 0);
-    assert_eq!(node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "true").0, 0, "the same host key after a restart");
+    assert_eq!(
+        node.ssh_verified(&key, "plc_it_demo", &addr, &host_key, "true").0,
+        0,
+        "the same host key after a restart"
+    );
     // sshd starts before the bootscript is run in the background: wait for its output.
     let log = node.wait_log(&name, "bootscript ran as root on plc-it-demo", 2);
     assert_eq!(log.matches("bootscript ran as root on plc-it-demo").count(), 2, "{log}");
@@ -100,7 +116,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let st = c.call_value("VmStatus", json!([name])).unwrap();
     assert_eq!(st["state"], "running");
     assert_eq!(st["details"]["pid"], pid.as_str(), "the same container, not a restarted one");
-    assert_eq!(c.call_str("GetRSpec", json!([sub]), "rspec").unwrap().contains("plc.it.demo"), true);
+    assert!(c.call_str("GetRSpec", json!([sub]), "rspec").unwrap().contains("plc.it.demo"));
     // The VM's own socket identifies the caller as its slice, and only that.
     let mut inside = NmClient::connect(&node.state().join("sockets").join(&name).join("nm.sock")).unwrap();
     let rcaps = inside.call_value("GetRcap", json!({})).unwrap();
@@ -138,14 +154,17 @@ fn integration_vserver_failed_start_leaves_nothing() {
 
     // A VM type the node does not have is refused up front.
     // (This is no Xen host: the refusal says so.)
-    let xen = format!(r#"<XenSlice name="plc.it.xen"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></XenSlice>"#);
+    let xen = format!(
+        r#"<XenSlice name="plc.it.xen"><resources cpu_share="1" disk_quota="0.1" mem_limit="64"/><key>{public}</key></XenSlice>"#
+    );
     let sub = c.call_str("SplitPool", json!([root, xen]), "rcap").unwrap();
     let e = c.call_value("Bind", json!([sub, "plc.it.xen"])).unwrap_err();
     assert!(e.to_string().contains("linux-xen-x86 is not supported on this node"), "{e}");
     assert!(e.to_string().contains("Xen"), "the refusal says why: {e}");
 
     // A VM whose start fails is removed completely, and the pool is free again.
-    let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.broken", &public, 64, "0.05")]), "rcap").unwrap();
+    let sub =
+        c.call_str("SplitPool", json!([root, slice_rspec("plc.it.broken", &public, 64, "0.05")]), "rcap").unwrap();
     let e = c.call_value("Bind", json!([sub, "plc.it.broken"])).unwrap_err();
     assert!(e.to_string().contains("injected failure"), "the runtime's message reaches the caller: {e}");
     assert!(c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
@@ -182,25 +201,46 @@ fn integration_local_callers_owner_script_and_uid_mapping() {
     let rcap = first.strip_prefix("plc.it.nobody ").expect(&first).to_owned();
     assert_eq!(owner_script(&node.socket()), first);
 
+    // A copy of plab other users may run: the checkout may be in a directory they cannot
+    // enter (a clone under /root).
+    let plab = node.dir.path().join("plab");
+    std::fs::copy(plab_tests::bin("plab"), &plab).unwrap();
+    std::fs::set_permissions(&plab, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+        .unwrap();
     let as_uid = |uid: &str, args: &[&str]| {
         let out = Command::new("setpriv")
             .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
-            .arg(plab_tests::bin("plab"))
+            .arg(&plab)
             .args(["nm", "--socket"])
             .arg(node.socket())
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     };
-    // uid 65534 is mapped to plc.it.nobody: it sees its pool, but is not the owner.
+    // uid 65534 is mapped to plc.it.nobody: it sees its pool, but is not the owner. (The
+    // RSpec it hands over is in a file it can read: the checkout may be in a directory
+    // other users cannot enter, and the refusal checked is the node manager's.)
     let (ok, out) = as_uid("65534", &["get-rcap"]);
     assert!(ok && out.trim() == rcap, "{out}");
-    let (ok, out) = as_uid("65534", &["create-pool", &repo.join("examples/rspec/pool.xml").to_string_lossy(), "plc.it.nobody"]);
-    assert!(!ok && out.contains("permission denied"), "{out}");
+    let readable = node.dir.path().join("pool.xml");
+    std::fs::copy(repo.join("examples/rspec/pool.xml"), &readable).unwrap();
+    std::fs::set_permissions(&readable, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644))
+        .unwrap();
+    let (ok, out) = as_uid("65534", &["create-pool", &readable.to_string_lossy(), "plc.it.nobody"]);
+    assert!(!ok && out.contains("CreatePool: permission denied: only the node owner (site_admin) may call it, and the caller is slice plc.it.nobody"), "{out}");
     // An unmapped uid gets nothing at all.
     let (ok, out) = as_uid("65533", &["info"]);
-    assert!(!ok && out.contains("neither the node owner nor mapped to a slice"), "{out}");
+    assert!(
+        !ok && out.contains("permission denied: uid 65533 is neither the node owner nor mapped to a slice"),
+        "{out}"
+    );
     let (ok, out) = as_uid("65533", &["get-rspec", &rcap]);
-    assert!(!ok && out.contains("permission denied"), "{out}");
+    assert!(
+        !ok && out.contains("permission denied: uid 65533 is neither the node owner nor mapped to a slice"),
+        "{out}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The published RSpec schema, the examples and the `plab rspec validate` command agree:
 //! every example is valid for both, and what plab writes is valid for the schema too.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::bin;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,8 @@ fn examples_are_valid_for_plab_and_for_the_schema() {
 fn invalid_files_get_line_and_column_and_a_failing_status() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.xml");
-    std::fs::write(&bad, "<PoolRSpec xmlns=\"urn:plab:rspec:1\">\n  <resources mem_limit=\"lots\"/>\n</PoolRSpec>\n").unwrap();
+    std::fs::write(&bad, "<PoolRSpec xmlns=\"urn:plab:rspec:1\">\n  <resources mem_limit=\"lots\"/>\n</PoolRSpec>\n")
+        .unwrap();
     let out = Command::new(bin("plab")).args(["rspec", "validate"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

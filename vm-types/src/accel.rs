@@ -57,7 +57,10 @@ pub fn decide(f: &HostFacts) -> Accelerator {
                 "/dev/kvm is PVM (kvm_pvm): it runs only PVM-enabled guest kernels and stock guests hang, so guests run under TCG".into(),
             );
         }
-        return Accelerator::Tcg(format!("no KVM vendor module that runs stock guests is loaded (found: {:?})", f.vendor_modules));
+        return Accelerator::Tcg(format!(
+            "no KVM vendor module that runs stock guests is loaded (found: {:?})",
+            f.vendor_modules
+        ));
     }
     match &f.guest_ran {
         Ok(()) => Accelerator::Kvm,
@@ -94,29 +97,26 @@ pub fn probe(timeout: Duration) -> HostFacts {
 /// `mov al, 0x42; out 0x10, al; hlt` in real mode at 0x1000.
 fn run_test_guest() -> Result<(), String> {
     use kvm_ioctls::{Kvm, VcpuExit};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    const BASE: GuestAddress = GuestAddress(0x1000);
     const SIZE: usize = 0x1000;
+    // Declared before the VM, so dropped after it: the guest never outlives its memory.
+    let mem: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges(&[(BASE, SIZE)]).map_err(|e| format!("guest memory: {e}"))?;
+    mem.write_slice(&[0xb0u8, 0x42, 0xe6, 0x10, 0xf4], BASE).map_err(|e| format!("guest memory: {e}"))?;
+    let host = mem.get_host_address(BASE).map_err(|e| format!("guest memory: {e}"))?;
     let kvm = Kvm::new().map_err(|e| e.to_string())?;
     let vm = kvm.create_vm().map_err(|e| format!("create_vm: {e}"))?;
-    // SAFETY: an anonymous private mapping with no address hint; the result is checked
-    // against MAP_FAILED before use and the mapping outlives the VM (it is never unmapped
-    // while the vCPU may touch it: it is leaked on purpose, one page per probe).
-    let mem = unsafe {
-        libc::mmap(std::ptr::null_mut(), SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_ANONYMOUS | libc::MAP_PRIVATE, -1, 0)
-    };
-    if mem == libc::MAP_FAILED {
-        return Err("mmap failed".into());
-    }
-    let code = [0xb0u8, 0x42, 0xe6, 0x10, 0xf4];
-    // SAFETY: `mem` is a fresh writable mapping of SIZE bytes, larger than `code`.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), mem as *mut u8, code.len()) };
     let region = kvm_bindings::kvm_userspace_memory_region {
         slot: 0,
-        guest_phys_addr: 0x1000,
+        guest_phys_addr: BASE.0,
         memory_size: SIZE as u64,
-        userspace_addr: mem as u64,
+        userspace_addr: host as u64,
         flags: 0,
     };
-    // SAFETY: the region describes the mapping above, which stays valid for the VM's life.
+    // SAFETY: the region describes `mem`'s one mapping, SIZE bytes at `host`, which is
+    // dropped only after `vm` (declared earlier, dropped later); if the guest never exits
+    // this thread never returns and the mapping is never unmapped.
     unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("set_user_memory_region: {e}"))?;
     let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("create_vcpu: {e}"))?;
     let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
@@ -124,7 +124,7 @@ fn run_test_guest() -> Result<(), String> {
     sregs.cs.selector = 0;
     vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
     let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
-    regs.rip = 0x1000;
+    regs.rip = BASE.0;
     regs.rflags = 2;
     vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
     let mut wrote = false;
@@ -139,6 +139,7 @@ fn run_test_guest() -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

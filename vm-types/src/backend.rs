@@ -70,7 +70,9 @@ pub fn vm_mac(addr: Ipv4Addr) -> String {
 }
 
 /// Whether a VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, strum::Display, strum::EnumString)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, strum::Display, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
 pub enum VmState {
@@ -81,7 +83,6 @@ pub enum VmState {
     /// The backend knows no such VM.
     Missing,
 }
-
 
 /// What a backend reports about one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,11 +43,14 @@ pub struct FakeBackend {
     state: Mutex<FakeState>,
 }
 
+/// How an injected failure is made, from the VM's name.
+type MakeError = fn(String) -> BackendError;
+
 #[derive(Default)]
 struct FakeState {
     vms: BTreeMap<String, (VmSpec, VmState)>,
     calls: Vec<FakeCall>,
-    failures: BTreeMap<Op, (usize, fn(String) -> BackendError)>,
+    failures: BTreeMap<Op, (usize, MakeError)>,
     delays: BTreeMap<Op, Duration>,
 }
 
@@ -70,13 +73,16 @@ impl FakeBackend {
 
     /// Makes the next `times` calls of `op` fail with the error `make` builds from the
     /// VM's name.
-    pub fn fail(&self, op: Op, times: usize, make: fn(String) -> BackendError) {
+    pub fn fail(&self, op: Op, times: usize, make: MakeError) {
         self.lock().failures.insert(op, (times, make));
     }
 
     /// Makes the next `start` fail, as a VM that cannot boot would.
     pub fn fail_next_start(&self) {
-        self.fail(Op::Start, 1, |_| BackendError::Command { command: "start".into(), message: "fake start failure".into() });
+        self.fail(Op::Start, 1, |_| BackendError::Command {
+            command: "start".into(),
+            message: "fake start failure".into(),
+        });
     }
 
     /// Makes every `op` take `d` (to see what waits for what).

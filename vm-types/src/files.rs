@@ -30,6 +30,7 @@ pub fn private_dir(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

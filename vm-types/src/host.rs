@@ -170,7 +170,8 @@ impl Host for LinuxHost {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            let first_input_line = cmd.input.as_deref().and_then(|i| i.lines().next()).map(|l| format!(" <<< {l:?}")).unwrap_or_default();
+            let first_input_line =
+                cmd.input.as_deref().and_then(|i| i.lines().next()).map(|l| format!(" <<< {l:?}")).unwrap_or_default();
             Err(BackendError::Command {
                 command: format!("{}{first_input_line}", cmd.line()),
                 message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -179,7 +180,11 @@ impl Host for LinuxHost {
     }
 
     fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| BackendError::Io(log.display().to_string(), e))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| BackendError::Io(log.display().to_string(), e))?;
         let f2 = f.try_clone().map_err(|e| BackendError::Io(log.display().to_string(), e))?;
         let status = Command::new(&cmd.prog)
             .args(&cmd.args)
@@ -356,7 +361,10 @@ pub mod recording {
             }
             ("ip", _) => {
                 let text = match &cmd.input {
-                    Some(i) => i.lines().map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    Some(i) => i
+                        .lines()
+                        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+                        .collect::<Vec<_>>(),
                     None => vec![cmd.args.clone()],
                 };
                 for words in text {
@@ -410,6 +418,7 @@ pub mod recording {
     }
 
     #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
     mod tests {
         use super::*;
 
@@ -421,7 +430,10 @@ pub mod recording {
             assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_err());
             assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_err());
             assert!(h.run(&Cmd::new("mkfs.ext4").arg("/x")).is_ok(), "only twice");
-            assert_eq!(h.run(&Cmd::new("runc").args(["--root", "/r", "state", "a"])).unwrap(), "{\"status\":\"running\"}");
+            assert_eq!(
+                h.run(&Cmd::new("runc").args(["--root", "/r", "state", "a"])).unwrap(),
+                "{\"status\":\"running\"}"
+            );
             h.run(&Cmd::new("mount").args(["-o", "loop", "/img", "/mnt"])).unwrap();
             assert!(h.is_mounted(Path::new("/mnt")));
             h.run(&Cmd::new("umount").args(["-l", "/mnt"])).unwrap();
@@ -436,6 +448,7 @@ pub mod recording {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn mountinfo_unescapes_octal() {

@@ -73,6 +73,7 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -91,7 +92,8 @@ mod tests {
         let e = tempfile::tempdir().unwrap();
         assert_ne!(ensure(e.path(), "s1").unwrap().public_openssh, a.public_openssh);
         // OpenSSH itself accepts the private key and derives the same public key.
-        let out = std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(d.path().join(FILE)).output().unwrap();
+        let out =
+            std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(d.path().join(FILE)).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let derived = String::from_utf8(out.stdout).unwrap();
         assert_eq!(derived.split_whitespace().nth(1), a.public_openssh.split_whitespace().nth(1));

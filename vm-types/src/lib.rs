@@ -25,7 +25,7 @@ pub mod vm_type;
 pub mod vserver;
 
 pub use backend::{vm_mac, Backend, BackendError, Registry, VmNetwork, VmSpec, VmState, VmStatus};
-pub use resources::{Quantity, Resources, ResourceError};
+pub use resources::{Quantity, ResourceError, Resources};
 pub use rspec::{PoolRSpec, RSpec, RSpecClass, RSpecError, SliceAuthorityRef, SliceRSpec, SshKey};
 pub use slice_name::{SliceName, SliceNameError};
 pub use vm_type::VmType;

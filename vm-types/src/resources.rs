@@ -194,6 +194,7 @@ impl Resources {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -214,8 +215,7 @@ mod tests {
     #[test]
     fn sub_names_the_short_attribute() {
         let pool = Resources::spec_default();
-        let mut want = Resources::default();
-        want.mem_limit = Quantity::whole(512);
+        let want = Resources { mem_limit: Quantity::whole(512), ..Default::default() };
         let e = pool.checked_sub(&want).unwrap_err();
         assert_eq!(e.to_string(), "mem_limit: asks for 512 MB but the pool holds only 256 MB");
     }

@@ -242,10 +242,8 @@ impl<'a> Parser<'a> {
         for a in e.attributes() {
             let a = a.map_err(|err| self.err_at(pos, format!("malformed attribute: {err}")))?;
             let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
-            let value = a
-                .unescape_value()
-                .map_err(|err| self.err_at(pos, format!("attribute {key}: {err}")))?
-                .into_owned();
+            let value =
+                a.unescape_value().map_err(|err| self.err_at(pos, format!("attribute {key}: {err}")))?.into_owned();
             out.push((key, value));
         }
         Ok(out)
@@ -369,7 +367,11 @@ impl<'a> Parser<'a> {
                                 Event::Start(s) if s.name().as_ref() == b"certificate" && certificate.is_none() => {
                                     certificate = Some(self.text("certificate")?.trim().to_owned());
                                 }
-                                _ => return Err(self.err_at(cpos, "slice_authority: only one <certificate> may appear inside")),
+                                _ => {
+                                    return Err(
+                                        self.err_at(cpos, "slice_authority: only one <certificate> may appear inside")
+                                    )
+                                }
                             }
                         }
                     }
@@ -429,11 +431,13 @@ fn no_attrs(p: &Parser<'_>, pos: usize, elem: &str, attrs: &[(String, String)]) 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
 
     #[test]
     fn parses_a_vserver_slice() {
@@ -503,20 +507,21 @@ echo "a < b"]]></bootscript>
                 })
             },
         );
-        let pool = (proptest::option::of(vm_type), proptest::option::of("[a-z]{1,8}"), proptest::option::of("[ -~\n]{0,40}"))
-            .prop_map(|(vm_type, sa, cert)| {
-                RSpecClass::Pool(PoolRSpec {
-                    vm_type,
-                    slice_authorities: sa
-                        .map(|n| SliceAuthorityRef {
-                            name: SliceName::parse(&n).unwrap(),
-                            url: format!("https://{n}.example.org/rpc?a=1&b=\"2\""),
-                            certificate: cert.map(|c| c.trim().to_owned()),
-                        })
-                        .into_iter()
-                        .collect(),
-                })
-            });
+        let pool =
+            (proptest::option::of(vm_type), proptest::option::of("[a-z]{1,8}"), proptest::option::of("[ -~\n]{0,40}"))
+                .prop_map(|(vm_type, sa, cert)| {
+                    RSpecClass::Pool(PoolRSpec {
+                        vm_type,
+                        slice_authorities: sa
+                            .map(|n| SliceAuthorityRef {
+                                name: SliceName::parse(&n).unwrap(),
+                                url: format!("https://{n}.example.org/rpc?a=1&b=\"2\""),
+                                certificate: cert.map(|c| c.trim().to_owned()),
+                            })
+                            .into_iter()
+                            .collect(),
+                    })
+                });
         (prop_oneof![slice, pool], res).prop_map(|(class, resources)| RSpec { class, resources })
     }
 

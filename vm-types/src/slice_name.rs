@@ -50,9 +50,7 @@ impl SliceName {
                 return Err(SliceNameError::EmptyLabel(s.to_owned()));
             }
             let ok_first = label.as_bytes()[0].is_ascii_lowercase();
-            let ok_rest = label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            let ok_rest = label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok_first || !ok_rest || label.len() > 30 {
                 return Err(SliceNameError::BadLabel { name: s.to_owned(), label: label.to_owned() });
             }
@@ -112,6 +110,7 @@ impl<'de> serde::Deserialize<'de> for SliceName {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -5,6 +5,7 @@
 //! cargo runs these tests side by side). Host commands go through the real host except
 //! where a test makes one fail. Needs libvirt-clients, qemu-utils, dosfstools and mtools
 //! (`make test` installs them).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use vm_types::host::recording::RecordingHost;
 use vm_types::host::{Cmd, Host, LinuxHost};
-use vm_types::libvirt::{domain_xml, meta_data, network_config, user_data, GuestBoot, GuestImage, LibvirtBackend, LibvirtConfig};
+use vm_types::libvirt::{
+    domain_xml, meta_data, network_config, user_data, GuestBoot, GuestImage, LibvirtBackend, LibvirtConfig,
+};
 use vm_types::{Backend, BackendError, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmState, VmType};
 
 /// A test driver with its own empty hypervisor: a node description in `dir`.
@@ -67,7 +70,12 @@ fn spec(vm_type: VmType) -> VmSpec {
         resources,
         keys: vec![SshKey::parse(KEY).unwrap()],
         bootscript: Some("#!/bin/sh\necho \"hello <&> world\"".into()),
-        network: VmNetwork { index: 1, address: "10.213.0.2".parse().unwrap(), prefix_len: 24, gateway: "10.213.0.1".parse().unwrap() },
+        network: VmNetwork {
+            index: 1,
+            address: "10.213.0.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.213.0.1".parse().unwrap(),
+        },
         nm_socket_dir: None,
     }
 }
@@ -87,7 +95,12 @@ fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
 }
 
 fn require(tool: &str, pkg: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(ok, "`{tool}` is missing: apt-get install {pkg} (make test installs it)");
 }
 
@@ -95,7 +108,12 @@ fn require(tool: &str, pkg: &str) {
 fn domain_xml_is_valid_for_libvirts_schema() {
     require("virt-xml-validate", "libvirt-clients");
     let dir = tempfile::tempdir().unwrap();
-    let stock_image = GuestImage { disk: dir.path().join("cloud.qcow2"), format: "qcow2", virtual_size: 0, boot: GuestBoot::Firmware };
+    let stock_image = GuestImage {
+        disk: dir.path().join("cloud.qcow2"),
+        format: "qcow2",
+        virtual_size: 0,
+        boot: GuestBoot::Firmware,
+    };
     for (t, dtype, stock) in [
         (VmType::LinuxKvmX86, "qemu", false),
         (VmType::LinuxKvmX86, "kvm", false),
@@ -192,7 +210,13 @@ fn guest_images_are_told_apart_and_checked() {
     assert!(e.contains("nope.qcow2") && e.contains("guest_image"), "{e}");
     // A file is a stock image; its format and guest-visible size are read from it.
     let q = dir.path().join("cloud.qcow2");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("96M").status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("96M")
+        .status()
+        .unwrap()
+        .success());
     let img = GuestImage::open(&q).unwrap();
     assert_eq!((img.format, img.virtual_size, img.boot.clone()), ("qcow2", 96 << 20, GuestBoot::Firmware));
     let r = dir.path().join("cloud.raw");
@@ -205,7 +229,13 @@ fn guest_images_are_told_apart_and_checked() {
 fn a_quota_smaller_than_the_image_is_refused_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("cloud.qcow2");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("2G").status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("2G")
+        .status()
+        .unwrap()
+        .success());
     let mut cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
     cfg.image = GuestImage::open(&q).unwrap();
     let b = LibvirtBackend::connect(cfg.clone(), host()).unwrap();
@@ -224,7 +254,12 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), VmType::LinuxXenX86, "xen");
-    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.image.disk).arg("64M").status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&cfg.image.disk)
+        .arg("64M")
+        .status()
+        .unwrap();
     assert!(st.success());
     let h = host();
     let b = LibvirtBackend::connect(cfg.clone(), h.clone()).unwrap();
@@ -235,16 +270,26 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     assert_eq!(b.list().unwrap(), vec!["plc_demo".to_string()]);
     assert_eq!(b.status("plc_demo").unwrap().state, VmState::Stopped);
     // The overlay's virtual size is the disk quota; the seed is a cidata FAT image.
-    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(cfg.vm_dir.join("plc_demo/disk.qcow2")).output().unwrap();
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(cfg.vm_dir.join("plc_demo/disk.qcow2"))
+        .output()
+        .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let quota = s.resources.disk_quota_bytes();
     assert_eq!(info["virtual-size"], quota - quota % 512, "at most the quota, in whole sectors");
-    let seed = Command::new("mdir").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("-b").arg("::/").output().unwrap();
+    let seed =
+        Command::new("mdir").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("-b").arg("::/").output().unwrap();
     let listing = String::from_utf8_lossy(&seed.stdout);
     for f in ["user-data", "meta-data", "network-config", "plab"] {
         assert!(listing.contains(f), "{f} missing from the seed: {listing}");
     }
-    let key = Command::new("mtype").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("::/plab/ssh_host_ed25519_key").output().unwrap();
+    let key = Command::new("mtype")
+        .arg("-i")
+        .arg(cfg.vm_dir.join("plc_demo/seed.img"))
+        .arg("::/plab/ssh_host_ed25519_key")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&key.stdout).starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(cfg.vm_dir.join("plc_demo/seed.img")).unwrap().permissions().mode();
@@ -259,7 +304,11 @@ fn xen_lifecycle_against_libvirts_test_driver() {
 
     // Growing the disk needs a stopped VM; nothing changes when refused.
     let size = || {
-        let out = Command::new("qemu-img").args(["info", "--output=json"]).arg(cfg.vm_dir.join("plc_demo/disk.qcow2")).output().unwrap();
+        let out = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(cfg.vm_dir.join("plc_demo/disk.qcow2"))
+            .output()
+            .unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["virtual-size"].as_u64().unwrap()
     };
     let mut bigger = s.clone();
@@ -279,7 +328,12 @@ fn xen_lifecycle_against_libvirts_test_driver() {
     b.update(&s, &bigger).unwrap();
     let big = bigger.resources.disk_quota_bytes();
     assert_eq!(size(), big - big % 512, "grown to the new quota");
-    let keys = Command::new("mtype").arg("-i").arg(cfg.vm_dir.join("plc_demo/seed.img")).arg("::/plab/keys/plc_demo").output().unwrap();
+    let keys = Command::new("mtype")
+        .arg("-i")
+        .arg(cfg.vm_dir.join("plc_demo/seed.img"))
+        .arg("::/plab/keys/plc_demo")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&keys.stdout).lines().count(), 2, "the new key is in the seed");
     assert!(h.record.lines().iter().any(|l| l.starts_with("qemu-img resize")), "{:?}", h.record.lines());
 
@@ -294,7 +348,13 @@ fn xen_lifecycle_against_libvirts_test_driver() {
 fn a_guest_whose_tap_cannot_be_attached_is_stopped_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), VmType::LinuxKvmX86, "qemu");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&cfg.image.disk).arg("64M").status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&cfg.image.disk)
+        .arg("64M")
+        .status()
+        .unwrap()
+        .success());
     let h = host();
     h.record.fail("ip link set pvt1 master plab0 up", 1, "Cannot find device \"plab0\"");
     let b = LibvirtBackend::connect(cfg.clone(), h.clone()).unwrap();
@@ -313,8 +373,15 @@ fn a_guest_whose_tap_cannot_be_attached_is_stopped_again() {
 fn only_its_own_domains_are_listed() {
     let dir = tempfile::tempdir().unwrap();
     let mine = config(dir.path(), VmType::LinuxXenX86, "xen");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&mine.image.disk).arg("64M").status().unwrap().success());
-    let theirs = LibvirtConfig { owner: "another node manager".into(), vm_dir: dir.path().join("vms2"), ..mine.clone() };
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&mine.image.disk)
+        .arg("64M")
+        .status()
+        .unwrap()
+        .success());
+    let theirs =
+        LibvirtConfig { owner: "another node manager".into(), vm_dir: dir.path().join("vms2"), ..mine.clone() };
     let (a, b) = (LibvirtBackend::connect(mine, host()).unwrap(), LibvirtBackend::connect(theirs, host()).unwrap());
     a.create(&spec(VmType::LinuxXenX86)).unwrap();
     let mut other = spec(VmType::LinuxXenX86);

@@ -72,7 +72,16 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Init { server_names, operator, email, db, url } => {
-                let creds = plab_authority::setup::init(&cli.state_dir, &cli.name, &server_names, &operator, &email, &db_url(&cli.state_dir, db), &url).await?;
+                let creds = plab_authority::setup::init(
+                    &cli.state_dir,
+                    &cli.name,
+                    &server_names,
+                    &operator,
+                    &email,
+                    &db_url(&cli.state_dir, db),
+                    &url,
+                )
+                .await?;
                 println!("authority {} initialised in {}", cli.name, cli.state_dir.display());
                 println!("operator {operator}: export PLAB_AUTHORITY_CONFIG={}", creds.config.display());
                 Ok(())
@@ -83,7 +92,8 @@ fn main() -> anyhow::Result<()> {
                 let settings = Settings { sa: roles.contains("sa"), ma: roles.contains("ma"), ..Settings::default() };
                 let a = Arc::new(Authority::new(db, ca, settings).await?);
                 let tls = Arc::new(server::tls_config(&a)?);
-                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("--listen {listen}"))?;
+                let listener =
+                    tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("--listen {listen}"))?;
                 tracing::info!(%listen, roles, "plab-authority serving");
                 tokio::select! {
                     _ = server::serve(a, listener, tls) => {}
@@ -94,4 +104,3 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
-

@@ -72,7 +72,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 match bm.boot(Some(trigger_port)) {
                     Ok(o) => println!("{}", describe(&o)),
-                    Err(e) => eprintln!("plab-boot: boot failed (trying again at the next trigger or update check): {e}"),
+                    Err(e) => {
+                        eprintln!("plab-boot: boot failed (trying again at the next trigger or update check): {e}")
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! Test harness: an authority server in this process (its own runtime thread), on
 //! 127.0.0.1 and a random port, over SQLite or a fresh PostgreSQL database.
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(dead_code)]
 
 use credentials::identity::Identity;
@@ -57,9 +58,17 @@ impl Harness {
                 Backend::Sqlite => format!("sqlite://{}", state.path().join("a.db").display()),
                 Backend::Postgres => fresh_pg().await,
             };
-            let creds = plab_authority::setup::init(state.path(), "plc", &["127.0.0.1".into(), "localhost".into()], "admin", "admin@plc.test", &url, "https://127.0.0.1")
-                .await
-                .unwrap();
+            let creds = plab_authority::setup::init(
+                state.path(),
+                "plc",
+                &["127.0.0.1".into(), "localhost".into()],
+                "admin",
+                "admin@plc.test",
+                &url,
+                "https://127.0.0.1",
+            )
+            .await
+            .unwrap();
             let ca = Ca::load(state.path(), "plc").unwrap();
             let db = Db::open(&url).await.unwrap();
             let a = Arc::new(Authority::new(db, ca, settings).await.unwrap());

@@ -38,7 +38,13 @@ impl BindPlan {
 
 /// Decides what binding `pool` to `slice`'s VM does. Pure: it reads the tables and the
 /// node's memory size (`node_mem_mb`, when known) and changes nothing.
-pub(crate) fn plan(t: &Tables, pool: &Pool, slice: &SliceName, prefix: &Prefix, node_mem_mb: Option<u64>) -> Result<BindPlan, NmError> {
+pub(crate) fn plan(
+    t: &Tables,
+    pool: &Pool,
+    slice: &SliceName,
+    prefix: &Prefix,
+    node_mem_mb: Option<u64>,
+) -> Result<BindPlan, NmError> {
     if let Some(vm) = &pool.vm {
         return Err(NmError::Conflict(format!("rcap: the pool is already bound to VM {vm}")));
     }
@@ -68,7 +74,8 @@ pub(crate) fn plan(t: &Tables, pool: &Pool, slice: &SliceName, prefix: &Prefix, 
                 )));
             }
             let mut new = old.clone();
-            new.resources = old.resources.checked_add(&pool.rspec.resources).map_err(|e| NmError::invalid("rspec", e))?;
+            new.resources =
+                old.resources.checked_add(&pool.rspec.resources).map_err(|e| NmError::invalid("rspec", e))?;
             for k in &srs.keys {
                 if !new.vm.keys.contains(k) {
                     new.vm.keys.push(k.clone());
@@ -178,7 +185,9 @@ impl NodeManager {
                 }
                 let recorded = {
                     let mut t = self.tables();
-                    self.store.bind_existing(pool_id, &name, &new.rspec().to_xml()).map(|()| t.slivers.insert(name.clone(), new))
+                    self.store
+                        .bind_existing(pool_id, &name, &new.rspec().to_xml())
+                        .map(|()| t.slivers.insert(name.clone(), new))
                 };
                 if let Err(e) = recorded {
                     // The backend applied the change but it could not be recorded: put the VM
@@ -260,6 +269,7 @@ impl NodeManager {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::rcap::Rcap;
@@ -269,12 +279,22 @@ mod tests {
 
     fn pool(id: i64, slice: &str, xml: &str) -> Pool {
         let rspec = RSpec::from_xml(xml).unwrap();
-        Pool { id, rcap: Rcap::generate().unwrap(), parent: None, slice: SliceName::parse(slice).unwrap(), xml: xml.into(), rspec, vm: None }
+        Pool {
+            id,
+            rcap: Rcap::generate().unwrap(),
+            parent: None,
+            slice: SliceName::parse(slice).unwrap(),
+            xml: xml.into(),
+            rspec,
+            vm: None,
+        }
     }
 
     fn vserver(name: &str, mem: u32, key: bool, boot: &str) -> String {
         let k = if key { format!("<key>{KEY}</key>") } else { String::new() };
-        format!(r#"<VServerSlice name="{name}"><resources cpu_share="1" disk_quota="1" mem_limit="{mem}"/>{k}<bootscript>{boot}</bootscript></VServerSlice>"#)
+        format!(
+            r#"<VServerSlice name="{name}"><resources cpu_share="1" disk_quota="1" mem_limit="{mem}"/>{k}<bootscript>{boot}</bootscript></VServerSlice>"#
+        )
     }
 
     fn prefix() -> Prefix {
@@ -291,7 +311,9 @@ mod tests {
         assert_eq!(sl.wanted, Wanted::Creating);
         t.slivers.insert(sl.name.clone(), sl);
         let p2 = pool(2, "plc.b", &vserver("plc.b", 64, true, "x"));
-        let BindPlan::New(sl) = plan(&t, &p2, &SliceName::parse("plc.b").unwrap(), &prefix(), None).unwrap() else { panic!() };
+        let BindPlan::New(sl) = plan(&t, &p2, &SliceName::parse("plc.b").unwrap(), &prefix(), None).unwrap() else {
+            panic!()
+        };
         assert_eq!(sl.index, 2);
     }
 
@@ -299,11 +321,14 @@ mod tests {
     fn adding_merges_resources_and_keys_and_replaces_the_bootscript() {
         let mut t = Tables::default();
         let s = SliceName::parse("plc.a").unwrap();
-        let BindPlan::New(first) = plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "one")), &s, &prefix(), None).unwrap() else {
+        let BindPlan::New(first) =
+            plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "one")), &s, &prefix(), None).unwrap()
+        else {
             panic!()
         };
         t.slivers.insert(first.name.clone(), first);
-        let BindPlan::Add { old, new } = plan(&t, &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
+        let BindPlan::Add { old, new } =
+            plan(&t, &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
         else {
             panic!()
         };
@@ -320,29 +345,60 @@ mod tests {
         let s = SliceName::parse("plc.a").unwrap();
         let mut bound = pool(1, "plc.a", &vserver("plc.a", 64, true, "x"));
         bound.vm = Some("plc_a".into());
-        assert!(matches!(plan(&t, &bound, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("already bound")));
+        assert!(
+            matches!(plan(&t, &bound, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("already bound"))
+        );
         let other = pool(1, "plc.b", &vserver("plc.b", 64, true, "x"));
         assert!(matches!(plan(&t, &other, &s, &prefix(), None), Err(NmError::PermissionDenied(_))));
         let bare = pool(1, "plc.a", r#"<PoolRSpec><resources mem_limit="64"/></PoolRSpec>"#);
-        assert!(matches!(plan(&t, &bare, &s, &prefix(), None), Err(NmError::InvalidRSpec(m)) if m.contains("split off")));
+        assert!(
+            matches!(plan(&t, &bare, &s, &prefix(), None), Err(NmError::InvalidRSpec(m)) if m.contains("split off"))
+        );
         let named = pool(1, "plc", &vserver("plc.c", 64, true, "x"));
-        assert!(matches!(plan(&t, &named, &s, &prefix(), None), Err(NmError::InvalidParams { field: "slice_name", .. })));
+        assert!(matches!(
+            plan(&t, &named, &s, &prefix(), None),
+            Err(NmError::InvalidParams { field: "slice_name", .. })
+        ));
         let small = pool(1, "plc.a", &vserver("plc.a", 16, true, "x"));
-        assert!(matches!(plan(&t, &small, &s, &prefix(), None), Err(NmError::Resources(m)) if m.contains("at least 32 MB")));
+        assert!(
+            matches!(plan(&t, &small, &s, &prefix(), None), Err(NmError::Resources(m)) if m.contains("at least 32 MB"))
+        );
         let big = pool(1, "plc.a", &vserver("plc.a", 4096, true, "x"));
-        assert!(matches!(plan(&t, &big, &s, &prefix(), Some(1024)), Err(NmError::Resources(m)) if m.contains("node's memory")));
-        let no_cpu = pool(1, "plc.a", r#"<VServerSlice><resources cpu_share="0" mem_limit="64" disk_quota="1"/></VServerSlice>"#);
-        assert!(matches!(plan(&t, &no_cpu, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("cpu_share")));
-        let no_disk = pool(1, "plc.a", r#"<VServerSlice><resources cpu_share="1" mem_limit="64" disk_quota="0.01"/></VServerSlice>"#);
-        assert!(matches!(plan(&t, &no_disk, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("disk_quota")));
+        assert!(
+            matches!(plan(&t, &big, &s, &prefix(), Some(1024)), Err(NmError::Resources(m)) if m.contains("node's memory"))
+        );
+        let no_cpu = pool(
+            1,
+            "plc.a",
+            r#"<VServerSlice><resources cpu_share="0" mem_limit="64" disk_quota="1"/></VServerSlice>"#,
+        );
+        assert!(
+            matches!(plan(&t, &no_cpu, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("cpu_share"))
+        );
+        let no_disk = pool(
+            1,
+            "plc.a",
+            r#"<VServerSlice><resources cpu_share="1" mem_limit="64" disk_quota="0.01"/></VServerSlice>"#,
+        );
+        assert!(
+            matches!(plan(&t, &no_disk, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("disk_quota"))
+        );
         // An existing VM of another type.
         let mut t = Tables::default();
-        let BindPlan::New(sl) = plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "x")), &s, &prefix(), None).unwrap() else {
+        let BindPlan::New(sl) =
+            plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "x")), &s, &prefix(), None).unwrap()
+        else {
             panic!()
         };
         t.slivers.insert(sl.name.clone(), sl);
-        let kvm = pool(2, "plc.a", r#"<KvmSlice name="plc.a"><resources cpu_share="1" mem_limit="64" disk_quota="1"/></KvmSlice>"#);
-        assert!(matches!(plan(&t, &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added")));
+        let kvm = pool(
+            2,
+            "plc.a",
+            r#"<KvmSlice name="plc.a"><resources cpu_share="1" mem_limit="64" disk_quota="1"/></KvmSlice>"#,
+        );
+        assert!(
+            matches!(plan(&t, &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added"))
+        );
     }
 
     #[test]
@@ -352,7 +408,10 @@ mod tests {
         for i in 1..=5 {
             let n = format!("plc.s{i}");
             let s = SliceName::parse(&n).unwrap();
-            let BindPlan::New(sl) = plan(&t, &pool(i, &n, &vserver(&n, 64, true, "x")), &s, &prefix(), None).unwrap() else { panic!() };
+            let BindPlan::New(sl) = plan(&t, &pool(i, &n, &vserver(&n, 64, true, "x")), &s, &prefix(), None).unwrap()
+            else {
+                panic!()
+            };
             t.slivers.insert(sl.name.clone(), sl);
         }
         let s = SliceName::parse("plc.s6").unwrap();

@@ -72,7 +72,9 @@ impl NmError {
                 BackendError::NotFound(_) => ErrorCode::NOT_FOUND,
                 BackendError::Invalid(_) => ErrorCode::RESOURCES,
                 BackendError::Internal(_) => ErrorCode::INTERNAL,
-                BackendError::Command { .. } | BackendError::Io(..) | BackendError::Unavailable(_) => ErrorCode::BACKEND,
+                BackendError::Command { .. } | BackendError::Io(..) | BackendError::Unavailable(_) => {
+                    ErrorCode::BACKEND
+                }
             },
             NmError::Store(_) | NmError::Internal(_) => ErrorCode::INTERNAL,
         }
@@ -91,6 +93,7 @@ impl From<NmError> for RpcError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

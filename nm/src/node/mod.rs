@@ -110,7 +110,11 @@ impl Tables {
     /// The pool an rcap names. Malformed and unknown rcaps get the same answer.
     pub fn pool(&self, rcap: &str) -> Result<&Pool, NmError> {
         let r = Rcap::from_hex(rcap).ok_or(NmError::UnknownRcap)?;
-        self.by_key.get(&r.key()).and_then(|id| self.pools.get(id)).filter(|p| p.rcap.ct_eq(&r)).ok_or(NmError::UnknownRcap)
+        self.by_key
+            .get(&r.key())
+            .and_then(|id| self.pools.get(id))
+            .filter(|p| p.rcap.ct_eq(&r))
+            .ok_or(NmError::UnknownRcap)
     }
 
     pub fn insert_pool(&mut self, p: Pool) {
@@ -282,7 +286,9 @@ pub(crate) fn owner_only(caller: &Caller, method: &str) -> Result<(), NmError> {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, BackendError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(BackendError::Internal(format!("backend task failed: {e}"))))
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(BackendError::Internal(format!("backend task failed: {e}"))))
 }
 
 pub(crate) fn set_mode(p: &std::path::Path, mode: u32) -> std::io::Result<()> {

@@ -10,7 +10,10 @@ use vm_types::{RSpec, Resources, SliceName};
 
 /// Resources with their units, as the API shows them (`"256 MB"`).
 pub fn resources_map(r: &Resources) -> BTreeMap<String, String> {
-    Resources::ATTRIBUTES.iter().map(|(attr, unit)| (attr.to_string(), format!("{} {unit}", r.get(attr).unwrap_or_default()))).collect()
+    Resources::ATTRIBUTES
+        .iter()
+        .map(|(attr, unit)| (attr.to_string(), format!("{} {unit}", r.get(attr).unwrap_or_default())))
+        .collect()
 }
 
 pub(crate) fn parse_rspec(xml: &str) -> Result<RSpec, NmError> {
@@ -38,12 +41,19 @@ impl NodeManager {
         let wanted = match (caller, slice) {
             (Caller::Owner, s) => s,
             (Caller::Slice(own), Some(s)) if &s != own => {
-                return Err(NmError::PermissionDenied(format!("slice_name: a slice may only ask for its own rcaps ({own})")))
+                return Err(NmError::PermissionDenied(format!(
+                    "slice_name: a slice may only ask for its own rcaps ({own})"
+                )))
             }
             (Caller::Slice(own), _) => Some(own.clone()),
         };
         let t = self.tables();
-        let rcaps = t.pools.values().filter(|p| wanted.as_ref().is_none_or(|w| &p.slice == w)).map(|p| p.rcap.to_hex()).collect();
+        let rcaps = t
+            .pools
+            .values()
+            .filter(|p| wanted.as_ref().is_none_or(|w| &p.slice == w))
+            .map(|p| p.rcap.to_hex())
+            .collect();
         Ok(RcapsResult { rcaps })
     }
 
@@ -60,17 +70,26 @@ impl NodeManager {
         }
         if let (Some(limit), Some(want)) = (parent.rspec.vm_type(), child.vm_type()) {
             if limit != want {
-                return Err(NmError::InvalidRSpec(format!("rspec: vm_type {want} is not allowed by the pool, which is for {limit}")));
+                return Err(NmError::InvalidRSpec(format!(
+                    "rspec: vm_type {want} is not allowed by the pool, which is for {limit}"
+                )));
             }
         }
         let slice = match child.slice().and_then(|s| s.name.clone()) {
             Some(n) if !parent.slice.covers(&n) => {
-                return Err(NmError::PermissionDenied(format!("rspec: slice {n} is outside the pool's slice {}", parent.slice)))
+                return Err(NmError::PermissionDenied(format!(
+                    "rspec: slice {n} is outside the pool's slice {}",
+                    parent.slice
+                )))
             }
             Some(n) => n,
             None => parent.slice.clone(),
         };
-        let rest = parent.rspec.resources.checked_sub(&child.resources).map_err(|e| NmError::Resources(format!("rspec: {e}")))?;
+        let rest = parent
+            .rspec
+            .resources
+            .checked_sub(&child.resources)
+            .map_err(|e| NmError::Resources(format!("rspec: {e}")))?;
         let mut parent_rspec = parent.rspec.clone();
         parent_rspec.resources = rest;
         let parent_xml: Arc<str> = parent_rspec.to_xml().into();
@@ -99,7 +118,8 @@ impl NodeManager {
         let parent_update = match pool.parent.and_then(|pid| t.pools.get(&pid)) {
             Some(parent) => {
                 let mut r = parent.rspec.clone();
-                r.resources = r.resources.checked_add(&pool.rspec.resources).map_err(|e| NmError::invalid("rspec", e))?;
+                r.resources =
+                    r.resources.checked_add(&pool.rspec.resources).map_err(|e| NmError::invalid("rspec", e))?;
                 let xml: Arc<str> = r.to_xml().into();
                 Some((parent.id, r, xml))
             }

@@ -27,7 +27,9 @@ impl std::fmt::Display for Repair {
             Repair::RemovedHalfMade(n) => write!(f, "{n}: removed a VM whose creation was interrupted"),
             Repair::Restarted(n) => write!(f, "{n}: restarted"),
             Repair::Stopped(n) => write!(f, "{n}: stopped, as recorded"),
-            Repair::Orphans(o) => write!(f, "orphans (VMs without a record; remove with `plab nm clean-orphans`): {}", o.join(", ")),
+            Repair::Orphans(o) => {
+                write!(f, "orphans (VMs without a record; remove with `plab nm clean-orphans`): {}", o.join(", "))
+            }
             Repair::Failed(m) => f.write_str(m),
         }
     }
@@ -39,7 +41,8 @@ impl NodeManager {
     /// stopped, per-VM sockets are opened, and orphans are reported.
     pub async fn reconcile(self: &Arc<Self>) -> Vec<Repair> {
         let mut report = Vec::new();
-        let slivers: Vec<_> = self.tables().slivers.values().map(|s| (s.name.clone(), s.slice.clone(), s.wanted)).collect();
+        let slivers: Vec<_> =
+            self.tables().slivers.values().map(|s| (s.name.clone(), s.slice.clone(), s.wanted)).collect();
         for (name, slice, wanted) in slivers {
             let _g = self.locks.lock(&name).await;
             let (spec, b) = match self.vm_for(&Caller::Owner, &name) {
@@ -74,7 +77,9 @@ impl NodeManager {
                     let n = name.clone();
                     match blocking(move || b.stop(&n)).await {
                         Ok(()) => report.push(Repair::Stopped(name)),
-                        Err(e) => report.push(Repair::Failed(format!("{name}: should be stopped but failed to stop: {e}"))),
+                        Err(e) => {
+                            report.push(Repair::Failed(format!("{name}: should be stopped but failed to stop: {e}")))
+                        }
                     }
                 }
             }
@@ -94,7 +99,9 @@ impl NodeManager {
             let b2 = b.clone();
             let names = blocking(move || b2.list()).await.map_err(NmError::backend("Orphans"))?;
             let t = self.tables();
-            out.extend(names.into_iter().filter(|n| !t.slivers.contains_key(n)).map(|vm| Orphan { vm, vm_type: b.vm_type() }));
+            out.extend(
+                names.into_iter().filter(|n| !t.slivers.contains_key(n)).map(|vm| Orphan { vm, vm_type: b.vm_type() }),
+            );
         }
         Ok(out)
     }

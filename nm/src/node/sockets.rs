@@ -52,7 +52,9 @@ impl NodeManager {
                 }
             }
         });
-        if let Some(old) = self.sockets.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), task.abort_handle()) {
+        if let Some(old) =
+            self.sockets.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), task.abort_handle())
+        {
             old.abort();
         }
         Ok(())

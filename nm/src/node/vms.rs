@@ -52,7 +52,8 @@ impl NodeManager {
     }
 
     pub(crate) async fn list_vms(&self, caller: &Caller) -> VmsResult {
-        let names: Vec<String> = self.tables().slivers.values().filter(|v| caller.may_see(&v.slice)).map(|v| v.name.clone()).collect();
+        let names: Vec<String> =
+            self.tables().slivers.values().filter(|v| caller.may_see(&v.slice)).map(|v| v.name.clone()).collect();
         let mut vms = Vec::new();
         for n in names {
             // A VM destroyed meanwhile is simply not listed.

@@ -11,6 +11,7 @@
 //!
 //! The server is a real `plab-authority serve` child process on 127.0.0.1. Needs the
 //! PostgreSQL that `make test` sets up (postgres://plab:plab@127.0.0.1/plab).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_authority::AuthorityClient;
 use plab_tests::bin;
@@ -41,7 +42,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn ticks_per_sec() -> f64 {
@@ -60,7 +62,9 @@ fn start(db_kind: &str, rt: &tokio::runtime::Runtime) -> Server {
         "sqlite" => format!("sqlite://{}", dir.path().join("a.db").display()),
         _ => rt.block_on(async {
             use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL at postgres://plab:plab@127.0.0.1/plab (make test sets it up)");
+            let mut c = sqlx::PgConnection::connect(PG_ADMIN)
+                .await
+                .expect("PostgreSQL at postgres://plab:plab@127.0.0.1/plab (make test sets it up)");
             let name = format!("plab_t_bench_{}", hex::encode(credentials::random_bytes::<4>()));
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
             format!("postgres://plab:plab@127.0.0.1/{name}")
@@ -84,7 +88,10 @@ fn start(db_kind: &str, rt: &tokio::runtime::Runtime) -> Server {
         .spawn()
         .unwrap();
     let op_dir = dir.path().join("operator");
-    let op = (std::fs::read_to_string(op_dir.join("cert.pem")).unwrap(), std::fs::read_to_string(op_dir.join("key.pem")).unwrap());
+    let op = (
+        std::fs::read_to_string(op_dir.join("cert.pem")).unwrap(),
+        std::fs::read_to_string(op_dir.join("key.pem")).unwrap(),
+    );
     let root = std::fs::read_to_string(op_dir.join("root.pem")).unwrap();
     let s = Server { child, url, root, op, db, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -97,7 +104,8 @@ fn start(db_kind: &str, rt: &tokio::runtime::Runtime) -> Server {
 
 impl Server {
     fn client(&self, operator: bool) -> AuthorityClient {
-        AuthorityClient::new(&self.url, &self.root, operator.then(|| (self.op.0.as_str(), self.op.1.as_str())), None).unwrap()
+        AuthorityClient::new(&self.url, &self.root, operator.then_some((self.op.0.as_str(), self.op.1.as_str())), None)
+            .unwrap()
     }
 }
 
@@ -155,11 +163,19 @@ struct PollResult {
 /// and is updated, unless `refetch`, which asks with generation 0 every time (the answer
 /// that reads the database). `secs: None` makes one pass over every node (each node
 /// fetches its slices once); `Some(s)` polls round-robin for `s` seconds.
-fn poll(s: &Server, sessions: &[(i64, String)], gens: &mut [i64], threads: usize, secs: Option<u64>, refetch: bool) -> PollResult {
+fn poll(
+    s: &Server,
+    sessions: &[(i64, String)],
+    gens: &mut [i64],
+    threads: usize,
+    secs: Option<u64>,
+    refetch: bool,
+) -> PollResult {
     let pid = s.child.id();
     let tick0 = cpu_ticks(pid);
     let t0 = Instant::now();
-    let mut slots: Vec<Vec<(usize, &(i64, String), i64)>> = vec![Vec::new(); threads];
+    type Slot<'a> = (usize, &'a (i64, String), i64);
+    let mut slots: Vec<Vec<Slot>> = vec![Vec::new(); threads];
     for (i, sess) in sessions.iter().enumerate() {
         slots[i % threads].push((i, sess, gens[i]));
     }
@@ -245,7 +261,14 @@ fn main() {
     println!("node polling (GetSlicesForNode over HTTPS, 2 client threads, {secs} s; 5 of 50 slices per node):");
     println!(
         "  {:>6}  {:<9} {:>14} {:>16} {:>14} {:>12} {:>16} {:>24}",
-        "nodes", "database", "first fetch/s", "from database/s", "CPU/fetch", "unchanged/s", "CPU/unchanged", "1,000 nodes every 10 s"
+        "nodes",
+        "database",
+        "first fetch/s",
+        "from database/s",
+        "CPU/fetch",
+        "unchanged/s",
+        "CPU/unchanged",
+        "1,000 nodes every 10 s"
     );
     for (n, kind, first, db, r) in &rows {
         // 1,000 nodes every 10 s = 100 requests/s.

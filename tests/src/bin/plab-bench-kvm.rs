@@ -9,6 +9,7 @@
 //! each, what one more login costs on a running guest, and the node manager's
 //! resident memory per running guest (QEMU excluded: it is another process). The
 //! accelerator is the node's (TCG on hosts where KVM cannot run stock guests).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::{guest_files, keypair, prerequisites, raw_qemu, TestNode, GUEST_IMAGE};
 use serde_json::json;
@@ -17,7 +18,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use vm_types::libvirt::{domain_xml, LibvirtConfig};
 use vm_types::{Quantity, Resources, SliceName, SshKey, VmNetwork, VmSpec, VmType};
-
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -31,7 +31,11 @@ fn ok(c: &mut Command) {
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -46,7 +50,11 @@ fn main() {
     let accel = info["accelerator"].as_str().unwrap_or("tcg").to_owned();
     let pool = r#"<PoolRSpec><resources cpu_share="64" disk_quota="64" mem_limit="16384"/></PoolRSpec>"#;
     let root = c.call_str("CreatePool", json!([pool, "plc.bench"]), "rcap").unwrap();
-    let vm_rspec = |slice: &str| format!(r#"<KvmSlice name="{slice}"><resources cpu_share="1" disk_quota="1" mem_limit="256"/><key>{public}</key></KvmSlice>"#);
+    let vm_rspec = |slice: &str| {
+        format!(
+            r#"<KvmSlice name="{slice}"><resources cpu_share="1" disk_quota="1" mem_limit="256"/><key>{public}</key></KvmSlice>"#
+        )
+    };
     let sub = c.call_str("SplitPool", json!([root, vm_rspec("plc.bench.nm")]), "rcap").unwrap();
 
     // The raw peers' guest: the same files the backend makes, at an address of its own.
@@ -62,7 +70,12 @@ fn main() {
         resources,
         keys: vec![SshKey::parse(&public).unwrap()],
         bootscript: None,
-        network: VmNetwork { index: 250, address: "10.213.0.250".parse().unwrap(), prefix_len: 16, gateway: "10.213.0.1".parse().unwrap() },
+        network: VmNetwork {
+            index: 250,
+            address: "10.213.0.250".parse().unwrap(),
+            prefix_len: 16,
+            gateway: "10.213.0.1".parse().unwrap(),
+        },
         nm_socket_dir: None,
     };
     let cfg = LibvirtConfig {
@@ -94,7 +107,8 @@ fn main() {
         later_login.push(t.elapsed().as_secs_f64());
         (banner, first)
     };
-    let (mut nm_create, mut nm_ssh, mut virsh_create, mut virsh_ssh, mut qemu_ssh) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut nm_create, mut nm_ssh, mut virsh_create, mut virsh_ssh, mut qemu_ssh) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut nm_banner, mut virsh_banner, mut qemu_banner) = (vec![], vec![], vec![]);
     let record = |(banner, login): (f64, f64), b: &mut Vec<f64>, l: &mut Vec<f64>| {
         b.push(banner);
@@ -138,12 +152,28 @@ fn main() {
     }
     let (nc, vc) = (median(&mut nm_create), median(&mut virsh_create));
     println!("linux-kvm-x86 guests ({accel}), {iterations} iterations, alternating:");
-    println!("  create: NM Bind {:8.0} ms   virsh create {:8.0} ms   NM adds {:+6.0} ms (target <= 100 ms)", nc * 1e3, vc * 1e3, (nc - vc) * 1e3);
-    println!("  sshd's banner:       NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s   (target <= 10 s under TCG)",
-        median(&mut nm_banner), median(&mut virsh_banner), median(&mut qemu_banner));
-    println!("  first OpenSSH login: NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s",
-        median(&mut nm_ssh), median(&mut virsh_ssh), median(&mut qemu_ssh));
-    println!("  one more login on a running guest (what ssh itself costs under {accel}): {:.2} s", median(&mut later_login));
+    println!(
+        "  create: NM Bind {:8.0} ms   virsh create {:8.0} ms   NM adds {:+6.0} ms (target <= 100 ms)",
+        nc * 1e3,
+        vc * 1e3,
+        (nc - vc) * 1e3
+    );
+    println!(
+        "  sshd's banner:       NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s   (target <= 10 s under TCG)",
+        median(&mut nm_banner),
+        median(&mut virsh_banner),
+        median(&mut qemu_banner)
+    );
+    println!(
+        "  first OpenSSH login: NM {:6.1} s   virsh {:6.1} s   raw qemu {:6.1} s",
+        median(&mut nm_ssh),
+        median(&mut virsh_ssh),
+        median(&mut qemu_ssh)
+    );
+    println!(
+        "  one more login on a running guest (what ssh itself costs under {accel}): {:.2} s",
+        median(&mut later_login)
+    );
 
     // NM memory per running guest (QEMU is another process).
     let pid = node.nm_pid().unwrap();
@@ -155,8 +185,12 @@ fn main() {
         c.call_value("Bind", json!([s, slice])).unwrap();
     }
     let after = rss_kib(pid);
-    println!("  NM resident memory: {:.1} MiB with no guest, {:.1} MiB with {n} running: {:.0} KiB per guest",
-        before as f64 / 1024.0, after as f64 / 1024.0, after.saturating_sub(before) as f64 / n as f64);
+    println!(
+        "  NM resident memory: {:.1} MiB with no guest, {:.1} MiB with {n} running: {:.0} KiB per guest",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / n as f64
+    );
     for i in 0..n {
         let _ = c.call_value("DestroyVM", json!([format!("plc_bench_m{i}")]));
     }

@@ -6,6 +6,7 @@
 //! 2. NM socket: `GetRSpec` calls per second on one connection, against a bare Unix-socket
 //!    echo round trip (the floor any local RPC pays).
 //! 3. NM resident memory with 100 VM records (100 real container VMs).
+#![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_nm::NmClient;
 use plab_tests::{bin, keypair, prerequisites, TestNode};
@@ -24,12 +25,21 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn runc(root: &std::path::Path, args: &[&str]) {
-    let st = Command::new("runc").arg("--root").arg(root).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    let st = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
     assert!(st.success(), "runc {args:?} failed");
 }
 
 fn slice_rspec(slice: &str, key: &str, mem: u32, disk: &str) -> String {
-    format!(r#"<VServerSlice name="{slice}"><resources cpu_share="1" disk_quota="{disk}" mem_limit="{mem}"/><key>{key}</key></VServerSlice>"#)
+    format!(
+        r#"<VServerSlice name="{slice}"><resources cpu_share="1" disk_quota="{disk}" mem_limit="{mem}"/><key>{key}</key></VServerSlice>"#
+    )
 }
 
 fn main() {
@@ -46,14 +56,16 @@ fn main() {
     // --- 1. lifecycle -------------------------------------------------------------------
     // The raw peer uses the bundle NM generated for a VM of its own (stopped, so its root
     // filesystem, network namespace and config.json are in place but no container runs).
-    let raw_pool = c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.raw", &public, 64, "0.05")]), "rcap").unwrap();
+    let raw_pool =
+        c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.raw", &public, 64, "0.05")]), "rcap").unwrap();
     c.call_value("Bind", json!([raw_pool, "plc.bench.raw"])).unwrap();
     c.call_value("StopVM", json!(["plc_bench_raw"])).unwrap();
     let bundle = node.state().join("vms/plc_bench_raw/bundle");
     let raw_root = node.dir.path().join("raw-runc");
     std::fs::create_dir_all(&raw_root).unwrap();
 
-    let vm_pool = c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.vm", &public, 64, "0.05")]), "rcap").unwrap();
+    let vm_pool =
+        c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.vm", &public, 64, "0.05")]), "rcap").unwrap();
     let (mut nm_cycle, mut raw_cycle, mut first_ssh) = (vec![], vec![], vec![]);
     println!("lifecycle: {iterations} iterations, NM and raw runc alternating");
     for i in 0..iterations {
@@ -157,10 +169,17 @@ fn main() {
     let created = t.elapsed();
     let vms = c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().len();
     let after = rss();
-    println!("memory: {vms} running container VMs created in {:.1} s ({:.0} ms each)", created.as_secs_f64(), ms(created) / records as f64);
+    println!(
+        "memory: {vms} running container VMs created in {:.1} s ({:.0} ms each)",
+        created.as_secs_f64(),
+        ms(created) / records as f64
+    );
     println!("  NM resident memory, no VMs               {:8.1} MiB", before as f64 / 1024.0);
     println!("  NM resident memory, {vms} VM records       {:8.1} MiB   (target < 30 MiB)", after as f64 / 1024.0);
-    println!("  per VM                                   {:8.1} KiB", (after.saturating_sub(before)) as f64 / vms as f64);
+    println!(
+        "  per VM                                   {:8.1} KiB",
+        (after.saturating_sub(before)) as f64 / vms as f64
+    );
     let mut c2 = NmClient::connect(&node.socket()).unwrap();
     for i in 0..records {
         c2.call_value("DestroyVM", json!([format!("plc_bench_m{i}")])).unwrap();

@@ -178,10 +178,14 @@ pub fn metadata_owner(metadata: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn owner_is_read_back_from_metadata() {
-        assert_eq!(super::metadata_owner("<vm xmlns='urn:plab:vm:1' slice='plc.a' owner='/var/lib/x&amp;y'/>").as_deref(), Some("/var/lib/x&y"));
+        assert_eq!(
+            super::metadata_owner("<vm xmlns='urn:plab:vm:1' slice='plc.a' owner='/var/lib/x&amp;y'/>").as_deref(),
+            Some("/var/lib/x&y")
+        );
         assert_eq!(super::metadata_owner("<vm slice=\"a\" owner=\"n1\"/>").as_deref(), Some("n1"));
         assert_eq!(super::metadata_owner("<vm slice='a'/>"), None);
     }

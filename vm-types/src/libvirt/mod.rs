@@ -354,7 +354,11 @@ impl Backend for LibvirtBackend {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.cfg.vm_dir.join(name).join("console.log");
         let Ok(mut f) = fs::File::open(&path) else {
-            return if self.domain(name).is_some() { Ok(String::new()) } else { Err(BackendError::NotFound(name.into())) };
+            return if self.domain(name).is_some() {
+                Ok(String::new())
+            } else {
+                Err(BackendError::NotFound(name.into()))
+            };
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;

@@ -104,7 +104,8 @@ pub fn write_seed(host: &dyn Host, d: &Path, spec: &VmSpec) -> Result<(), Backen
     let st = stage.path();
     crate::files::private_dir(&st.join("plab/keys"), 0o700).map_err(io("seed staging directory"))?;
     let (user, net) = (user_data(spec, &host_key), network_config(spec));
-    let put = |rel: &str, text: &str| write_private(&st.join(rel), text.as_bytes(), 0o600).map_err(io(format!("seed {rel}")));
+    let put =
+        |rel: &str, text: &str| write_private(&st.join(rel), text.as_bytes(), 0o600).map_err(io(format!("seed {rel}")));
     put("meta-data", &meta_data(spec, &user, &net))?;
     put("user-data", &user)?;
     put("network-config", &net)?;

@@ -66,7 +66,10 @@ impl VserverBackend {
     pub fn new(cfg: VserverConfig, host: Arc<dyn Host>) -> Result<VserverBackend, BackendError> {
         for p in [&cfg.vm_dir, &cfg.image_dir] {
             if p.to_string_lossy().contains([',', ':']) {
-                return Err(BackendError::Invalid(format!("{}: paths for VMs may not contain ',' or ':'", p.display())));
+                return Err(BackendError::Invalid(format!(
+                    "{}: paths for VMs may not contain ',' or ':'",
+                    p.display()
+                )));
             }
         }
         fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
@@ -103,9 +106,9 @@ impl VserverBackend {
             return Ok(None);
         }
         match self.runtime(&["state", name]) {
-            Ok(out) => serde_json::from_str(&out)
-                .map(Some)
-                .map_err(|e| BackendError::Internal(format!("{} state {name}: unreadable output: {e}", self.cfg.runtime))),
+            Ok(out) => serde_json::from_str(&out).map(Some).map_err(|e| {
+                BackendError::Internal(format!("{} state {name}: unreadable output: {e}", self.cfg.runtime))
+            }),
             Err(BackendError::Command { message, .. }) if message.contains("does not exist") => Ok(None),
             Err(e) => Err(e),
         }
@@ -127,7 +130,9 @@ impl VserverBackend {
         match &spec.bootscript {
             Some(b) => write_atomic(&boot, b)?,
             None => match fs::remove_file(&boot) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(BackendError::Io("bootscript".into(), e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(BackendError::Io("bootscript".into(), e))
+                }
                 _ => {}
             },
         }
@@ -238,13 +243,17 @@ impl VserverBackend {
     /// the image is truncated back.
     fn grow_disk(&self, name: &str, old_q: u64, new_q: u64) -> Result<(), BackendError> {
         let img = self.dir(name).join("disk.img");
-        let set_len = |len: u64| fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(len)).map_err(io("disk.img"));
+        let set_len = |len: u64| {
+            fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(len)).map_err(io("disk.img"))
+        };
         set_len(new_q)?;
         let r = (|| {
             let dev = self.run("losetup", &["-j", &s(&img)])?;
-            let dev = dev.split(':').next().filter(|d| d.starts_with("/dev/")).ok_or_else(|| {
-                BackendError::Internal("the VM disk is not attached to a loop device".into())
-            })?;
+            let dev = dev
+                .split(':')
+                .next()
+                .filter(|d| d.starts_with("/dev/"))
+                .ok_or_else(|| BackendError::Internal("the VM disk is not attached to a loop device".into()))?;
             self.run("losetup", &["-c", dev])?;
             self.run("resize2fs", &[dev]).map(|_| ())
         })();
@@ -363,7 +372,10 @@ impl Backend for VserverBackend {
                 if self.runtime_state(name)?.is_some() {
                     match self.runtime(&["delete", "--force", name]) {
                         Err(BackendError::Command { message, .. }) if !message.contains("does not exist") => {
-                            return Err(BackendError::Command { command: format!("{} delete {name}", self.cfg.runtime), message })
+                            return Err(BackendError::Command {
+                                command: format!("{} delete {name}", self.cfg.runtime),
+                                message,
+                            })
                         }
                         _ => {}
                     }
@@ -384,7 +396,10 @@ impl Backend for VserverBackend {
         rest?;
         if d.exists() {
             if self.host.is_mounted(&d.join("rootfs")) || self.host.is_mounted(&d.join("disk")) {
-                return Err(BackendError::Internal(format!("{name}: disk still mounted, not removing {}", d.display())));
+                return Err(BackendError::Internal(format!(
+                    "{name}: disk still mounted, not removing {}",
+                    d.display()
+                )));
             }
             fs::remove_dir_all(&d).map_err(io(d.display().to_string()))?;
         }
@@ -407,7 +422,9 @@ impl Backend for VserverBackend {
                 // Leave the VM as it was: the caller records no change.
                 self.write_plab_files(old)?;
                 self.write_config(old)?;
-                return Err(BackendError::Invalid(format!("disk_quota: growing the VM's disk failed ({e}); nothing was changed")));
+                return Err(BackendError::Invalid(format!(
+                    "disk_quota: growing the VM's disk failed ({e}); nothing was changed"
+                )));
             }
         }
         if self.is_running(name)? {
@@ -425,7 +442,8 @@ impl Backend for VserverBackend {
         let state = match self.runtime_state(name)? {
             Some(st) if *st.status() == ContainerState::Running => {
                 details.insert("pid".into(), st.pid().unwrap_or(0).to_string());
-                if let Some(m) = Self::cgroup_value(name, "memory/plab/{}/memory.limit_in_bytes", "plab/{}/memory.max") {
+                if let Some(m) = Self::cgroup_value(name, "memory/plab/{}/memory.limit_in_bytes", "plab/{}/memory.max")
+                {
                     details.insert("memory_limit_bytes".into(), m);
                 }
                 if let Some(c) = Self::cgroup_value(name, "cpu/plab/{}/cpu.shares", "plab/{}/cpu.weight") {
@@ -466,7 +484,11 @@ impl Backend for VserverBackend {
         let mut f = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return if self.dir(name).exists() { Ok(String::new()) } else { Err(BackendError::NotFound(name.into())) }
+                return if self.dir(name).exists() {
+                    Ok(String::new())
+                } else {
+                    Err(BackendError::NotFound(name.into()))
+                }
             }
             Err(e) => return Err(BackendError::Io(path.display().to_string(), e)),
         };
@@ -479,4 +501,5 @@ impl Backend for VserverBackend {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -2,9 +2,9 @@
 
 use crate::backend::VmSpec;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -92,11 +92,7 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>) -> Spec {
     .into_iter()
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().expect("namespace"))
     .chain(std::iter::once(
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Network)
-            .path(m.netns)
-            .build()
-            .expect("namespace"),
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(m.netns).build().expect("namespace"),
     ))
     .collect::<Vec<_>>();
 
@@ -127,6 +123,7 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>) -> Spec {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::backend::VmNetwork;

@@ -40,7 +40,12 @@ fn spec(disk_gb_milli: u64) -> VmSpec {
         resources,
         keys: vec![SshKey::parse(KEY).unwrap()],
         bootscript: Some("echo hi".into()),
-        network: VmNetwork { index: 3, address: "10.0.0.4".parse().unwrap(), prefix_len: 24, gateway: "10.0.0.1".parse().unwrap() },
+        network: VmNetwork {
+            index: 3,
+            address: "10.0.0.4".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.0.0.1".parse().unwrap(),
+        },
         nm_socket_dir: None,
     }
 }
@@ -52,7 +57,9 @@ impl Fixture {
     /// Makes runc report the container in `status` (and its state directory exist).
     fn runc_says(&self, status: &str) {
         std::fs::create_dir_all(self.dir.path().join("runc/plc_demo")).unwrap();
-        let state = format!(r#"{{"ociVersion":"1.0.2","id":"plc_demo","status":"{status}","pid":4242,"bundle":"/b","rootfs":"/r","created":"x","owner":""}}"#);
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"plc_demo","status":"{status}","pid":4242,"bundle":"/b","rootfs":"/r","created":"x","owner":""}}"#
+        );
         self.host.reply(&format!("runc --root {} state plc_demo", self.dir.path().join("runc").display()), &state);
     }
 }
@@ -82,7 +89,11 @@ fn create_then_start_sets_up_disk_network_and_container_in_that_order() {
     let s = spec(100);
     f.b.create(&s).unwrap();
     assert!(f.vm().join("disk.img").exists());
-    assert_eq!(std::fs::metadata(f.vm().join("disk.img")).unwrap().len(), s.resources.disk_quota_bytes(), "sparse file of disk_quota bytes");
+    assert_eq!(
+        std::fs::metadata(f.vm().join("disk.img")).unwrap().len(),
+        s.resources.disk_quota_bytes(),
+        "sparse file of disk_quota bytes"
+    );
     assert_eq!(std::fs::read_to_string(f.vm().join("plab/keys/plc_demo")).unwrap().trim(), KEY);
     f.host.clear();
     f.b.start(&s).unwrap();
@@ -125,7 +136,11 @@ fn a_failed_container_create_is_deleted_and_its_message_reaches_the_caller() {
     let f = fixture();
     let s = spec(100);
     f.b.create(&s).unwrap();
-    f.host.fail(&format!("runc --root {} create", f.dir.path().join("runc").display()), 1, "injected: cannot create container");
+    f.host.fail(
+        &format!("runc --root {} create", f.dir.path().join("runc").display()),
+        1,
+        "injected: cannot create container",
+    );
     let e = f.b.start(&s).unwrap_err();
     assert!(e.to_string().contains("injected: cannot create container"), "{e}");
     assert!(f.host.lines().last().unwrap().ends_with("delete --force plc_demo"), "{:?}", f.host.lines());
