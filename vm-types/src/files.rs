@@ -6,16 +6,29 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Writes `content` to `path` atomically, the file created with `mode` (for example
-/// 0o600 for a secret).
+/// Writes `content` to `path` atomically and durably (synced before the rename), the
+/// file created with `mode` (for example 0o600 for a secret).
 pub fn write_private(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, content, mode, true)
+}
+
+/// Like [`write_private`] but not synced: for files made again from the node manager's
+/// records whenever they are needed (a VM's configuration, rewritten at every start),
+/// where a crash may lose the new content but never leaves a part of it.
+pub fn replace(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, content, mode, false)
+}
+
+fn write(path: &Path, content: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut f = tempfile::Builder::new()
         .prefix(".plab-")
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
     f.write_all(content)?;
-    f.as_file().sync_all()?;
+    if sync {
+        f.as_file().sync_all()?;
+    }
     f.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

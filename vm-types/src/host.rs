@@ -3,8 +3,9 @@
 //! it for real; [`recording::RecordingHost`] (feature `test-util`) records each step and
 //! can be told to fail any of them, so backends' undo paths are tested without root.
 //!
-//! Network operations are typed methods whose default implementations run `ip`; the
-//! recording double therefore logs the `ip` command equivalent to each one.
+//! Network operations are typed methods whose default implementations run `ip`; the real
+//! host does them over netlink ([`crate::netlink`], with the `vserver` feature), and the
+//! recording double logs the `ip` command equivalent to each one.
 
 use crate::backend::BackendError;
 use std::net::Ipv4Addr;
@@ -67,7 +68,7 @@ pub trait Host: Send + Sync {
     /// True when `path` is a mount point.
     fn is_mounted(&self, path: &Path) -> bool;
 
-    /// Does the named network namespace (`/var/run/netns/<name>`) exist?
+    /// Does the named network namespace (`/run/netns/<name>`) exist?
     fn netns_exists(&self, name: &str) -> bool {
         Path::new("/var/run/netns").join(name).exists()
     }
@@ -91,21 +92,7 @@ pub trait Host: Send + Sync {
         prefix_len: u8,
         gateway: Ipv4Addr,
     ) -> Result<(), BackendError> {
-        let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {netns}\n");
-        let mut node_batch = String::new();
-        if !self.netns_exists(netns) {
-            node_batch += &format!("netns add {netns}\n");
-            node_batch += &veth;
-        } else if !self.link_exists(host_if) {
-            node_batch += &veth;
-        }
-        node_batch += &format!("link set {host_if} master {bridge} up\n");
-        self.run(&Cmd::new("ip").args(["-batch", "-"]).input(node_batch))?;
-        let vm_batch = format!(
-            "link set lo up\naddr replace {address}/{prefix_len} dev eth0\nlink set eth0 up\nroute replace default via {gateway}\n"
-        );
-        self.run(&Cmd::new("ip").args(["-n", netns, "-batch", "-"]).input(vm_batch))?;
-        Ok(())
+        vm_network_with_ip(self, netns, host_if, bridge, mac, address, prefix_len, gateway)
     }
 
     /// Removes a network namespace (and the VM end of its veth with it).
@@ -120,6 +107,37 @@ pub trait Host: Send + Sync {
     fn enslave(&self, dev: &str, bridge: &str) -> Result<(), BackendError> {
         self.run(&Cmd::new("ip").args(["link", "set", dev, "master", bridge, "up"])).map(|_| ())
     }
+}
+
+/// [`Host::vm_network`] done with two `ip -batch` runs (one in the node's namespace, one
+/// in the VM's): what the recording double logs, and the peer the netlink version is
+/// measured against (`plab-bench`).
+#[allow(clippy::too_many_arguments)]
+pub fn vm_network_with_ip<H: Host + ?Sized>(
+    host: &H,
+    netns: &str,
+    host_if: &str,
+    bridge: &str,
+    mac: &str,
+    address: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), BackendError> {
+    let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {netns}\n");
+    let mut node_batch = String::new();
+    if !host.netns_exists(netns) {
+        node_batch += &format!("netns add {netns}\n");
+        node_batch += &veth;
+    } else if !host.link_exists(host_if) {
+        node_batch += &veth;
+    }
+    node_batch += &format!("link set {host_if} master {bridge} up\n");
+    host.run(&Cmd::new("ip").args(["-batch", "-"]).input(node_batch))?;
+    let vm_batch = format!(
+        "link set lo up\naddr replace {address}/{prefix_len} dev eth0\nlink set eth0 up\nroute replace default via {gateway}\n"
+    );
+    host.run(&Cmd::new("ip").args(["-n", netns, "-batch", "-"]).input(vm_batch))?;
+    Ok(())
 }
 
 /// Debian package that provides a tool, for "install this" messages.
@@ -194,6 +212,40 @@ impl Host for LinuxHost {
             .status()
             .map_err(|e| spawn_error(&cmd.prog, e))?;
         Ok(status.success())
+    }
+
+    #[cfg(feature = "vserver")]
+    fn netns_exists(&self, name: &str) -> bool {
+        crate::netlink::netns_exists(name)
+    }
+
+    #[cfg(feature = "vserver")]
+    fn link_exists(&self, name: &str) -> bool {
+        crate::netlink::link_exists(name)
+    }
+
+    #[cfg(feature = "vserver")]
+    fn vm_network(
+        &self,
+        netns: &str,
+        host_if: &str,
+        bridge: &str,
+        mac: &str,
+        address: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), BackendError> {
+        crate::netlink::vm_network(netns, host_if, bridge, mac, address, prefix_len, gateway)
+    }
+
+    #[cfg(feature = "vserver")]
+    fn netns_del(&self, name: &str) -> Result<(), BackendError> {
+        crate::netlink::netns_del(name)
+    }
+
+    #[cfg(feature = "vserver")]
+    fn enslave(&self, dev: &str, bridge: &str) -> Result<(), BackendError> {
+        crate::netlink::enslave(dev, bridge)
     }
 
     fn is_mounted(&self, path: &Path) -> bool {
@@ -279,14 +331,15 @@ pub mod recording {
             self.state.lock().unwrap_or_else(|p| p.into_inner())
         }
 
-        /// Commands whose line starts with `prefix` print `stdout` (every time).
+        /// Commands whose line starts with `prefix` print `stdout` (every time). The rule
+        /// set last wins over earlier ones for the same command.
         pub fn reply(&self, prefix: &str, stdout: &str) {
-            self.lock().rules.push(Rule { prefix: prefix.into(), times: usize::MAX, outcome: Ok(stdout.into()) });
+            self.lock().rules.insert(0, Rule { prefix: prefix.into(), times: usize::MAX, outcome: Ok(stdout.into()) });
         }
 
         /// The next `times` commands whose line starts with `prefix` fail with `message`.
         pub fn fail(&self, prefix: &str, times: usize, message: &str) {
-            self.lock().rules.push(Rule { prefix: prefix.into(), times, outcome: Err(message.into()) });
+            self.lock().rules.insert(0, Rule { prefix: prefix.into(), times, outcome: Err(message.into()) });
         }
 
         /// Every command run so far.

@@ -17,6 +17,8 @@ pub mod host;
 pub mod host_key;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+#[cfg(feature = "vserver")]
+pub mod netlink;
 pub mod resources;
 pub mod rspec;
 pub mod slice_name;

@@ -190,7 +190,8 @@ fn poll(
                     'outer: loop {
                         for (_, (id, key), gen) in chunk.iter_mut() {
                             c.auth = json!({"AuthMethod": "session", "session": key});
-                            let r = c.call("GetSlicesForNode", vec![json!(id), json!(*gen)]).unwrap();
+                            let since = if refetch { 0 } else { *gen };
+                            let r = c.call("GetSlicesForNode", vec![json!(id), json!(since)]).unwrap();
                             if refetch {
                                 assert_eq!(r["slices"].as_array().map(Vec::len), Some(5), "{r}");
                             } else {

@@ -1,11 +1,18 @@
 //! `plab-bench`: the node manager's benchmarks, each against a peer measured in the same
 //! run, printed with ratios. Needs root, runc and the image, like the integration tests.
 //!
-//! 1. Container VM lifecycle: NM `Bind` + `DestroyVM` against raw `runc create` + `start`
-//!    + `delete` of the same OCI bundle, alternating; plus time from Bind to first ssh login.
-//! 2. NM socket: `GetRSpec` calls per second on one connection, against a bare Unix-socket
+//! 1. Container VM lifecycle, alternating: NM `Bind` + `DestroyVM`; against the same VM
+//!    made by hand with the same tools (sparse image and `mkfs.ext4`, loop and overlay
+//!    mounts, `ip` for the namespace, veth, address and route, `runc create`/`start`/
+//!    `delete`, unmounts, `ip netns del`, `rm`); and against `runc create`/`start`/
+//!    `delete` alone on a prepared bundle (the container start, without the VM's disk and
+//!    network). Plus the time from Bind to the first OpenSSH login.
+//! 2. A VM's network set-up alone: netlink (what the node manager does) against two `ip
+//!    -batch` runs (what it did before), alternating, in a node namespace.
+//! 3. NM socket: `GetRSpec` calls per second on one connection, against a bare Unix-socket
 //!    echo round trip (the floor any local RPC pays).
-//! 3. NM resident memory with 100 VM records (100 real container VMs).
+//! 4. NM resident memory, on a freshly started node manager, with 100 VM records (100 real
+//!    container VMs).
 #![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_nm::NmClient;
@@ -54,20 +61,22 @@ fn main() {
     let root = c.call_str("CreatePool", json!([pool, "plc.bench"]), "rcap").unwrap();
 
     // --- 1. lifecycle -------------------------------------------------------------------
-    // The raw peer uses the bundle NM generated for a VM of its own (stopped, so its root
-    // filesystem, network namespace and config.json are in place but no container runs).
+    // The raw peers use the bundle NM generated for a VM of its own (stopped, so its
+    // config.json is in place but no container runs) as their template.
     let raw_pool =
         c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.raw", &public, 64, "0.05")]), "rcap").unwrap();
     c.call_value("Bind", json!([raw_pool, "plc.bench.raw"])).unwrap();
     c.call_value("StopVM", json!(["plc_bench_raw"])).unwrap();
     let bundle = node.state().join("vms/plc_bench_raw/bundle");
+    let template = std::fs::read_to_string(bundle.join("config.json")).unwrap();
     let raw_root = node.dir.path().join("raw-runc");
     std::fs::create_dir_all(&raw_root).unwrap();
+    let hand = HandMade::new(&node, &template);
 
     let vm_pool =
         c.call_str("SplitPool", json!([root, slice_rspec("plc.bench.vm", &public, 64, "0.05")]), "rcap").unwrap();
-    let (mut nm_cycle, mut raw_cycle, mut first_ssh) = (vec![], vec![], vec![]);
-    println!("lifecycle: {iterations} iterations, NM and raw runc alternating");
+    let (mut nm_cycle, mut hand_cycle, mut raw_cycle, mut first_ssh) = (vec![], vec![], vec![], vec![]);
+    println!("lifecycle: {iterations} iterations, NM, by hand and raw runc alternating");
     for i in 0..iterations {
         let raw = || {
             let id = format!("bench-raw-{i}");
@@ -89,23 +98,72 @@ fn main() {
             c.call_value("DestroyVM", json!(["plc_bench_vm"])).unwrap();
             (ms(bind + t2.elapsed()), ms(ssh))
         };
-        let (n, r) = if i % 2 == 0 {
-            let n = nm();
-            (n, raw())
-        } else {
-            let r = raw();
-            (nm(), r)
-        };
-        nm_cycle.push(n.0);
-        first_ssh.push(n.1);
-        raw_cycle.push(r);
+        // Rotate the order, so that no peer always runs right after another.
+        let mut order = [0, 1, 2];
+        order.rotate_left(i % 3);
+        for o in order {
+            match o {
+                0 => {
+                    let n = nm();
+                    nm_cycle.push(n.0);
+                    first_ssh.push(n.1);
+                }
+                1 => hand_cycle.push(hand.cycle(&format!("plab-bench-hand-{i}"))),
+                _ => raw_cycle.push(raw()),
+            }
+        }
     }
-    let (nmm, rawm) = (median(&mut nm_cycle), median(&mut raw_cycle));
-    println!("  NM Bind+DestroyVM (create+start+delete)  median {nmm:8.1} ms");
-    println!("  raw runc create+start+delete, same bundle median {rawm:8.1} ms");
-    println!("  ratio NM / raw runc                      {:8.2}x   (target <= 1.3x)", nmm / rawm);
-    println!("  Bind to first OpenSSH login              median {:8.1} ms", median(&mut first_ssh));
+    let (nmm, handm, rawm) = (median(&mut nm_cycle), median(&mut hand_cycle), median(&mut raw_cycle));
+    println!("  NM Bind+DestroyVM (disk, network, container)   median {nmm:8.1} ms");
+    println!("  by hand: same disk, mounts, network (ip), runc median {handm:8.1} ms");
+    println!("  raw runc create+start+delete, same bundle      median {rawm:8.1} ms");
+    println!("  ratio NM / by hand                             {:8.2}x   (target <= 1.0x)", nmm / handm);
+    println!("  ratio NM / raw runc alone                      {:8.2}x   (target <= 1.3x)", nmm / rawm);
+    println!("  Bind to first OpenSSH login                    median {:8.1} ms", median(&mut first_ssh));
     c.call_value("DestroyVM", json!(["plc_bench_raw"])).unwrap();
+
+    // --- 2. network set-up alone --------------------------------------------------------
+    let (mut nl, mut viaip) = (vec![], vec![]);
+    let netns_of_node = node.netns.clone();
+    for i in 0..iterations * 2 {
+        let ns = format!("plab-bench-net-{i}");
+        let t = in_netns(&netns_of_node, || {
+            let t = Instant::now();
+            let (a, p, g) = ("10.213.1.2".parse().unwrap(), 16, "10.213.0.1".parse().unwrap());
+            if i % 2 == 0 {
+                vm_types::netlink::vm_network(&ns, "pvbench", "plab0", "02:00:0a:d5:01:02", a, p, g).unwrap();
+            } else {
+                vm_types::host::vm_network_with_ip(
+                    &vm_types::host::LinuxHost,
+                    &ns,
+                    "pvbench",
+                    "plab0",
+                    "02:00:0a:d5:01:02",
+                    a,
+                    p,
+                    g,
+                )
+                .unwrap();
+            }
+            let e = ms(t.elapsed());
+            vm_types::netlink::netns_del(&ns).unwrap();
+            // The host end goes with the namespace's end; wait so the next run starts clean.
+            while vm_types::netlink::link_exists("pvbench") {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            e
+        });
+        if i % 2 == 0 {
+            nl.push(t)
+        } else {
+            viaip.push(t)
+        }
+    }
+    let (nlm, ipm) = (median(&mut nl), median(&mut viaip));
+    println!("network set-up of one VM (namespace, veth, bridge, address, route): {iterations} each, alternating");
+    println!("  netlink (the node manager)               median {nlm:8.2} ms");
+    println!("  two `ip -batch` runs (before)            median {ipm:8.2} ms");
+    println!("  ratio netlink / ip                       {:8.2}x", nlm / ipm);
 
     // --- 2. socket throughput -----------------------------------------------------------
     let window = Duration::from_secs(3);
@@ -153,7 +211,12 @@ fn main() {
     println!("  bare Unix-socket echo (floor)            {echo_rate:10.0} round trips/s");
     println!("  ratio NM / echo                          {:10.2}", nm_rate / echo_rate);
 
-    // --- 3. memory with N VM records ----------------------------------------------------
+    // --- 4. memory with N VM records, on a fresh node manager ---------------------------
+    drop(c);
+    drop(node);
+    let node = TestNode::new("benchmem");
+    let mut c = node.client();
+    let root = c.call_str("CreatePool", json!([pool, "plc.bench"]), "rcap").unwrap();
     let pid = node.nm_pid().unwrap();
     let rss = || -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -174,7 +237,7 @@ fn main() {
         created.as_secs_f64(),
         ms(created) / records as f64
     );
-    println!("  NM resident memory, no VMs               {:8.1} MiB", before as f64 / 1024.0);
+    println!("  NM resident memory, fresh, no VMs        {:8.1} MiB", before as f64 / 1024.0);
     println!("  NM resident memory, {vms} VM records       {:8.1} MiB   (target < 30 MiB)", after as f64 / 1024.0);
     println!(
         "  per VM                                   {:8.1} KiB",
@@ -183,5 +246,88 @@ fn main() {
     let mut c2 = NmClient::connect(&node.socket()).unwrap();
     for i in 0..records {
         c2.call_value("DestroyVM", json!([format!("plc_bench_m{i}")])).unwrap();
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (the node's).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A container VM made and removed by hand, with the tools an operator would use, doing
+/// the work a Bind and a DestroyVM do.
+struct HandMade {
+    dir: std::path::PathBuf,
+    runc_root: std::path::PathBuf,
+    image: String,
+    netns_of_node: String,
+    template: String,
+}
+
+impl HandMade {
+    fn new(node: &TestNode, template: &str) -> HandMade {
+        let dir = node.dir.path().join("hand");
+        let runc_root = dir.join("runc");
+        std::fs::create_dir_all(&runc_root).unwrap();
+        let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| plab_tests::IMAGE.into());
+        HandMade { dir, runc_root, image, netns_of_node: node.netns.clone(), template: template.to_owned() }
+    }
+
+    fn sh(&self, cmd: &str) {
+        let o = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// One VM made, started and removed; milliseconds.
+    fn cycle(&self, name: &str) -> f64 {
+        let d = self.dir.join(name);
+        let (disk, rootfs, bundle) = (d.join("disk"), d.join("rootfs"), d.join("bundle"));
+        let img = d.join("disk.img");
+        let ns = format!("{name}-ns");
+        let node_ns = &self.netns_of_node;
+        let t = Instant::now();
+        for p in [&disk, &rootfs, &bundle] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        std::fs::File::create(&img).unwrap().set_len(50 << 20).unwrap();
+        self.sh(&format!(
+            "mkfs.ext4 -q -F -m 0 -E lazy_itable_init=1,lazy_journal_init=1 -L plab-vm {}",
+            img.display()
+        ));
+        self.sh(&format!("mount -o loop,nodev,nosuid {} {}", img.display(), disk.display()));
+        std::fs::create_dir_all(disk.join("upper")).unwrap();
+        std::fs::create_dir_all(disk.join("work")).unwrap();
+        self.sh(&format!(
+            "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
+            self.image,
+            disk.join("upper").display(),
+            disk.join("work").display(),
+            rootfs.display()
+        ));
+        self.sh(&format!(
+            "ip netns add {ns}; ip netns exec {node_ns} ip link add pvhand type veth peer name eth0 address 02:00:0a:d5:02:02 netns {ns}; \
+             ip -n {node_ns} link set pvhand master plab0 up; ip -n {ns} link set lo up; \
+             ip -n {ns} addr replace 10.213.2.2/16 dev eth0; ip -n {ns} link set eth0 up; ip -n {ns} route replace default via 10.213.0.1"
+        ));
+        let config = self
+            .template
+            .replace("/vms/plc_bench_raw/rootfs", &format!("/../hand/{name}/rootfs"))
+            .replace("/var/run/netns/plab-plc_bench_raw", &format!("/var/run/netns/{ns}"));
+        let config = config.replace("\"/plab/plc_bench_raw\"", &format!("\"/plab/{name}\""));
+        std::fs::write(bundle.join("config.json"), config).unwrap();
+        runc(&self.runc_root, &["create", "--bundle", &bundle.to_string_lossy(), name]);
+        runc(&self.runc_root, &["start", name]);
+        runc(&self.runc_root, &["delete", "--force", name]);
+        self.sh(&format!("umount -l {}; umount -l {}; ip netns del {ns}", rootfs.display(), disk.display()));
+        std::fs::remove_dir_all(&d).unwrap();
+        ms(t.elapsed())
     }
 }

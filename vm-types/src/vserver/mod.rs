@@ -139,6 +139,33 @@ impl VserverBackend {
         Ok(())
     }
 
+    /// Grows a stopped VM's disk to `quota` offline, when it is smaller (growth that
+    /// could not happen while the VM ran): unmounted first, resized as a file.
+    fn grow_pending(&self, name: &str, quota: u64) -> Result<(), BackendError> {
+        let d = self.dir(name);
+        let (img, disk, rootfs) = (d.join("disk.img"), d.join("disk"), d.join("rootfs"));
+        let len = fs::metadata(&img).map(|m| m.len()).map_err(io("disk.img"))?;
+        if len >= quota {
+            return Ok(());
+        }
+        // Not lazily: a filesystem still in use must not be resized underneath.
+        for m in [&rootfs, &disk] {
+            if self.host.is_mounted(m) {
+                self.run("umount", &[&s(m)])?;
+            }
+        }
+        let set_len =
+            |n: u64| fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(n)).map_err(io("disk.img"));
+        set_len(quota)?;
+        if let Err(e) = self.run("resize2fs", &["-f", &s(&img)]) {
+            let _ = set_len(len);
+            return Err(e);
+        }
+        // resize2fs trims the file to whole blocks; the image keeps the quota's length (the
+        // filesystem ends up to a block short of it) so that the next start finds nothing to do.
+        set_len(quota)
+    }
+
     /// Loop-mounts the VM disk and mounts the overlay root. Idempotent.
     fn mount(&self, name: &str) -> Result<(), BackendError> {
         let d = self.dir(name);
@@ -240,8 +267,10 @@ impl VserverBackend {
     }
 
     /// Grows a mounted VM disk online (loop device capacity, then resize2fs); on failure
-    /// the image is truncated back.
-    fn grow_disk(&self, name: &str, old_q: u64, new_q: u64) -> Result<(), BackendError> {
+    /// the image is truncated back. `Ok(false)` when the kernel refused the online resize
+    /// for want of CAP_SYS_RESOURCE (some sandboxes and nested hosts run without it): the
+    /// disk then grows, offline, at the VM's next start.
+    fn grow_disk(&self, name: &str, old_q: u64, new_q: u64) -> Result<bool, BackendError> {
         let img = self.dir(name).join("disk.img");
         let set_len = |len: u64| {
             fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(len)).map_err(io("disk.img"))
@@ -265,7 +294,19 @@ impl VserverBackend {
                 }
             }
         }
-        r
+        match r {
+            Ok(()) => Ok(true),
+            Err(BackendError::Command { message, .. })
+                if message.contains("Permission denied to resize filesystem") =>
+            {
+                tracing::warn!(
+                    vm = name,
+                    "the kernel refused to grow the mounted disk (no CAP_SYS_RESOURCE): it grows at the next start"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn cgroup_value(name: &str, v1: &str, v2: &str) -> Option<String> {
@@ -275,8 +316,10 @@ impl VserverBackend {
     }
 }
 
+/// The VM's files (login, keys, bootscript, config.json) are made again from the node
+/// manager's records at every start: replaced atomically, not synced.
 fn write_atomic(path: &Path, content: &str) -> Result<(), BackendError> {
-    crate::files::write_private(path, content.as_bytes(), 0o644).map_err(io(path.display().to_string()))
+    crate::files::replace(path, content.as_bytes(), 0o644).map_err(io(path.display().to_string()))
 }
 
 impl Backend for VserverBackend {
@@ -324,6 +367,9 @@ impl Backend for VserverBackend {
     fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
         if !self.dir(&spec.name).join("disk.img").exists() {
             return Err(BackendError::NotFound(spec.name.clone()));
+        }
+        if !self.is_running(&spec.name)? {
+            self.grow_pending(&spec.name, spec.resources.disk_quota_bytes())?;
         }
         // Disk and network are independent: set them up side by side.
         let (disk, net) = std::thread::scope(|sc| {
@@ -417,7 +463,7 @@ impl Backend for VserverBackend {
         }
         self.write_plab_files(new)?;
         self.write_config(new)?;
-        if new_q > old_q {
+        if new_q > old_q && self.is_running(name)? {
             if let Err(e) = self.grow_disk(name, old_q, new_q) {
                 // Leave the VM as it was: the caller records no change.
                 self.write_plab_files(old)?;
@@ -455,6 +501,7 @@ impl Backend for VserverBackend {
             _ => VmState::Missing,
         };
         if let Ok(len) = fs::metadata(self.dir(name).join("disk.img")).map(|m| m.len()) {
+            // The disk as it is; a larger quota not yet applied is applied at the next start.
             details.insert("disk_bytes".into(), len.to_string());
         }
         if let Some(k) = crate::host_key::public(&self.dir(name).join("plab")) {

@@ -193,6 +193,8 @@ fn growing_the_disk_online_and_undoing_a_failed_growth() {
     let f = fixture();
     let s = spec(100);
     f.b.create(&s).unwrap();
+    f.b.start(&s).unwrap();
+    f.runc_says("running");
     let img = f.vm().join("disk.img");
     f.host.reply(&format!("losetup -j {}", img.display()), &format!("/dev/loop7: []: ({})\n", img.display()));
     let bigger = spec(200);
@@ -204,7 +206,7 @@ fn growing_the_disk_online_and_undoing_a_failed_growth() {
     // VM's files are as before, and the error says nothing changed.
     let mut more = spec(300);
     more.bootscript = Some("echo changed".into());
-    f.host.fail("resize2fs", 1, "resize2fs: Permission denied");
+    f.host.fail("resize2fs", 1, "resize2fs: No space left on device");
     f.host.clear();
     let e = f.b.update(&bigger, &more).unwrap_err();
     assert!(e.to_string().contains("nothing was changed"), "{e}");
@@ -212,6 +214,56 @@ fn growing_the_disk_online_and_undoing_a_failed_growth() {
     let lines = f.host.lines();
     assert_eq!(lines.iter().filter(|l| *l == "losetup -c /dev/loop7").count(), 2, "grown, then shrunk back: {lines:?}");
     assert_eq!(std::fs::read_to_string(f.vm().join("plab/bootscript")).unwrap(), "echo hi");
+}
+
+#[test]
+fn a_disk_the_kernel_will_not_grow_online_grows_at_the_next_start() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.b.start(&s).unwrap();
+    f.runc_says("running");
+    let img = f.vm().join("disk.img");
+    f.host.reply(&format!("losetup -j {}", img.display()), &format!("/dev/loop7: []: ({})\n", img.display()));
+    // Without CAP_SYS_RESOURCE the kernel refuses the online resize: the update is kept
+    // (the quota is the VM's), the image stays as it was, and status shows the disk as it is.
+    f.host.fail("resize2fs /dev/loop7", 1, "resize2fs: Permission denied to resize filesystem");
+    let bigger = spec(200);
+    f.b.update(&s, &bigger).unwrap();
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), s.resources.disk_quota_bytes());
+    assert_eq!(f.b.status("plc_demo").unwrap().details["disk_bytes"], s.resources.disk_quota_bytes().to_string());
+    // At the next start the disk is unmounted (not lazily), grown as a file, checked and
+    // resized before anything mounts it again.
+    f.runc_says("stopped");
+    f.host.clear();
+    f.b.start(&bigger).unwrap();
+    let lines = f.host.lines();
+    let pos = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap_or_else(|| panic!("no {p} in {lines:?}"));
+    assert!(!lines.iter().any(|l| l.starts_with("umount -l")), "{lines:?}");
+    assert!(pos("umount ") < pos("resize2fs -f"), "{lines:?}");
+    assert!(pos("resize2fs -f") < pos("mount -o loop"), "{lines:?}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), bigger.resources.disk_quota_bytes());
+    // A start with nothing pending does not touch the disk.
+    f.host.clear();
+    f.b.start(&bigger).unwrap();
+    assert!(!f.host.lines().iter().any(|l| l.starts_with("resize2fs")), "{:?}", f.host.lines());
+}
+
+#[test]
+fn an_offline_growth_that_fails_leaves_the_disk_as_it_was() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    let img = f.vm().join("disk.img");
+    let bigger = spec(200);
+    // Stopped: the update only records the quota; the next start grows the disk.
+    f.b.update(&s, &bigger).unwrap();
+    assert!(!f.host.lines().iter().any(|l| l.starts_with("resize2fs") || l.starts_with("losetup")));
+    f.host.fail("resize2fs -f", 1, "resize2fs: Bad magic number in super-block");
+    let e = f.b.start(&bigger).unwrap_err();
+    assert!(e.to_string().contains("Bad magic number"), "{e}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), s.resources.disk_quota_bytes(), "truncated back");
+    assert!(!f.host.lines().iter().any(|l| l.starts_with("runc")), "no container started: {:?}", f.host.lines());
 }
 
 #[test]
