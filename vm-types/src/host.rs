@@ -107,6 +107,13 @@ pub trait Host: Send + Sync {
     fn enslave(&self, dev: &str, bridge: &str) -> Result<(), BackendError> {
         self.run(&Cmd::new("ip").args(["link", "set", dev, "master", bridge, "up"])).map(|_| ())
     }
+
+    /// Moves interface `dev` from the network namespace at `from` (a path such as
+    /// `/proc/1/ns/net`) into the named namespace `to`.
+    fn move_link(&self, dev: &str, from: &Path, to: &str) -> Result<(), BackendError> {
+        let from = format!("--net={}", from.display());
+        self.run(&Cmd::new("nsenter").args([from.as_str(), "ip", "link", "set", dev, "netns", to])).map(|_| ())
+    }
 }
 
 /// [`Host::vm_network`] done with two `ip -batch` runs (one in the node's namespace, one
@@ -214,17 +221,17 @@ impl Host for LinuxHost {
         Ok(status.success())
     }
 
-    #[cfg(feature = "vserver")]
+    #[cfg(feature = "netlink")]
     fn netns_exists(&self, name: &str) -> bool {
         crate::netlink::netns_exists(name)
     }
 
-    #[cfg(feature = "vserver")]
+    #[cfg(feature = "netlink")]
     fn link_exists(&self, name: &str) -> bool {
         crate::netlink::link_exists(name)
     }
 
-    #[cfg(feature = "vserver")]
+    #[cfg(feature = "netlink")]
     fn vm_network(
         &self,
         netns: &str,
@@ -238,14 +245,19 @@ impl Host for LinuxHost {
         crate::netlink::vm_network(netns, host_if, bridge, mac, address, prefix_len, gateway)
     }
 
-    #[cfg(feature = "vserver")]
+    #[cfg(feature = "netlink")]
     fn netns_del(&self, name: &str) -> Result<(), BackendError> {
         crate::netlink::netns_del(name)
     }
 
-    #[cfg(feature = "vserver")]
+    #[cfg(feature = "netlink")]
     fn enslave(&self, dev: &str, bridge: &str) -> Result<(), BackendError> {
         crate::netlink::enslave(dev, bridge)
+    }
+
+    #[cfg(feature = "netlink")]
+    fn move_link(&self, dev: &str, from: &Path, to: &str) -> Result<(), BackendError> {
+        crate::netlink::move_link(dev, from, to)
     }
 
     fn is_mounted(&self, path: &Path) -> bool {

@@ -17,7 +17,7 @@ pub mod host;
 pub mod host_key;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
-#[cfg(feature = "vserver")]
+#[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod resources;
 pub mod rspec;

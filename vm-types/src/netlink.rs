@@ -221,3 +221,20 @@ pub fn enslave(dev: &str, bridge: &str) -> Result<(), BackendError> {
     })
     .map_err(backend("enslave"))
 }
+
+/// Moves interface `dev` from the network namespace at `from` (a path such as
+/// `/proc/1/ns/net`) into the named namespace `to`.
+pub fn move_link(dev: &str, from: &Path, to: &str) -> Result<(), BackendError> {
+    let open = |p: &Path| File::open(p).map_err(|e| BackendError::Io(p.display().to_string(), e));
+    let (from_ns, to_ns) = (open(from)?, open(&ns_path(to))?);
+    let to_fd = to_ns.as_raw_fd();
+    netlink(Some(&from_ns), |h| async move {
+        let index = index_of(&h, dev).await?.ok_or_else(|| format!("Cannot find device \"{dev}\""))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(to_fd).build())
+            .execute()
+            .await
+            .map_err(err(format!("link set {dev} netns {to}")))
+    })
+    .map_err(backend("move_link"))
+}

@@ -78,3 +78,31 @@ fn integration_netlink_vm_network_in_a_node_namespace() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn integration_netlink_moves_a_link_between_namespaces() {
+    assert!(nix::unistd::geteuid().is_root(), "run as root (make test does)");
+    // As the libvirt backend moves a guest's tap from libvirtd's namespace to the node's.
+    let (from, to) = (format!("plab-nlt-from-{}", std::process::id()), format!("plab-nlt-to-{}", std::process::id()));
+    for ns in [&from, &to] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        ip(&["netns", "add", ns]);
+    }
+    let result = std::panic::catch_unwind(|| {
+        ip(&["-n", &from, "link", "add", "pvt9", "type", "veth", "peer", "name", "pvt9p"]);
+        let from_path = std::path::PathBuf::from(format!("/run/netns/{from}"));
+        netlink::move_link("pvt9", &from_path, &to).unwrap();
+        ip(&["-n", &to, "link", "show", "dev", "pvt9"]);
+        let left = Command::new("ip").args(["-n", &from, "link", "show", "dev", "pvt9"]).output().unwrap();
+        assert!(!left.status.success(), "pvt9 left {from}");
+        // A link that is not there: the error names it.
+        let e = netlink::move_link("pvt9", &from_path, &to).unwrap_err();
+        assert!(e.to_string().contains("Cannot find device \"pvt9\""), "{e}");
+    });
+    for ns in [&from, &to] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -159,8 +159,7 @@ impl LibvirtBackend {
     fn attach_tap(&self, index: u32) -> Result<(), BackendError> {
         let tap = tap_name(index);
         if let Some((host_ns, node_ns)) = &self.cfg.tap_move {
-            let host = format!("--net={}", host_ns.display());
-            self.host.run(&Cmd::new("nsenter").args([host.as_str(), "ip", "link", "set", &tap, "netns", node_ns]))?;
+            self.host.move_link(&tap, host_ns, node_ns)?;
         }
         self.host.enslave(&tap, &self.cfg.bridge)
     }
