@@ -11,15 +11,7 @@ use plab_authority::bootmgr::{BootManager, Outcome, PlNode};
 use serde_json::{json, Value};
 
 fn setup(h: &Harness) -> (plab_authority::AuthorityClient, i64, String) {
-    let mut op = h.operator();
-    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
-    op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.2"})]).unwrap()
-        ["node_id"]
-        .as_i64()
-        .unwrap();
-    let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
-    (op, node, plnode)
+    h.one_node("127.0.0.2")
 }
 
 #[test]
@@ -201,14 +193,7 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
     use plab_authority::bootmgr::{serve_triggers, TriggerServer};
     use plab_authority::types::BootState;
     let h = Harness::start(Backend::Sqlite);
-    let mut op = h.operator();
-    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
-    op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()
-        ["node_id"]
-        .as_i64()
-        .unwrap();
-    let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
+    let (mut op, node, plnode) = h.one_node("127.0.0.1");
     let dir = tempfile::tempdir().unwrap();
     let pl = PlNode::parse(&plnode).unwrap();
     // The node's trigger listener, as `plab-boot serve` runs it.

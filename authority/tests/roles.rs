@@ -252,14 +252,7 @@ fn every_method_by_every_caller() {
 #[test]
 fn a_node_certificate_certifies_services_but_calls_nothing() {
     let h = Harness::start(Backend::Sqlite);
-    let mut op = h.operator();
-    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
-    op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
-    let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": "127.0.0.1"})]).unwrap()
-        ["node_id"]
-        .as_i64()
-        .unwrap();
-    let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
+    let (_op, node, plnode) = h.one_node("127.0.0.1");
     let nd = tempfile::tempdir().unwrap();
     let pl = plab_authority::bootmgr::PlNode::parse(&plnode).unwrap();
     plab_authority::bootmgr::BootManager::new(pl, &h.url, &h.root, nd.path()).unwrap().boot(None).unwrap();

@@ -154,6 +154,27 @@ pub enum Profile<'a> {
     Server(&'a [String]),
 }
 
+/// A new key pair for authority `name` of `kind` and its certificate, signed by the root
+/// (`root_pem`, `root_key`) and valid for `days`.
+pub fn new_authority(
+    root_pem: &str,
+    root_key: &KeyPair,
+    kind: AuthorityKind,
+    name: &str,
+    days: i64,
+) -> Result<(String, KeyPair), CredentialError> {
+    let k = KeyPair::generate();
+    let c = issue(
+        root_pem,
+        root_key,
+        &Identity::Authority(kind, name.into()),
+        &k.public_key_pem(),
+        Profile::Authority,
+        days,
+    )?;
+    Ok((c, k))
+}
+
 /// Issues a certificate for `subject` (public key in PEM) signed by the issuer.
 pub fn issue(
     issuer_pem: &str,
@@ -265,27 +286,9 @@ mod tests {
     pub(crate) fn pki() -> Pki {
         let rk = KeyPair::generate();
         let root = new_root("plc", &rk, 3650).unwrap();
-        let sak = KeyPair::generate();
-        let sa = issue(
-            &root,
-            &rk,
-            &Identity::Authority(AuthorityKind::Sa, "plc".into()),
-            &sak.public_key_pem(),
-            Profile::Authority,
-            365,
-        )
-        .unwrap();
-        let mak = KeyPair::generate();
-        let ma = issue(
-            &root,
-            &rk,
-            &Identity::Authority(AuthorityKind::Ma, "plc".into()),
-            &mak.public_key_pem(),
-            Profile::Authority,
-            365,
-        )
-        .unwrap();
-        Pki { root: Cert::from_pem(&root).unwrap(), sa: (sa, sak), ma: (ma, mak) }
+        let sa = new_authority(&root, &rk, AuthorityKind::Sa, "plc", 365).unwrap();
+        let ma = new_authority(&root, &rk, AuthorityKind::Ma, "plc", 365).unwrap();
+        Pki { root: Cert::from_pem(&root).unwrap(), sa, ma }
     }
 
     #[test]

@@ -118,22 +118,13 @@ impl SignedTicket {
 mod tests {
     use super::*;
     use crate::identity::AuthorityKind;
-    use crate::pki::{issue, new_root, KeyPair, Profile};
+    use crate::pki::{new_authority, new_root, KeyPair};
 
     #[test]
     fn forged_altered_and_expired_tickets_are_refused() {
         let rk = KeyPair::generate();
         let root = new_root("plc", &rk, 10).unwrap();
-        let sak = KeyPair::generate();
-        let sa = issue(
-            &root,
-            &rk,
-            &Identity::Authority(AuthorityKind::Sa, "plc".into()),
-            &sak.public_key_pem(),
-            Profile::Authority,
-            10,
-        )
-        .unwrap();
+        let (sa, sak) = new_authority(&root, &rk, AuthorityKind::Sa, "plc", 10).unwrap();
         let sa_cert = Cert::from_pem(&sa).unwrap();
         let t = TicketBody::new("plc", "plc.demo", "<VServerSlice/>".into(), vec![1], 3600);
         let s = t.sign(&sak.to_pem(), &sa).unwrap();

@@ -405,22 +405,29 @@ async fn reconcile_repairs_every_kind_of_drift() {
     assert_eq!(fake.calls_of(Op::Start).len(), starts + 1, "only plc_broken is tried again: {report:?}");
 }
 
+/// A node offering containers (`vs`) and KVM guests (`kvm`), with a root pool for `plc`
+/// large enough for a dozen small VMs.
+async fn two_types(dir: &std::path::Path, vs: &Arc<FakeBackend>, kvm: &Arc<FakeBackend>) -> (Arc<NodeManager>, String) {
+    let mut reg = Registry::new();
+    reg.register(vs.clone());
+    reg.register(kvm.clone());
+    let n = NodeManager::open(cfg(dir), reg).unwrap();
+    let root = rcap(
+        &n,
+        &Caller::Owner,
+        "CreatePool",
+        json!([r#"<PoolRSpec><resources cpu_share="40" disk_quota="100" mem_limit="4096"/></PoolRSpec>"#, "plc"]),
+    )
+    .await;
+    (n, root)
+}
+
 #[tokio::test]
 async fn two_vm_types_on_one_node() {
     let dir = tempfile::tempdir().unwrap();
     let (vs, kvm) =
         (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
-    let mut reg = Registry::new();
-    reg.register(vs.clone());
-    reg.register(kvm.clone());
-    let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
-    let root = rcap(
-        &n,
-        &Caller::Owner,
-        "CreatePool",
-        json!([r#"<PoolRSpec><resources cpu_share="4" disk_quota="10" mem_limit="512"/></PoolRSpec>"#, "plc"]),
-    )
-    .await;
+    let (n, root) = two_types(dir.path(), &vs, &kvm).await;
     let a = rcap(&n, &Caller::Owner, "SplitPool", json!([root, slice_xml("plc.a", 64)])).await;
     let k = format!(
         r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#
@@ -443,17 +450,7 @@ async fn a_slow_boot_holds_up_only_its_own_vm() {
     let (vs, kvm) =
         (Arc::new(FakeBackend::of(VmType::LinuxVserverX86)), Arc::new(FakeBackend::of(VmType::LinuxKvmX86)));
     kvm.delay(Op::Start, Duration::from_secs(3));
-    let mut reg = Registry::new();
-    reg.register(vs.clone());
-    reg.register(kvm.clone());
-    let n = NodeManager::open(cfg(dir.path()), reg).unwrap();
-    let root = rcap(
-        &n,
-        &Caller::Owner,
-        "CreatePool",
-        json!([r#"<PoolRSpec><resources cpu_share="40" disk_quota="100" mem_limit="4096"/></PoolRSpec>"#, "plc"]),
-    )
-    .await;
+    let (n, root) = two_types(dir.path(), &vs, &kvm).await;
     let k = format!(
         r#"<KvmSlice name="plc.k"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY2}</key></KvmSlice>"#
     );
@@ -591,16 +588,7 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
     // The chain plab-boot leaves on a booted node: root -> MA -> node 7.
     let rk = KeyPair::generate();
     let root = new_root("plc", &rk, 10).unwrap();
-    let mak = KeyPair::generate();
-    let ma = issue(
-        &root,
-        &rk,
-        &Identity::Authority(AuthorityKind::Ma, "plc".into()),
-        &mak.public_key_pem(),
-        Profile::Authority,
-        10,
-    )
-    .unwrap();
+    let (ma, mak) = credentials::pki::new_authority(&root, &rk, AuthorityKind::Ma, "plc", 10).unwrap();
     let nk = KeyPair::generate();
     let node_cert = issue(&ma, &mak, &Identity::Node(7), &nk.public_key_pem(), Profile::Node, 10).unwrap();
     std::fs::write(dir.path().join("node-cert.pem"), format!("{node_cert}{ma}")).unwrap();

@@ -109,7 +109,7 @@ impl TestNode {
 
     /// Runs `cmd` in the VM over OpenSSH as the slice's login; returns (status, output).
     pub fn ssh(&self, key: &Path, login: &str, addr: &str, cmd: &str) -> (i32, String) {
-        self.ssh_with(key, login, addr, &["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"], cmd)
+        self.ssh_with(key, login, addr, &ANY_HOST_KEY, cmd)
     }
 
     /// Runs `cmd` over ssh, accepting only `host_key` (an OpenSSH public key line, as the
@@ -123,12 +123,7 @@ impl TestNode {
 
     /// OpenSSH from inside the node's namespace, batch mode, with host key `options`.
     fn ssh_with(&self, key: &Path, login: &str, addr: &str, options: &[&str], cmd: &str) -> (i32, String) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, "ssh", "-i"]).arg(key);
-        for o in options.iter().chain(&["BatchMode=yes", "ConnectTimeout=5", "LogLevel=ERROR"]) {
-            c.args(["-o", o]);
-        }
-        let out = c.arg(format!("{login}@{addr}")).arg(cmd).output().unwrap();
+        let out = ssh_in(&self.netns, key, &format!("{login}@{addr}"), options, cmd);
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code().unwrap_or(-1), text)
     }
@@ -225,6 +220,50 @@ pub fn mounts_under(p: &Path) -> usize {
 }
 
 /// A binary of this workspace, next to the running executable (`target/<profile>/`).
+/// OpenSSH to `target` (`login@addr`) from inside network namespace `netns`, in batch
+/// mode with a 5 s connect timeout, with the given `-o` options (host key checking).
+pub fn ssh_in(netns: &str, key: &Path, target: &str, options: &[&str], cmd: &str) -> std::process::Output {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "ssh", "-i"]).arg(key);
+    for o in options.iter().chain(&["BatchMode=yes", "ConnectTimeout=5", "LogLevel=ERROR"]) {
+        c.args(["-o", o]);
+    }
+    c.arg(target).arg(cmd).output().unwrap()
+}
+
+/// Host key options that accept whatever key the server shows (for tests that check the
+/// host key some other way, or not at all).
+pub const ANY_HOST_KEY: [&str; 2] = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"];
+
+/// Runs `plab-authority init` in `dir` (database `db`, SQLite in `dir` when `None`) and
+/// then `plab-authority serve` on a free loopback port: the server and its URL. The
+/// caller waits until it answers.
+pub fn spawn_authority(dir: &Path, db: Option<&str>) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("https://127.0.0.1:{port}");
+    let db_args: Vec<&str> = db.map(|d| vec!["--db", d]).unwrap_or_default();
+    let st = Command::new(bin("plab-authority"))
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("init")
+        .args(&db_args)
+        .args(["--url", &url])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "plab-authority init failed");
+    let child = Command::new(bin("plab-authority"))
+        .env("PLAB_LOG", "warn")
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("serve")
+        .args(&db_args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .spawn()
+        .unwrap();
+    (child, url)
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_tests::bin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 struct Authority {
@@ -22,22 +22,7 @@ impl Drop for Authority {
 
 fn authority() -> Authority {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let st = Command::new(bin("plab-authority"))
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["init", "--url", &format!("https://127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let child = Command::new(bin("plab-authority"))
-        .env("PLAB_LOG", "warn")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .spawn()
-        .unwrap();
+    let (child, _) = plab_tests::spawn_authority(dir.path(), None);
     let a = Authority { child, config: dir.path().join("operator/plab.toml"), _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !a.plab(&["sa", "get-orgs"]).0 {

@@ -77,27 +77,7 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     let console = dir.path().join("console.log");
     let started = Instant::now();
     let _qemu = Qemu(raw_qemu(&ns.0, "tcg", dir.path(), &spec, "tap0", Some(&console)).spawn().unwrap());
-    let ssh = |cmd: &str| {
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ssh", "-i"])
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=2",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("plc_guest@10.214.0.2")
-            .arg(cmd)
-            .output()
-            .unwrap()
-    };
+    let ssh = |cmd: &str| plab_tests::ssh_in(&ns.0, &key, "plc_guest@10.214.0.2", &plab_tests::ANY_HOST_KEY, cmd);
     let deadline = started + Duration::from_secs(120);
     let out = loop {
         let o = ssh("echo $(id -un) $(hostname)");
@@ -140,25 +120,7 @@ fn integration_guest_image_boots_under_tcg_and_takes_an_ssh_login() {
     let other_dir = dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let (other, _) = keypair(&other_dir);
-    let o = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "ssh", "-i"])
-        .arg(&other)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=2",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("plc_guest@10.214.0.2")
-        .arg("true")
-        .output()
-        .unwrap();
+    let o = plab_tests::ssh_in(&ns.0, &other, "plc_guest@10.214.0.2", &plab_tests::ANY_HOST_KEY, "true");
     let r = (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned());
     plab_tests::assert_key_refused(&r, "a key not the slice's");
 }

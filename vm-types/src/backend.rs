@@ -63,6 +63,23 @@ impl VmNetwork {
     }
 }
 
+/// A backend's `create`: `steps` make the VM; when they fail, `undo` (the backend's
+/// destroy) removes whatever they made, and the steps' error is what the caller gets (a
+/// failed undo is logged).
+pub fn create_or_undo(
+    name: &str,
+    steps: impl FnOnce() -> Result<(), BackendError>,
+    undo: impl FnOnce() -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    let r = steps();
+    if r.is_err() {
+        if let Err(e) = undo() {
+            tracing::warn!(vm = %name, "cleaning up after a failed create: {e}");
+        }
+    }
+    r
+}
+
 /// The locally administered MAC of the VM with this address: `02:00:` + the IPv4 bytes.
 pub fn vm_mac(addr: Ipv4Addr) -> String {
     let o = addr.octets();

@@ -78,21 +78,9 @@ pub trait Host: Send + Sync {
         self.run(&Cmd::new("ip").args(["link", "show", "dev", name])).is_ok()
     }
 
-    /// Makes sure a VM's network is in place, idempotently: namespace `netns`, a veth pair
-    /// whose host end `host_if` joins `bridge` and whose other end is `eth0` (with `mac`)
-    /// in the namespace, addressed `address/prefix_len` with a default route via `gateway`.
-    #[allow(clippy::too_many_arguments)]
-    fn vm_network(
-        &self,
-        netns: &str,
-        host_if: &str,
-        bridge: &str,
-        mac: &str,
-        address: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Ipv4Addr,
-    ) -> Result<(), BackendError> {
-        vm_network_with_ip(self, netns, host_if, bridge, mac, address, prefix_len, gateway)
+    /// Makes sure a VM's network is in place, idempotently (see [`VmLink`]).
+    fn vm_network(&self, link: &VmLink<'_>) -> Result<(), BackendError> {
+        vm_network_with_ip(self, link)
     }
 
     /// Removes a network namespace (and the VM end of its veth with it).
@@ -116,20 +104,32 @@ pub trait Host: Send + Sync {
     }
 }
 
+/// A VM's link to its node: network namespace `netns`, a veth pair whose host end
+/// `host_if` joins `bridge` and whose other end is `eth0` (with `mac`) in the namespace,
+/// addressed `address/prefix_len` with a default route via `gateway`.
+#[derive(Debug, Clone, Copy)]
+pub struct VmLink<'a> {
+    /// The VM's named network namespace.
+    pub netns: &'a str,
+    /// The host end of the veth pair.
+    pub host_if: &'a str,
+    /// The node bridge.
+    pub bridge: &'a str,
+    /// The VM end's MAC address.
+    pub mac: &'a str,
+    /// The VM's address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+}
+
 /// [`Host::vm_network`] done with two `ip -batch` runs (one in the node's namespace, one
 /// in the VM's): what the recording double logs, and the peer the netlink version is
 /// measured against (`plab-bench`).
-#[allow(clippy::too_many_arguments)]
-pub fn vm_network_with_ip<H: Host + ?Sized>(
-    host: &H,
-    netns: &str,
-    host_if: &str,
-    bridge: &str,
-    mac: &str,
-    address: Ipv4Addr,
-    prefix_len: u8,
-    gateway: Ipv4Addr,
-) -> Result<(), BackendError> {
+pub fn vm_network_with_ip<H: Host + ?Sized>(host: &H, link: &VmLink<'_>) -> Result<(), BackendError> {
+    let VmLink { netns, host_if, bridge, mac, address, prefix_len, gateway } = *link;
     let veth = format!("link add {host_if} type veth peer name eth0 address {mac} netns {netns}\n");
     let mut node_batch = String::new();
     if !host.netns_exists(netns) {
@@ -232,17 +232,8 @@ impl Host for LinuxHost {
     }
 
     #[cfg(feature = "netlink")]
-    fn vm_network(
-        &self,
-        netns: &str,
-        host_if: &str,
-        bridge: &str,
-        mac: &str,
-        address: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Ipv4Addr,
-    ) -> Result<(), BackendError> {
-        crate::netlink::vm_network(netns, host_if, bridge, mac, address, prefix_len, gateway)
+    fn vm_network(&self, link: &VmLink<'_>) -> Result<(), BackendError> {
+        crate::netlink::vm_network(link)
     }
 
     #[cfg(feature = "netlink")]

@@ -8,6 +8,7 @@
 //! node's, or the VM's), so the node manager's own threads never change namespace.
 
 use crate::backend::BackendError;
+use crate::host::VmLink;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -145,19 +146,9 @@ fn parse_mac(mac: &str) -> Result<Vec<u8>, BackendError> {
     }
 }
 
-/// Makes sure a VM's network is in place, idempotently: namespace `netns`, a veth pair
-/// whose host end `host_if` joins `bridge` and whose other end is `eth0` (with `mac`) in
-/// the namespace, addressed `address/prefix_len` with a default route via `gateway`.
-#[allow(clippy::too_many_arguments)]
-pub fn vm_network(
-    netns: &str,
-    host_if: &str,
-    bridge: &str,
-    mac: &str,
-    address: Ipv4Addr,
-    prefix_len: u8,
-    gateway: Ipv4Addr,
-) -> Result<(), BackendError> {
+/// Makes sure a VM's network is in place, idempotently (see [`VmLink`]).
+pub fn vm_network(link: &VmLink<'_>) -> Result<(), BackendError> {
+    let VmLink { netns, host_if, bridge, mac, address, prefix_len, gateway } = *link;
     if !netns_exists(netns) {
         netns_add(netns)?;
     }

@@ -29,15 +29,15 @@ fn integration_netlink_vm_network_in_a_node_namespace() {
             ip(&["addr", "add", "10.77.0.1/24", "dev", "plab0"]);
             ip(&["link", "set", "plab0", "up"]);
             let setup = || {
-                netlink::vm_network(
-                    &vm,
-                    "pv7",
-                    "plab0",
-                    "02:00:0a:4d:00:07",
-                    "10.77.0.7".parse().unwrap(),
-                    24,
-                    "10.77.0.1".parse().unwrap(),
-                )
+                netlink::vm_network(&vm_types::host::VmLink {
+                    netns: &vm,
+                    host_if: "pv7",
+                    bridge: "plab0",
+                    mac: "02:00:0a:4d:00:07",
+                    address: "10.77.0.7".parse().unwrap(),
+                    prefix_len: 24,
+                    gateway: "10.77.0.1".parse().unwrap(),
+                })
             };
             setup().unwrap();
             assert!(netlink::netns_exists(&vm) && netlink::link_exists("pv7") && !netlink::link_exists("pv8"));

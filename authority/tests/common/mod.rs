@@ -99,6 +99,20 @@ impl Harness {
         (r["certificate"].as_str().unwrap().to_owned(), k.to_pem())
     }
 
+    /// An organisation `princeton` (`plc.princeton`) with site `pcs` and node `n1.test` at
+    /// `ip`, made by the operator: the operator's client, the node's id and its `plnode.txt`.
+    pub fn one_node(&self, ip: &str) -> (AuthorityClient, i64, String) {
+        let mut op = self.operator();
+        op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
+        op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
+        let node = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n1.test", "ip": ip})]).unwrap()
+            ["node_id"]
+            .as_i64()
+            .unwrap();
+        let plnode = op.call("GetNodeConfig", vec![json!(node)]).unwrap()["plnode"].as_str().unwrap().to_owned();
+        (op, node, plnode)
+    }
+
     /// A service certificate chain for `slice` on node `node`, as that node's NM issues it.
     pub fn service_chain(&self, node_cert_chain: &str, node_key: &str, slice: &str, node: i64) -> (String, String) {
         let nk = KeyPair::from_pem(node_key).unwrap();

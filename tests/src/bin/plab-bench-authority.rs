@@ -14,10 +14,9 @@
 #![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 
 use plab_authority::AuthorityClient;
-use plab_tests::bin;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const PG_ADMIN: &str = "postgres://plab:plab@127.0.0.1/plab";
@@ -70,23 +69,7 @@ fn start(db_kind: &str, rt: &tokio::runtime::Runtime) -> Server {
             format!("postgres://plab:plab@127.0.0.1/{name}")
         }),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("https://127.0.0.1:{port}");
-    let st = Command::new(bin("plab-authority"))
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["init", "--db", &db, "--url", &url])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let child = Command::new(bin("plab-authority"))
-        .env("PLAB_LOG", "warn")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["serve", "--db", &db, "--listen", &format!("127.0.0.1:{port}")])
-        .spawn()
-        .unwrap();
+    let (child, url) = plab_tests::spawn_authority(dir.path(), Some(&db));
     let op_dir = dir.path().join("operator");
     let op = (
         std::fs::read_to_string(op_dir.join("cert.pem")).unwrap(),

@@ -130,20 +130,19 @@ fn main() {
         let t = in_netns(&netns_of_node, || {
             let t = Instant::now();
             let (a, p, g) = ("10.213.1.2".parse().unwrap(), 16, "10.213.0.1".parse().unwrap());
+            let link = vm_types::host::VmLink {
+                netns: &ns,
+                host_if: "pvbench",
+                bridge: "plab0",
+                mac: "02:00:0a:d5:01:02",
+                address: a,
+                prefix_len: p,
+                gateway: g,
+            };
             if i % 2 == 0 {
-                vm_types::netlink::vm_network(&ns, "pvbench", "plab0", "02:00:0a:d5:01:02", a, p, g).unwrap();
+                vm_types::netlink::vm_network(&link).unwrap();
             } else {
-                vm_types::host::vm_network_with_ip(
-                    &vm_types::host::LinuxHost,
-                    &ns,
-                    "pvbench",
-                    "plab0",
-                    "02:00:0a:d5:01:02",
-                    a,
-                    p,
-                    g,
-                )
-                .unwrap();
+                vm_types::host::vm_network_with_ip(&vm_types::host::LinuxHost, &link).unwrap();
             }
             let e = ms(t.elapsed());
             vm_types::netlink::netns_del(&ns).unwrap();

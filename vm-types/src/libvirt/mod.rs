@@ -216,13 +216,7 @@ impl Backend for LibvirtBackend {
         if self.domain(&spec.name).is_some() || self.cfg.vm_dir.join(&spec.name).exists() {
             self.destroy(&spec.name)?;
         }
-        let r = self.create_inner(spec);
-        if r.is_err() {
-            if let Err(e) = self.destroy(&spec.name) {
-                tracing::warn!(vm = %spec.name, "cleaning up after a failed create: {e}");
-            }
-        }
-        r
+        crate::backend::create_or_undo(&spec.name, || self.create_inner(spec), || self.destroy(&spec.name))
     }
 
     fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {

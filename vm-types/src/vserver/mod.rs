@@ -19,7 +19,7 @@
 pub mod oci;
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
-use crate::host::{s, Cmd, Host};
+use crate::host::{s, Cmd, Host, VmLink};
 use crate::vm_type::VmType;
 use oci_spec::runtime::{ContainerState, State};
 use std::collections::BTreeMap;
@@ -191,15 +191,16 @@ impl VserverBackend {
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
     fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let n = &spec.network;
-        self.host.vm_network(
-            &Self::netns(&spec.name),
-            &format!("pv{}", n.index),
-            &self.cfg.bridge,
-            &n.mac(),
-            n.address,
-            n.prefix_len,
-            n.gateway,
-        )
+        let (netns, host_if, mac) = (Self::netns(&spec.name), format!("pv{}", n.index), n.mac());
+        self.host.vm_network(&VmLink {
+            netns: &netns,
+            host_if: &host_if,
+            bridge: &self.cfg.bridge,
+            mac: &mac,
+            address: n.address,
+            prefix_len: n.prefix_len,
+            gateway: n.gateway,
+        })
     }
 
     fn write_config(&self, spec: &VmSpec) -> Result<(), BackendError> {
@@ -355,13 +356,7 @@ impl Backend for VserverBackend {
             // Leftovers of a create that a crash interrupted.
             self.destroy(&spec.name)?;
         }
-        let r = self.create_inner(spec);
-        if r.is_err() {
-            if let Err(e) = self.destroy(&spec.name) {
-                tracing::warn!(vm = %spec.name, "cleaning up after a failed create: {e}");
-            }
-        }
-        r
+        crate::backend::create_or_undo(&spec.name, || self.create_inner(spec), || self.destroy(&spec.name))
     }
 
     fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {

@@ -188,8 +188,9 @@ fn update_refuses_to_shrink_before_touching_anything() {
     assert_eq!(std::fs::read_to_string(f.vm().join("plab/keys/plc_demo")).unwrap(), keys_before);
 }
 
-#[test]
-fn growing_the_disk_online_and_undoing_a_failed_growth() {
+/// A running VM of 0.1 GB whose disk is attached to /dev/loop7: the fixture, its spec,
+/// its disk image.
+fn running_on_loop7() -> (Fixture, VmSpec, PathBuf) {
     let f = fixture();
     let s = spec(100);
     f.b.create(&s).unwrap();
@@ -197,6 +198,12 @@ fn growing_the_disk_online_and_undoing_a_failed_growth() {
     f.runc_says("running");
     let img = f.vm().join("disk.img");
     f.host.reply(&format!("losetup -j {}", img.display()), &format!("/dev/loop7: []: ({})\n", img.display()));
+    (f, s, img)
+}
+
+#[test]
+fn growing_the_disk_online_and_undoing_a_failed_growth() {
+    let (f, s, img) = running_on_loop7();
     let bigger = spec(200);
     f.b.update(&s, &bigger).unwrap();
     assert_eq!(std::fs::metadata(&img).unwrap().len(), bigger.resources.disk_quota_bytes());
@@ -218,13 +225,7 @@ fn growing_the_disk_online_and_undoing_a_failed_growth() {
 
 #[test]
 fn a_disk_the_kernel_will_not_grow_online_grows_at_the_next_start() {
-    let f = fixture();
-    let s = spec(100);
-    f.b.create(&s).unwrap();
-    f.b.start(&s).unwrap();
-    f.runc_says("running");
-    let img = f.vm().join("disk.img");
-    f.host.reply(&format!("losetup -j {}", img.display()), &format!("/dev/loop7: []: ({})\n", img.display()));
+    let (f, s, img) = running_on_loop7();
     // Without CAP_SYS_RESOURCE the kernel refuses the online resize: the update is kept
     // (the quota is the VM's), the image stays as it was, and status shows the disk as it is.
     f.host.fail("resize2fs /dev/loop7", 1, "resize2fs: Permission denied to resize filesystem");
