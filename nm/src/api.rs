@@ -30,7 +30,7 @@
 use jsonrpc::NoParams;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use vm_types::{SliceName, VmState, VmType};
+use vm_types::{SliceName, SshKey, VmState, VmType};
 
 /// Largest request line accepted.
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -92,6 +92,22 @@ jsonrpc::params! {
         pub bytes: Option<u64>,
     }
 
+    /// `UpdateVM(vm, keys, bootscript)`.
+    pub struct UpdateVmParams {
+        /// The VM's name.
+        pub vm: String,
+        /// Every key that may log in from now on (the list replaces the VM's).
+        pub keys: Vec<SshKey>,
+        /// The bootscript from now on (none: no bootscript).
+        pub bootscript: Option<String>,
+    }
+
+    /// `Blacklist(name)` and `Unblacklist(name)`.
+    pub struct BlacklistParams {
+        /// A slice, or an authority (everything below it).
+        pub name: SliceName,
+    }
+
     /// `SignCertificate(public_key)`.
     pub struct SignCertificateParams {
         /// The service's public key, SubjectPublicKeyInfo PEM.
@@ -146,8 +162,19 @@ pub struct VmInfo {
     pub vm_type: VmType,
     /// The VM's address on the node network.
     pub address: String,
-    /// `login@address`, what `ssh` takes.
+    /// `login@address`, what `ssh` takes on the node.
     pub ssh: String,
+    /// The port on the node's public address that forwards to the VM's ssh, when the node
+    /// has one (`public_address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    /// The command that logs in from elsewhere: `ssh -p PORT login@PUBLIC` through the
+    /// node's forward, or `ssh login@address` on a node without one.
+    #[serde(default)]
+    pub ssh_command: String,
+    /// The VM's RSpec as recorded (resources, keys, bootscript), XML.
+    #[serde(default)]
+    pub rspec: String,
     /// What the node manager wants it to be.
     pub wanted: Wanted,
     /// Resources bound to it, with units (`"256 MB"`).
@@ -244,6 +271,12 @@ pub struct NodeInfoResult {
     pub gateway: String,
     /// The network namespace holding the node's networking, if any.
     pub node_netns: Option<String>,
+    /// The node's public address, where VMs' ssh ports are forwarded, if set.
+    #[serde(default)]
+    pub public_address: Option<String>,
+    /// The node's id at its management authority, from its certificate (after boot).
+    #[serde(default)]
+    pub node_id: Option<i64>,
     /// How many pools.
     pub pools: usize,
     /// How many VMs.
@@ -271,6 +304,16 @@ pub struct OrphansResult {
 pub struct RemovedResult {
     /// Names of the VMs removed.
     pub removed: Vec<String>,
+}
+
+/// The owner's blacklist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistResult {
+    /// Slices and authorities barred from this node.
+    pub blacklist: Vec<SliceName>,
+    /// VMs this call destroyed.
+    #[serde(default)]
+    pub destroyed: Vec<String>,
 }
 
 /// A service certificate.
@@ -327,6 +370,18 @@ jsonrpc::api! {
         /// node, MA) verifies back to the root, so the slice can `AuthenticateCertificate`
         /// with an authority without holding any shared secret.
         SignCertificate(SignCertificateParams) -> CertificateResult;
+        /// `UpdateVM(vm, keys, bootscript) -> VM`: replaces the VM's keys and bootscript
+        /// (its slice, or a service designated for it). Containers see new keys at once;
+        /// hypervisor guests at their next boot.
+        UpdateVM(UpdateVmParams) -> VmInfo;
+        /// `Blacklist(name) -> {blacklist, destroyed}`: owner only. Bars a slice, or an
+        /// authority and every slice below it, from this node: their VMs are destroyed and
+        /// no pool can be split or bound for them until `Unblacklist`.
+        Blacklist(BlacklistParams) -> BlacklistResult;
+        /// `Unblacklist(name) -> {blacklist}`: owner only.
+        Unblacklist(BlacklistParams) -> BlacklistResult;
+        /// `GetBlacklist() -> {blacklist}`: the owner's blacklist (anyone may read it).
+        GetBlacklist(NoParams) -> BlacklistResult;
     }
 }
 

@@ -16,6 +16,8 @@
 //! libvirt_uri = "qemu:///system"        # linux-kvm-x86 through libvirt
 //! guest_image = "/var/cache/plab/images/guest-bookworm"   # or a cloud image file (qcow2/raw)
 //! guest_dir = "/var/lib/plab/guests"    # guest disks and seeds (QEMU's user must traverse it)
+//! public_address = "192.0.2.10"         # the node's address: VM n's ssh is forwarded from port
+//! ssh_port_base = 22000                 #   ssh_port_base + n there (unset: no forwarding)
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -96,6 +98,12 @@ pub struct Config {
     /// `guest_image_dir` is accepted as an older name.
     #[serde(alias = "guest_image_dir")]
     pub guest_image: PathBuf,
+    /// The node's public address. When set, VM number n's ssh is reachable there on port
+    /// `ssh_port_base + n` (nft DNAT in the node's namespace), and forwarded traffic other
+    /// than those connections is not routed for VMs.
+    pub public_address: Option<Ipv4Addr>,
+    /// The first port of the ssh forwards (VM number n gets `ssh_port_base + n`).
+    pub ssh_port_base: u16,
     /// Guest disks, seeds and console logs. Kept apart from `state_dir` (which holds the
     /// rcap table and stays private): QEMU runs as libvirt's unprivileged user and must
     /// be able to traverse this directory.
@@ -121,6 +129,8 @@ impl Default for Config {
             libvirt_uri: "qemu:///system".into(),
             guest_image: "/var/cache/plab/images/guest-bookworm".into(),
             guest_dir: "/var/lib/plab/guests".into(),
+            public_address: None,
+            ssh_port_base: 22000,
         }
     }
 }
@@ -193,7 +203,20 @@ impl Config {
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             anyhow::bail!("bridge: {:?} must be 1 to 15 characters", self.bridge);
         }
+        if self.ssh_port_base < 1024 {
+            anyhow::bail!(
+                "ssh_port_base: {} must be 1024 or more (ports below are the node's own)",
+                self.ssh_port_base
+            );
+        }
         Ok(())
+    }
+
+    /// The public port that forwards to VM number `index`'s ssh, when the node has a public
+    /// address and the port exists.
+    pub fn ssh_port(&self, index: u32) -> Option<u16> {
+        self.public_address?;
+        u16::try_from(u32::from(self.ssh_port_base) + index).ok()
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod forward;
 pub mod node;
 pub mod rcap;
 pub mod server;

@@ -63,8 +63,9 @@ pub struct Store {
 /// The schema, one step per version. Step 1 is the schema of the first release (0.1.0),
 /// which wrote no version: `IF NOT EXISTS` lets a database it made take the step without
 /// change. Later steps only ever add to this list.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "
 CREATE TABLE IF NOT EXISTS pools (
     id      INTEGER PRIMARY KEY,
     rcap    TEXT NOT NULL UNIQUE,
@@ -84,7 +85,17 @@ CREATE TABLE IF NOT EXISTS vms (
     created INTEGER NOT NULL DEFAULT (unixepoch())
 );
 ",
-)];
+    ),
+    // 0.2: the owner's blacklist of slices and authorities (section 3).
+    M::up(
+        "
+CREATE TABLE blacklist (
+    name    TEXT PRIMARY KEY,
+    added   INTEGER NOT NULL DEFAULT (unixepoch())
+);
+",
+    ),
+];
 
 /// The schema version this node manager writes.
 pub fn schema_version() -> usize {
@@ -106,6 +117,33 @@ impl Store {
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
+    }
+
+    /// The blacklist.
+    pub fn blacklist(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare("SELECT name FROM blacklist ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+    }
+
+    /// Adds `name` to the blacklist (already there: no change).
+    pub fn blacklist_add(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| Ok(c.execute("INSERT OR IGNORE INTO blacklist (name) VALUES (?1)", params![name]).map(|_| ())?))
+    }
+
+    /// Takes `name` off the blacklist; whether it was there.
+    pub fn blacklist_remove(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute("DELETE FROM blacklist WHERE name = ?1", params![name])? == 1))
+    }
+
+    /// Replaces a VM's recorded RSpec (keys, bootscript).
+    pub fn set_vm_rspec(&self, vm: &str, rspec: &str) -> Result<(), StoreError> {
+        self.with(|c| match c.execute("UPDATE vms SET rspec = ?1 WHERE name = ?2", params![rspec, vm])? {
+            1 => Ok(()),
+            _ => Err(StoreError::Lost("the VM")),
+        })
     }
 
     /// Every pool and VM.

@@ -137,7 +137,7 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     );
     let e = call(&n, &me, "SplitPool", json!([root, slice_xml("plc.elsewhere", 64)])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
-    assert!(e.1.contains("outside the pool's slice"), "{e:?}");
+    assert!(e.1.contains("not the pool's slice"), "{e:?}");
     assert_eq!(call(&n, &me, "GetRSpec", json!([root])).await.unwrap(), before);
 
     // Binding a bare pool is refused with advice; so is binding to a foreign slice.
@@ -646,6 +646,189 @@ async fn a_database_written_by_release_0_1_0_is_migrated_losing_nothing() {
     // The rcaps still work, and the pools still split.
     let r = call(&n, &slice("plc.fx"), "GetRSpec", json!(["80430f969de55b7b098f4287ef89db12"])).await.unwrap();
     assert!(r["rspec"].as_str().unwrap().contains(r#"vm_type="linux-vserver-x86""#));
-    rcap(&n, &slice("plc.fx"), "SplitPool", json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)]))
+    // Release 0.1.0 let a pool's slice act for the names below it; now only a pool that
+    // names an authority does (the owner can still split for anyone).
+    let e = call(
+        &n,
+        &slice("plc.fx"),
+        "SplitPool",
+        json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    rcap(&n, &Caller::Owner, "SplitPool", json!(["80430f969de55b7b098f4287ef89db12", slice_xml("plc.fx.two", 64)]))
         .await;
+}
+
+/// The owner's pool for `service`, designating `authority` (as an owner script makes it).
+async fn service_pool(n: &Arc<NodeManager>, service: &str, authority: &str) -> String {
+    let xml = format!(
+        r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="8" disk_quota="20" mem_limit="2048"/><slice_authority name="{authority}" url="https://sa.test/rpc"/></PoolRSpec>"#
+    );
+    rcap(n, &Caller::Owner, "CreatePool", json!([xml, service])).await
+}
+
+fn names(v: &Value, list: &str, field: &str) -> Vec<String> {
+    v[list].as_array().unwrap().iter().map(|x| x[field].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_slice_never_controls_a_slice_whose_name_extends_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    let (root, _) = bound_vm(&n, "plc.a", 64).await;
+    bound_vm(&n, "plc.a.b", 64).await;
+    let a = slice("plc.a");
+    for m in ["StopVM", "DestroyVM", "VmStatus", "VmLog", "StartVM"] {
+        let e = call(&n, &a, m, json!(["plc_a_b"])).await.unwrap_err();
+        assert_eq!(e.0, ErrorCode::NOT_FOUND, "{m}: {e:?}");
+    }
+    let e = call(&n, &a, "UpdateVM", json!(["plc_a_b", [KEY2], null])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::NOT_FOUND, "{e:?}");
+    assert_eq!(names(&call(&n, &a, "ListVMs", json!({})).await.unwrap(), "vms", "vm"), ["plc_a"]);
+    let pools = call(&n, &a, "ListPools", json!({})).await.unwrap();
+    assert!(pools["pools"].as_array().unwrap().iter().all(|p| p["slice"] == "plc.a"), "{pools}");
+    // Nor can it make plc.a.b's VM (or add its keys to it) from its own pool...
+    let e = call(&n, &a, "SplitPool", json!([root, slice_xml("plc.a.b", 32)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    assert!(e.1.contains("names no authority above it"), "{e:?}");
+    // ...or give itself an authority.
+    let xml =
+        r#"<PoolRSpec><resources mem_limit="64"/><slice_authority name="plc.a" url="https://x.test/"/></PoolRSpec>"#;
+    let e = call(&n, &a, "SplitPool", json!([root, xml])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    assert!(e.1.contains("only the owner designates authorities"), "{e:?}");
+    assert!(fake.calls().iter().all(|c| c.vm != "plc_a_b" || matches!(c.op, Op::Create | Op::Start | Op::Status)));
+}
+
+#[tokio::test]
+async fn a_designated_service_acts_for_the_slices_below_its_authority_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    let scs = slice("plc.scs");
+    let pool = service_pool(&n, "plc.scs", "plc.princeton").await;
+    // The service finds its pool and its RSpec (with the authority) as section 4.5 says.
+    let rcaps = call(&n, &scs, "GetRcap", json!({})).await.unwrap();
+    assert_eq!(rcaps["rcaps"], json!([pool]));
+    let rspec = call(&n, &scs, "GetRSpec", json!([pool])).await.unwrap()["rspec"].as_str().unwrap().to_owned();
+    assert!(rspec.contains(r#"slice_authority name="plc.princeton""#), "{rspec}");
+    // It makes a slice's VM below its authority and manages it.
+    let sub = rcap(&n, &scs, "SplitPool", json!([pool, slice_xml("plc.princeton.codeen", 64)])).await;
+    let vm = call(&n, &scs, "Bind", json!([sub, "plc.princeton.codeen"])).await.unwrap();
+    assert_eq!(vm["vm"], "plc_princeton_codeen");
+    assert!(vm["rspec"].as_str().unwrap().contains(KEY), "{vm}");
+    assert_eq!(names(&call(&n, &scs, "ListVMs", json!({})).await.unwrap(), "vms", "vm"), ["plc_princeton_codeen"]);
+    let listed = names(&call(&n, &scs, "ListPools", json!({})).await.unwrap(), "pools", "rcap");
+    assert_eq!(listed, [pool.clone(), sub.clone()], "its pool and what it split off");
+    let v = call(&n, &scs, "UpdateVM", json!(["plc_princeton_codeen", [KEY2], "echo new"])).await.unwrap();
+    assert!(v["rspec"].as_str().unwrap().contains(KEY2) && !v["rspec"].as_str().unwrap().contains(KEY), "{v}");
+    assert_eq!(fake.spec("plc_princeton_codeen").unwrap().keys[0].as_str(), KEY2, "the backend has the new keys");
+    assert_eq!(call(&n, &scs, "StopVM", json!(["plc_princeton_codeen"])).await.unwrap()["wanted"], "stopped");
+    // The slice itself still controls its own VM.
+    let me = slice("plc.princeton.codeen");
+    assert_eq!(call(&n, &me, "StartVM", json!(["plc_princeton_codeen"])).await.unwrap()["wanted"], "running");
+    // Outside its authority: refused, and the authority's own name is no slice.
+    for other in ["plc.mit.x", "plc.princeton"] {
+        let e = call(&n, &scs, "SplitPool", json!([pool, slice_xml(other, 32)])).await.unwrap_err();
+        assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{other}: {e:?}");
+    }
+    // A VM below the same authority made by someone else is not the service's.
+    bound_vm(&n, "plc.princeton.private", 64).await;
+    let e = call(&n, &scs, "DestroyVM", json!(["plc_princeton_private"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::NOT_FOUND, "{e:?}");
+    // Nor does another service designated for the same authority control the first one's.
+    service_pool(&n, "plc.scs2", "plc.princeton").await;
+    let e = call(&n, &slice("plc.scs2"), "StopVM", json!(["plc_princeton_codeen"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::NOT_FOUND, "{e:?}");
+    // And the slice it made cannot act for its neighbours through the pool it was given.
+    let e = call(&n, &me, "SplitPool", json!([sub, slice_xml("plc.princeton.other", 32)])).await.unwrap_err();
+    assert!(e.0 == ErrorCode::CONFLICT || e.0 == ErrorCode::PERMISSION_DENIED, "{e:?}");
+    // Destroying the VM leaves the pool unbound; the service gives it back to its own.
+    call(&n, &scs, "DestroyVM", json!(["plc_princeton_codeen"])).await.unwrap();
+    call(&n, &scs, "DestroyPool", json!([sub])).await.unwrap();
+    let pools = call(&n, &scs, "ListPools", json!({})).await.unwrap();
+    assert_eq!(pools["pools"][0]["resources"]["mem_limit"], "2048 MB", "all of it back: {pools}");
+}
+
+#[tokio::test]
+async fn a_pools_vm_type_survives_splitting_through_an_untyped_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path(), Arc::new(FakeBackend::new()));
+    let me = slice("plc.demo");
+    let root = rcap(&n, &Caller::Owner, "CreatePool", json!([pool_xml(1024), "plc.demo"])).await;
+    let untyped =
+        rcap(&n, &me, "SplitPool", json!([root, r#"<PoolRSpec><resources mem_limit="256"/></PoolRSpec>"#])).await;
+    let rspec = call(&n, &me, "GetRSpec", json!([untyped])).await.unwrap()["rspec"].as_str().unwrap().to_owned();
+    assert!(rspec.contains(r#"vm_type="linux-vserver-x86""#), "the restriction is inherited: {rspec}");
+    let kvm = format!(
+        r#"<KvmSlice name="plc.demo"><resources cpu_share="1" disk_quota="1" mem_limit="64"/><key>{KEY}</key></KvmSlice>"#
+    );
+    let e = call(&n, &me, "SplitPool", json!([untyped, kvm])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_RSPEC, "{e:?}");
+    let other = r#"<PoolRSpec vm_type="linux-kvm-x86"><resources mem_limit="64"/></PoolRSpec>"#;
+    let e = call(&n, &me, "SplitPool", json!([untyped, other])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_RSPEC, "{e:?}");
+}
+
+#[tokio::test]
+async fn the_owners_blacklist_removes_vms_and_bars_new_ones_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let scs = slice("plc.scs");
+    {
+        let n = node(dir.path(), fake.clone());
+        let pool = service_pool(&n, "plc.scs", "plc").await;
+        for s in ["plc.japan.a", "plc.japan.b", "plc.mit.c"] {
+            let sub = rcap(&n, &scs, "SplitPool", json!([pool, slice_xml(s, 64)])).await;
+            call(&n, &scs, "Bind", json!([sub, s])).await.unwrap();
+        }
+        let e = call(&n, &scs, "Blacklist", json!(["plc.japan"])).await.unwrap_err();
+        assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "only the owner: {e:?}");
+        let r = call(&n, &Caller::Owner, "Blacklist", json!(["plc.japan"])).await.unwrap();
+        assert_eq!(r["destroyed"], json!(["plc_japan_a", "plc_japan_b"]), "{r}");
+        assert_eq!(fake.status_of("plc_japan_a"), VmState::Missing);
+        assert_eq!(fake.status_of("plc_mit_c"), VmState::Running, "other authorities' slices stay");
+    }
+    // After a restart the bar holds: the service cannot make the slice again.
+    let n = node(dir.path(), fake.clone());
+    assert_eq!(call(&n, &scs, "GetBlacklist", json!({})).await.unwrap()["blacklist"], json!(["plc.japan"]));
+    let pool = call(&n, &scs, "GetRcap", json!({})).await.unwrap()["rcaps"][0].as_str().unwrap().to_owned();
+    let e = call(&n, &scs, "SplitPool", json!([pool, slice_xml("plc.japan.a", 64)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    assert!(e.1.contains("blacklisted") && e.1.contains("plc.japan"), "{e:?}");
+    // A pool split before the bar cannot be bound either.
+    let orphan = call(&n, &scs, "ListPools", json!({})).await.unwrap()["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["slice"] == "plc.japan.a")
+        .map(|p| p["rcap"].as_str().unwrap().to_owned())
+        .unwrap();
+    let e = call(&n, &scs, "Bind", json!([orphan, "plc.japan.a"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    // Lifted: it can be made again.
+    let e = call(&n, &Caller::Owner, "Unblacklist", json!(["plc.nothere"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::NOT_FOUND, "{e:?}");
+    call(&n, &Caller::Owner, "Unblacklist", json!(["plc.japan"])).await.unwrap();
+    call(&n, &scs, "Bind", json!([orphan, "plc.japan.a"])).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_vm_update_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let n = node(dir.path(), fake.clone());
+    bound_vm(&n, "plc.demo", 64).await;
+    let me = slice("plc.demo");
+    fake.fail(Op::Update, 1, |_| BackendError::Command { command: "x".into(), message: "disk full".into() });
+    let e = call(&n, &me, "UpdateVM", json!(["plc_demo", [KEY2], null])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::BACKEND, "{e:?}");
+    let v = call(&n, &me, "VmStatus", json!(["plc_demo"])).await.unwrap();
+    assert!(v["rspec"].as_str().unwrap().contains(KEY) && v["rspec"].as_str().unwrap().contains("echo hi"), "{v}");
+    let e = call(&n, &me, "UpdateVM", json!(["plc_demo", ["not a key"], null])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::INVALID_PARAMS, "{e:?}");
+    assert!(e.1.contains("keys"), "{e:?}");
 }

@@ -103,6 +103,19 @@ impl SshKey {
     }
 }
 
+impl serde::Serialize for SshKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SshKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SshKey, D::Error> {
+        let s = String::deserialize(d)?;
+        SshKey::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A malformed or invalid RSpec document, with the position of the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}, column {column}: {message}")]
@@ -138,6 +151,15 @@ impl RSpec {
             RSpecClass::Slice(s) => Some(s.vm_type),
             RSpecClass::Pool(p) => p.vm_type,
         }
+    }
+
+    /// The slice authorities a pool RSpec names (none for a slice RSpec).
+    pub fn authorities(&self) -> impl Iterator<Item = &SliceName> {
+        let list: &[SliceAuthorityRef] = match &self.class {
+            RSpecClass::Pool(p) => &p.slice_authorities,
+            RSpecClass::Slice(_) => &[],
+        };
+        list.iter().map(|a| &a.name)
     }
 
     /// The XML element name of this RSpec's class.

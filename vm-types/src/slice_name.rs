@@ -79,6 +79,12 @@ impl SliceName {
                 && other.0.starts_with(&self.0)
                 && other.0.as_bytes()[self.0.len()] == b'.')
     }
+
+    /// True when `other` lies strictly below `self`: what an authority named `self` may
+    /// approve (`plc` is above `plc.princeton.codeen`, not above `plc` itself).
+    pub fn is_above(&self, other: &SliceName) -> bool {
+        self != other && self.covers(other)
+    }
 }
 
 impl fmt::Display for SliceName {
@@ -142,6 +148,7 @@ mod tests {
         assert!(p.covers(&p));
         assert!(!p.covers(&SliceName::parse("plc.princetonx").unwrap()));
         assert!(!p.covers(&SliceName::parse("plc").unwrap()));
+        assert!(p.is_above(&SliceName::parse("plc.princeton.codeen").unwrap()) && !p.is_above(&p));
     }
 
     #[test]

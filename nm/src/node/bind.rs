@@ -40,6 +40,7 @@ impl BindPlan {
 /// node's memory size (`node_mem_mb`, when known) and changes nothing.
 pub(crate) fn plan(
     t: &Tables,
+    caller: &Caller,
     pool: &Pool,
     slice: &SliceName,
     prefix: &Prefix,
@@ -48,11 +49,14 @@ pub(crate) fn plan(
     if let Some(vm) = &pool.vm {
         return Err(NmError::Conflict(format!("rcap: the pool is already bound to VM {vm}")));
     }
-    if !pool.slice.covers(slice) {
+    if &pool.slice != slice && !matches!(caller, Caller::Owner) {
         return Err(NmError::PermissionDenied(format!(
             "slice_name: the pool belongs to {} and cannot be bound to {slice}",
             pool.slice
         )));
+    }
+    if let Some(b) = t.blacklisted(slice) {
+        return Err(NmError::PermissionDenied(format!("slice_name: {slice} is blacklisted on this node (entry {b})")));
     }
     let RSpecClass::Slice(srs) = &pool.rspec.class else {
         return Err(NmError::InvalidRSpec(
@@ -153,7 +157,12 @@ pub(crate) fn row_of(s: &Sliver) -> VmRow {
 }
 
 impl NodeManager {
-    pub(crate) async fn bind(self: &Arc<Self>, rcap: &str, slice: SliceName) -> Result<VmInfo, NmError> {
+    pub(crate) async fn bind(
+        self: &Arc<Self>,
+        caller: &Caller,
+        rcap: &str,
+        slice: SliceName,
+    ) -> Result<VmInfo, NmError> {
         let name = slice.login();
         let _guard = self.locks.lock(&name).await;
         // Decide and reserve in one critical section: the pool is marked bound (and a new
@@ -163,7 +172,7 @@ impl NodeManager {
             let mut t = self.tables();
             let pool = t.pool(rcap)?;
             let pool_id = pool.id;
-            let plan = plan(&t, pool, &slice, &self.cfg.vm_prefix, node_memory_mb())?;
+            let plan = plan(&t, caller, pool, &slice, &self.cfg.vm_prefix, node_memory_mb())?;
             let backend = self.backend(plan.sliver().vm.vm_type)?;
             if let BindPlan::New(s) = &plan {
                 self.store.bind_new(pool_id, &row_of(s))?;
@@ -216,6 +225,7 @@ impl NodeManager {
                 match result {
                     Ok(()) => {
                         self.set_wanted(&name, Wanted::Running)?;
+                        self.forward_vm(&sliver);
                         tracing::info!(vm = %name, ms = started.elapsed().as_millis() as u64, "Bind: VM created and started");
                         Ok(self.vm_info(&Caller::Owner, &name, None)?)
                     }
@@ -243,15 +253,19 @@ impl NodeManager {
 
     /// Removes a VM's record and its socket, and unbinds its pools.
     pub(crate) fn forget_vm(&self, name: &str) -> Result<(), NmError> {
-        {
+        let index = {
             let mut t = self.tables();
             self.store.remove_vm(name)?;
-            t.slivers.remove(name);
+            let index = t.slivers.remove(name).map(|s| s.index);
             for p in t.pools.values_mut() {
                 if p.vm.as_deref() == Some(name) {
                     p.vm = None;
                 }
             }
+            index
+        };
+        if let Some(i) = index {
+            self.unforward_vm(i);
         }
         self.close_vm_socket(name);
         Ok(())
@@ -297,6 +311,11 @@ mod tests {
         )
     }
 
+    /// A slice calling (a bearer of the rcap, not the owner).
+    fn caller() -> Caller {
+        Caller::Slice(SliceName::parse("plc.caller").unwrap())
+    }
+
     fn prefix() -> Prefix {
         Prefix::parse("10.9.0.0/29").unwrap()
     }
@@ -306,12 +325,13 @@ mod tests {
         let mut t = Tables::default();
         let p = pool(1, "plc.a", &vserver("plc.a", 64, true, "x"));
         let s = SliceName::parse("plc.a").unwrap();
-        let BindPlan::New(sl) = plan(&t, &p, &s, &prefix(), Some(1024)).unwrap() else { panic!() };
+        let BindPlan::New(sl) = plan(&t, &caller(), &p, &s, &prefix(), Some(1024)).unwrap() else { panic!() };
         assert_eq!((sl.name.as_str(), sl.index, sl.address.to_string()), ("plc_a", 1, "10.9.0.2".into()));
         assert_eq!(sl.wanted, Wanted::Creating);
         t.slivers.insert(sl.name.clone(), sl);
         let p2 = pool(2, "plc.b", &vserver("plc.b", 64, true, "x"));
-        let BindPlan::New(sl) = plan(&t, &p2, &SliceName::parse("plc.b").unwrap(), &prefix(), None).unwrap() else {
+        let BindPlan::New(sl) = plan(&t, &caller(), &p2, &SliceName::parse("plc.b").unwrap(), &prefix(), None).unwrap()
+        else {
             panic!()
         };
         assert_eq!(sl.index, 2);
@@ -322,13 +342,13 @@ mod tests {
         let mut t = Tables::default();
         let s = SliceName::parse("plc.a").unwrap();
         let BindPlan::New(first) =
-            plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "one")), &s, &prefix(), None).unwrap()
+            plan(&t, &caller(), &pool(1, "plc.a", &vserver("plc.a", 64, true, "one")), &s, &prefix(), None).unwrap()
         else {
             panic!()
         };
         t.slivers.insert(first.name.clone(), first);
         let BindPlan::Add { old, new } =
-            plan(&t, &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
+            plan(&t, &caller(), &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
         else {
             panic!()
         };
@@ -346,26 +366,26 @@ mod tests {
         let mut bound = pool(1, "plc.a", &vserver("plc.a", 64, true, "x"));
         bound.vm = Some("plc_a".into());
         assert!(
-            matches!(plan(&t, &bound, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("already bound"))
+            matches!(plan(&t, &caller(), &bound, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("already bound"))
         );
         let other = pool(1, "plc.b", &vserver("plc.b", 64, true, "x"));
-        assert!(matches!(plan(&t, &other, &s, &prefix(), None), Err(NmError::PermissionDenied(_))));
+        assert!(matches!(plan(&t, &caller(), &other, &s, &prefix(), None), Err(NmError::PermissionDenied(_))));
         let bare = pool(1, "plc.a", r#"<PoolRSpec><resources mem_limit="64"/></PoolRSpec>"#);
         assert!(
-            matches!(plan(&t, &bare, &s, &prefix(), None), Err(NmError::InvalidRSpec(m)) if m.contains("split off"))
+            matches!(plan(&t, &caller(), &bare, &s, &prefix(), None), Err(NmError::InvalidRSpec(m)) if m.contains("split off"))
         );
-        let named = pool(1, "plc", &vserver("plc.c", 64, true, "x"));
+        let named = pool(1, "plc.a", &vserver("plc.c", 64, true, "x"));
         assert!(matches!(
-            plan(&t, &named, &s, &prefix(), None),
+            plan(&t, &caller(), &named, &s, &prefix(), None),
             Err(NmError::InvalidParams { field: "slice_name", .. })
         ));
         let small = pool(1, "plc.a", &vserver("plc.a", 16, true, "x"));
         assert!(
-            matches!(plan(&t, &small, &s, &prefix(), None), Err(NmError::Resources(m)) if m.contains("at least 32 MB"))
+            matches!(plan(&t, &caller(), &small, &s, &prefix(), None), Err(NmError::Resources(m)) if m.contains("at least 32 MB"))
         );
         let big = pool(1, "plc.a", &vserver("plc.a", 4096, true, "x"));
         assert!(
-            matches!(plan(&t, &big, &s, &prefix(), Some(1024)), Err(NmError::Resources(m)) if m.contains("node's memory"))
+            matches!(plan(&t, &caller(), &big, &s, &prefix(), Some(1024)), Err(NmError::Resources(m)) if m.contains("node's memory"))
         );
         let no_cpu = pool(
             1,
@@ -373,7 +393,7 @@ mod tests {
             r#"<VServerSlice><resources cpu_share="0" mem_limit="64" disk_quota="1"/></VServerSlice>"#,
         );
         assert!(
-            matches!(plan(&t, &no_cpu, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("cpu_share"))
+            matches!(plan(&t, &caller(), &no_cpu, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("cpu_share"))
         );
         let no_disk = pool(
             1,
@@ -381,12 +401,12 @@ mod tests {
             r#"<VServerSlice><resources cpu_share="1" mem_limit="64" disk_quota="0.01"/></VServerSlice>"#,
         );
         assert!(
-            matches!(plan(&t, &no_disk, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("disk_quota"))
+            matches!(plan(&t, &caller(), &no_disk, &s, &prefix(), None), Err(NmError::Resources(m)) if m.starts_with("disk_quota"))
         );
         // An existing VM of another type.
         let mut t = Tables::default();
         let BindPlan::New(sl) =
-            plan(&t, &pool(1, "plc.a", &vserver("plc.a", 64, true, "x")), &s, &prefix(), None).unwrap()
+            plan(&t, &caller(), &pool(1, "plc.a", &vserver("plc.a", 64, true, "x")), &s, &prefix(), None).unwrap()
         else {
             panic!()
         };
@@ -397,7 +417,25 @@ mod tests {
             r#"<KvmSlice name="plc.a"><resources cpu_share="1" mem_limit="64" disk_quota="1"/></KvmSlice>"#,
         );
         assert!(
-            matches!(plan(&t, &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added"))
+            matches!(plan(&t, &caller(), &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added"))
+        );
+    }
+
+    #[test]
+    fn only_the_pools_own_slice_is_bound_unless_the_owner_binds_and_never_a_blacklisted_one() {
+        let mut t = Tables::default();
+        let (a, ab) = (SliceName::parse("plc.a").unwrap(), SliceName::parse("plc.a.b").unwrap());
+        // A pool of plc.a cannot make plc.a.b's VM: a name does not cover the names below it.
+        let p = pool(1, "plc.a", &vserver("plc.a.b", 64, true, "x"));
+        assert!(matches!(plan(&t, &caller(), &p, &ab, &prefix(), None), Err(NmError::PermissionDenied(_))));
+        assert!(plan(&t, &Caller::Owner, &p, &ab, &prefix(), None).is_ok(), "the owner may");
+        // The owner's blacklist bars the slice, and everything below a barred authority.
+        t.blacklist.insert(SliceName::parse("plc").unwrap());
+        let own = pool(2, "plc.a", &vserver("plc.a", 64, true, "x"));
+        let e = plan(&t, &Caller::Owner, &own, &a, &prefix(), None).unwrap_err();
+        assert!(
+            matches!(&e, NmError::PermissionDenied(m) if m.contains("blacklisted") && m.contains("entry plc")),
+            "{e:?}"
         );
     }
 
@@ -408,14 +446,16 @@ mod tests {
         for i in 1..=5 {
             let n = format!("plc.s{i}");
             let s = SliceName::parse(&n).unwrap();
-            let BindPlan::New(sl) = plan(&t, &pool(i, &n, &vserver(&n, 64, true, "x")), &s, &prefix(), None).unwrap()
+            let BindPlan::New(sl) =
+                plan(&t, &caller(), &pool(i, &n, &vserver(&n, 64, true, "x")), &s, &prefix(), None).unwrap()
             else {
                 panic!()
             };
             t.slivers.insert(sl.name.clone(), sl);
         }
         let s = SliceName::parse("plc.s6").unwrap();
-        let e = plan(&t, &pool(6, "plc.s6", &vserver("plc.s6", 64, true, "x")), &s, &prefix(), None).unwrap_err();
+        let e = plan(&t, &caller(), &pool(6, "plc.s6", &vserver("plc.s6", 64, true, "x")), &s, &prefix(), None)
+            .unwrap_err();
         assert!(matches!(e, NmError::Resources(m) if m.contains("no address left")));
     }
 }

@@ -10,6 +10,15 @@ use credentials::Identity;
 pub const SERVICE_CERT_DAYS: i64 = 7;
 
 impl NodeManager {
+    /// This node's id at its management authority, from its certificate (once booted).
+    pub fn node_id(&self) -> Option<i64> {
+        let chain = std::fs::read_to_string(&self.cfg.node_cert).ok()?;
+        match Cert::bundle_from_pem(&chain).ok()?.first()?.identity {
+            Identity::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+
     pub(crate) fn sign_certificate(&self, caller: &Caller, public_key: &str) -> Result<CertificateResult, NmError> {
         let Caller::Slice(slice) = caller else {
             return Err(NmError::PermissionDenied(

@@ -30,6 +30,9 @@ pub enum NmError {
     Conflict(String),
     /// vm: no VM named {0:?} that you may see
     NoSuchVm(String),
+    /// No such object.
+    #[displaydoc("{0}")]
+    NotFound(String),
     /// vm_type: {0}
     Unsupported(String),
     /// {op}: {source}
@@ -66,7 +69,7 @@ impl NmError {
             NmError::InvalidRSpec(_) => ErrorCode::INVALID_RSPEC,
             NmError::Resources(_) => ErrorCode::RESOURCES,
             NmError::Conflict(_) => ErrorCode::CONFLICT,
-            NmError::NoSuchVm(_) => ErrorCode::NOT_FOUND,
+            NmError::NoSuchVm(_) | NmError::NotFound(_) => ErrorCode::NOT_FOUND,
             NmError::Unsupported(_) => ErrorCode::UNSUPPORTED,
             NmError::Backend { source, .. } => match source {
                 BackendError::NotFound(_) => ErrorCode::NOT_FOUND,

@@ -7,6 +7,7 @@
 //! | [`bind`] | `Bind`: a pure plan from the tables, then its application |
 //! | [`vms`] | `ListVMs`, `VmStatus`, `StartVM`, `StopVM`, `DestroyVM`, `VmLog`, `NodeInfo` |
 //! | [`reconcile`] | repairs at start, `Orphans`, `CleanOrphans` |
+//! | [`blacklist`] | `Blacklist`, `Unblacklist`, `GetBlacklist` (section 3: the owner's veto) |
 //! | [`certify`] | `SignCertificate` (section 5.5) |
 //! | [`locks`] | one lifecycle lock per VM |
 //! | [`sockets`] | each VM's own socket |
@@ -18,6 +19,7 @@
 //! serialised by that VM's lock ([`locks::VmLocks`]); different VMs proceed side by side.
 
 pub mod bind;
+pub mod blacklist;
 pub mod certify;
 pub mod error;
 pub mod locks;
@@ -51,11 +53,12 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// May the caller see and act on `slice`'s pools and VMs?
-    pub fn may_see(&self, slice: &SliceName) -> bool {
+    /// Is the caller slice `slice` itself (or the owner)? A slice's name never covers the
+    /// slices whose names extend it: `plc.a` has no say over `plc.a.b`.
+    pub fn is(&self, slice: &SliceName) -> bool {
         match self {
             Caller::Owner => true,
-            Caller::Slice(s) => s.covers(slice),
+            Caller::Slice(s) => s == slice,
         }
     }
 }
@@ -104,6 +107,8 @@ pub(crate) struct Tables {
     pub pools: BTreeMap<i64, Pool>,
     pub by_key: HashMap<RcapKey, i64>,
     pub slivers: BTreeMap<String, Sliver>,
+    /// Slices and authorities the owner has barred from this node.
+    pub blacklist: std::collections::BTreeSet<SliceName>,
 }
 
 impl Tables {
@@ -122,10 +127,51 @@ impl Tables {
         self.pools.insert(p.id, p);
     }
 
-    /// The sliver named `name` if the caller may see it. Missing and not-yours give the
-    /// same answer.
+    /// The sliver named `name` if the caller may act on it. Missing and not-yours give
+    /// the same answer.
     pub fn sliver_for(&self, caller: &Caller, name: &str) -> Result<&Sliver, NmError> {
-        self.slivers.get(name).filter(|s| caller.may_see(&s.slice)).ok_or_else(|| NmError::NoSuchVm(name.to_owned()))
+        self.slivers.get(name).filter(|s| self.may_act_on(caller, s)).ok_or_else(|| NmError::NoSuchVm(name.to_owned()))
+    }
+
+    /// The blacklist entry (a slice, or an authority above it) that bars `slice`, if any.
+    pub fn blacklisted(&self, slice: &SliceName) -> Option<&SliceName> {
+        self.blacklist.iter().find(|b| b.covers(slice))
+    }
+
+    /// Pool `p` and the pools it was split from, nearest first.
+    pub fn lineage<'a>(&'a self, p: &'a Pool) -> impl Iterator<Item = &'a Pool> + 'a {
+        std::iter::successors(Some(p), move |q| q.parent.and_then(|id| self.pools.get(&id)))
+    }
+
+    /// Is slice `service` designated to act for `slice` through pool `p`: does `p` come
+    /// from a pool the owner gave `service` for an authority above `slice`?
+    pub fn designated(&self, service: &SliceName, slice: &SliceName, p: &Pool) -> bool {
+        self.lineage(p).any(|a| &a.slice == service && a.rspec.authorities().any(|auth| auth.is_above(slice)))
+    }
+
+    /// May the caller see pool `p` (and use its rcap's listing)? Its own pools, and the
+    /// pools split for the slices it was designated for.
+    pub fn may_see_pool(&self, caller: &Caller, p: &Pool) -> bool {
+        match caller {
+            Caller::Owner => true,
+            Caller::Slice(s) => &p.slice == s || self.designated(s, &p.slice, p),
+        }
+    }
+
+    /// May the caller act on sliver `v`: the owner, the slice itself, or a service
+    /// designated for it through a pool bound to the VM.
+    pub fn may_act_on(&self, caller: &Caller, v: &Sliver) -> bool {
+        match caller {
+            Caller::Owner => true,
+            Caller::Slice(s) => {
+                &v.slice == s
+                    || self
+                        .pools
+                        .values()
+                        .filter(|p| p.vm.as_deref() == Some(v.name.as_str()))
+                        .any(|p| self.designated(s, &v.slice, p))
+            }
+        }
     }
 }
 
@@ -138,6 +184,7 @@ pub struct NodeManager {
     locks: locks::VmLocks,
     sockets: sockets::VmSockets,
     facts: Mutex<NodeFacts>,
+    forward: Option<crate::forward::SshForward>,
 }
 
 /// What the daemon found out about the node at start, for `NodeInfo`.
@@ -167,6 +214,10 @@ impl NodeManager {
             let rcap = Rcap::from_hex(&p.rcap).ok_or_else(|| ctx("bad rcap"))?;
             t.insert_pool(Pool { id: p.id, rcap, parent: p.parent, slice, rspec, xml: p.rspec.into(), vm: p.vm });
         }
+        for b in store.blacklist()? {
+            t.blacklist
+                .insert(SliceName::parse(&b).map_err(|e| anyhow::anyhow!("state database, blacklist {b}: {e}"))?);
+        }
         for v in vms {
             let ctx = |what: &str| anyhow::anyhow!("state database, VM {}: {what}", v.name);
             let rspec = RSpec::from_xml(&v.rspec).map_err(|e| ctx(&e.to_string()))?;
@@ -184,7 +235,10 @@ impl NodeManager {
             };
             t.slivers.insert(v.name, sliver);
         }
+        let forward =
+            cfg.public_address.map(|a| crate::forward::SshForward::new(vm_types::host::linux(), a, &cfg.bridge));
         Ok(Arc::new(NodeManager {
+            forward,
             cfg,
             store,
             registry,
@@ -193,6 +247,33 @@ impl NodeManager {
             sockets: sockets::VmSockets::default(),
             facts: Mutex::new(NodeFacts::default()),
         }))
+    }
+
+    /// Writes the node's ssh forwards for every VM (at start; no-op without a
+    /// `public_address`).
+    pub fn install_forwards(&self) -> Result<(), BackendError> {
+        let Some(f) = &self.forward else { return Ok(()) };
+        let forwards: Vec<(u16, Ipv4Addr)> =
+            self.tables().slivers.values().filter_map(|s| self.cfg.ssh_port(s.index).map(|p| (p, s.address))).collect();
+        f.install(&forwards)
+    }
+
+    /// Forwards VM `s`'s ssh port; a failure is logged (the VM itself is fine).
+    fn forward_vm(&self, s: &Sliver) {
+        if let (Some(f), Some(port)) = (&self.forward, self.cfg.ssh_port(s.index)) {
+            if let Err(e) = f.add(port, s.address) {
+                tracing::error!(vm = %s.name, port, "ssh forward: {e}");
+            }
+        }
+    }
+
+    /// Stops forwarding to VM number `index`.
+    fn unforward_vm(&self, index: u32) {
+        if let (Some(f), Some(port)) = (&self.forward, self.cfg.ssh_port(index)) {
+            if let Err(e) = f.remove(port) {
+                tracing::error!(port, "ssh forward removal: {e}");
+            }
+        }
     }
 
     /// Records what the daemon found out about the node, for `NodeInfo`.
@@ -247,8 +328,8 @@ impl NodeManager {
             Request::CreatePool(p) => reply::<c::CreatePool>(r(self.create_pool(caller, &p.rspec, p.slice_name))),
             Request::GetRcap(p) => reply::<c::GetRcap>(r(self.get_rcap(caller, p.slice_name))),
             Request::GetRSpec(p) => reply::<c::GetRSpec>(r(self.get_rspec(&p.rcap))),
-            Request::SplitPool(p) => reply::<c::SplitPool>(r(self.split_pool(&p.rcap, &p.rspec))),
-            Request::Bind(p) => reply::<c::Bind>(r(self.bind(&p.rcap, p.slice_name).await)),
+            Request::SplitPool(p) => reply::<c::SplitPool>(r(self.split_pool(caller, &p.rcap, &p.rspec))),
+            Request::Bind(p) => reply::<c::Bind>(r(self.bind(caller, &p.rcap, p.slice_name).await)),
             Request::DestroyPool(p) => reply::<c::DestroyPool>(r(self.destroy_pool(&p.rcap))),
             Request::ListPools(_) => reply::<c::ListPools>(Ok(self.list_pools(caller))),
             Request::ListVMs(_) => reply::<c::ListVMs>(Ok(self.list_vms(caller).await)),
@@ -261,6 +342,10 @@ impl NodeManager {
             Request::Orphans(_) => reply::<c::Orphans>(r(self.orphans_for(caller).await)),
             Request::CleanOrphans(_) => reply::<c::CleanOrphans>(r(self.clean_orphans(caller).await)),
             Request::SignCertificate(p) => reply::<c::SignCertificate>(r(self.sign_certificate(caller, &p.public_key))),
+            Request::UpdateVM(p) => reply::<c::UpdateVM>(r(self.update_vm(caller, p).await)),
+            Request::Blacklist(p) => reply::<c::Blacklist>(r(self.blacklist(caller, p.name).await)),
+            Request::Unblacklist(p) => reply::<c::Unblacklist>(r(self.unblacklist(caller, &p.name))),
+            Request::GetBlacklist(_) => reply::<c::GetBlacklist>(Ok(self.get_blacklist())),
         }
     }
 

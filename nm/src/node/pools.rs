@@ -6,7 +6,7 @@ use crate::api::{PoolInfo, PoolsResult, RSpecResult, RcapResult, RcapsResult};
 use crate::rcap::Rcap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vm_types::{RSpec, Resources, SliceName};
+use vm_types::{RSpec, RSpecClass, Resources, SliceName};
 
 /// Resources with their units, as the API shows them (`"256 MB"`).
 pub fn resources_map(r: &Resources) -> BTreeMap<String, String> {
@@ -61,30 +61,54 @@ impl NodeManager {
         Ok(RSpecResult { rspec: self.tables().pool(rcap)?.xml.to_string() })
     }
 
-    pub(crate) fn split_pool(&self, rcap: &str, xml: &str) -> Result<RcapResult, NmError> {
-        let child = parse_rspec(xml)?;
+    pub(crate) fn split_pool(&self, caller: &Caller, rcap: &str, xml: &str) -> Result<RcapResult, NmError> {
+        let mut child = parse_rspec(xml)?;
         let mut t = self.tables();
         let parent = t.pool(rcap)?;
         if let Some(vm) = &parent.vm {
             return Err(NmError::Conflict(format!("rcap: the pool is bound to VM {vm} and cannot be split")));
         }
-        if let (Some(limit), Some(want)) = (parent.rspec.vm_type(), child.vm_type()) {
-            if limit != want {
-                return Err(NmError::InvalidRSpec(format!(
-                    "rspec: vm_type {want} is not allowed by the pool, which is for {limit}"
+        if let Some(limit) = parent.rspec.vm_type() {
+            match &mut child.class {
+                RSpecClass::Slice(s) if s.vm_type != limit => {
+                    return Err(NmError::InvalidRSpec(format!(
+                        "rspec: vm_type {} is not allowed by the pool, which is for {limit}",
+                        s.vm_type
+                    )))
+                }
+                RSpecClass::Pool(p) if p.vm_type.is_some_and(|w| w != limit) => {
+                    return Err(NmError::InvalidRSpec(format!(
+                        "rspec: vm_type {} is not allowed by the pool, which is for {limit}",
+                        p.vm_type.map(|v| v.to_string()).unwrap_or_default()
+                    )))
+                }
+                // A sub-pool keeps its parent's restriction, so no split can shed it.
+                RSpecClass::Pool(p) => p.vm_type = Some(limit),
+                RSpecClass::Slice(_) => {}
+            }
+        }
+        let owner = matches!(caller, Caller::Owner);
+        // Only the owner designates authorities; a pool may hand on a part of its own.
+        for a in child.authorities() {
+            if !owner && !parent.rspec.authorities().any(|pa| pa.covers(a)) {
+                return Err(NmError::PermissionDenied(format!(
+                    "rspec: slice_authority {a} is not the pool's to give (only the owner designates authorities)"
                 )));
             }
         }
         let slice = match child.slice().and_then(|s| s.name.clone()) {
-            Some(n) if !parent.slice.covers(&n) => {
+            Some(n) if !owner && n != parent.slice && !parent.rspec.authorities().any(|a| a.is_above(&n)) => {
                 return Err(NmError::PermissionDenied(format!(
-                    "rspec: slice {n} is outside the pool's slice {}",
+                    "rspec: slice {n} is not the pool's slice ({}) and the pool names no authority above it",
                     parent.slice
                 )))
             }
             Some(n) => n,
             None => parent.slice.clone(),
         };
+        if let Some(b) = t.blacklisted(&slice) {
+            return Err(NmError::PermissionDenied(format!("rspec: {slice} is blacklisted on this node (entry {b})")));
+        }
         let rest = parent
             .rspec
             .resources
@@ -143,7 +167,7 @@ impl NodeManager {
         let pools = t
             .pools
             .values()
-            .filter(|p| caller.may_see(&p.slice))
+            .filter(|p| t.may_see_pool(caller, p))
             .map(|p| PoolInfo {
                 id: p.id,
                 rcap: p.rcap.to_hex(),

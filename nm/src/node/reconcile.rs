@@ -41,6 +41,9 @@ impl NodeManager {
     /// stopped, per-VM sockets are opened, and orphans are reported.
     pub async fn reconcile(self: &Arc<Self>) -> Vec<Repair> {
         let mut report = Vec::new();
+        if let Err(e) = self.install_forwards() {
+            report.push(Repair::Failed(format!("ssh forwards (nftables): {e}")));
+        }
         let slivers: Vec<_> =
             self.tables().slivers.values().map(|s| (s.name.clone(), s.slice.clone(), s.wanted)).collect();
         for (name, slice, wanted) in slivers {

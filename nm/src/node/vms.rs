@@ -2,7 +2,9 @@
 
 use super::pools::resources_map;
 use super::{blocking, Caller, NmError, NodeManager};
-use crate::api::{DestroyedResult, NodeInfoResult, VmInfo, VmLogResult, VmsResult, Wanted, MAX_LOG_BYTES};
+use crate::api::{
+    DestroyedResult, NodeInfoResult, UpdateVmParams, VmInfo, VmLogResult, VmsResult, Wanted, MAX_LOG_BYTES,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use vm_types::{Backend, VmSpec, VmState};
@@ -20,10 +22,18 @@ impl NodeManager {
             Some((st, d)) => (Some(st), Some(d)),
             None => (None, None),
         };
+        let ssh_port = self.cfg.ssh_port(s.index);
+        let ssh_command = match (ssh_port, self.cfg.public_address) {
+            (Some(port), Some(public)) => format!("ssh -p {port} {login}@{public}"),
+            _ => format!("ssh {login}@{}", s.address),
+        };
         Ok(VmInfo {
             vm: s.name.clone(),
             slice: s.slice.clone(),
             ssh: format!("{login}@{}", s.address),
+            ssh_port,
+            ssh_command,
+            rspec: s.rspec().to_xml(),
             login,
             vm_type: s.vm.vm_type,
             address: s.address.to_string(),
@@ -52,8 +62,10 @@ impl NodeManager {
     }
 
     pub(crate) async fn list_vms(&self, caller: &Caller) -> VmsResult {
-        let names: Vec<String> =
-            self.tables().slivers.values().filter(|v| caller.may_see(&v.slice)).map(|v| v.name.clone()).collect();
+        let names: Vec<String> = {
+            let t = self.tables();
+            t.slivers.values().filter(|v| t.may_act_on(caller, v)).map(|v| v.name.clone()).collect()
+        };
         let mut vms = Vec::new();
         for n in names {
             // A VM destroyed meanwhile is simply not listed.
@@ -101,6 +113,37 @@ impl NodeManager {
         Ok(DestroyedResult { vm: name.to_owned(), destroyed: true })
     }
 
+    pub(crate) async fn update_vm(&self, caller: &Caller, p: UpdateVmParams) -> Result<VmInfo, NmError> {
+        let name = p.vm.as_str();
+        self.vm_for(caller, name)?;
+        let _g = self.locks.lock(name).await;
+        let (old, new) = {
+            let t = self.tables();
+            let old = t.sliver_for(caller, name)?.clone();
+            let mut new = old.clone();
+            new.vm.keys = p.keys;
+            new.vm.bootscript = p.bootscript;
+            (old, new)
+        };
+        let (old_spec, new_spec) = (self.spec_of(&old), self.spec_of(&new));
+        let b = self.backend(new.vm.vm_type)?;
+        let b2 = b.clone();
+        let (o, n) = (old_spec.clone(), new_spec.clone());
+        blocking(move || b2.update(&o, &n)).await.map_err(NmError::backend("UpdateVM"))?;
+        let recorded = {
+            let mut t = self.tables();
+            self.store.set_vm_rspec(name, &new.rspec().to_xml()).map(|()| t.slivers.insert(name.to_owned(), new))
+        };
+        if let Err(e) = recorded {
+            if let Err(re) = blocking(move || b.update(&new_spec, &old_spec)).await {
+                tracing::error!(vm = name, "UpdateVM: undoing an unrecorded update failed: {re}");
+            }
+            return Err(e.into());
+        }
+        tracing::info!(vm = name, "UpdateVM: keys and bootscript replaced");
+        self.vm_info(caller, name, None)
+    }
+
     pub(crate) async fn vm_log(&self, caller: &Caller, name: &str, bytes: Option<u64>) -> Result<VmLogResult, NmError> {
         let (_, b) = self.vm_for(caller, name)?;
         let n = name.to_owned();
@@ -126,6 +169,8 @@ impl NodeManager {
             vm_prefix: self.cfg.vm_prefix.to_string(),
             gateway: self.cfg.vm_prefix.gateway().to_string(),
             node_netns: self.cfg.node_netns.clone(),
+            public_address: self.cfg.public_address.map(|a| a.to_string()),
+            node_id: self.node_id(),
             pools: t.pools.len(),
             vms: t.slivers.len(),
         }
