@@ -21,6 +21,9 @@ use jsonrpc::{reply, NoParams, RpcError, Value};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+/// The PostgreSQL channel on which servers announce a new generation.
+pub const GENERATION_CHANNEL: &str = "plab_generation";
+
 /// Which authority a method belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -80,6 +83,12 @@ jsonrpc::api! {
         GetSliceTicket(SliceParams) -> credentials::ticket::SignedTicket;
         /// `GetSlicesForNode(auth, node_id, since, wait) -> {generation, unchanged | slices}`: a node's services poll this.
         GetSlicesForNode(SlicesForNodeParams) -> SlicesForNodeResult;
+        /// `ReportSlivers(auth, node_id, [{slice, state, address?, ssh?, message?}])`: a node's
+        /// designated service reports every sliver of this authority's slices on the node.
+        ReportSlivers(ReportSliversParams) -> ReportedResult;
+        /// `GetSliceStatus(auth, slice_name) -> {slice, state, expires, slivers: [{node_id, hostname, state, ssh, ...}]}`:
+        /// as GetSlices.
+        GetSliceStatus(SliceParams) -> SliceStatusResult;
         /// `AddSite(auth, {org, name, subnets, latitude?, longitude?, tech?})`: the org's admin or operator.
         AddSite(AddSiteParams) -> SiteIdResult;
         /// `GetSites(auth)`: any authenticated caller.
@@ -164,6 +173,13 @@ pub struct Settings {
     pub slice_max_ttl: i64,
     /// Longest long poll of `GetSlicesForNode`, seconds.
     pub max_wait: u64,
+    /// The slices whose services on a node may learn that node's slices and report its
+    /// slivers (`GetSlicesForNode`, `ReportSlivers`): the slice creation services this
+    /// authority trusts. Empty: `<name>.scs` (for example `plc.scs`).
+    pub node_services: Vec<String>,
+    /// Seconds between sweeps for expired slices (which also read the generation other
+    /// servers on the database moved).
+    pub sweep_secs: u64,
 }
 
 impl Default for Settings {
@@ -176,6 +192,8 @@ impl Default for Settings {
             slice_ttl: 14 * 86400,
             slice_max_ttl: 56 * 86400,
             max_wait: 60,
+            node_services: vec![],
+            sweep_secs: 2,
         }
     }
 }
@@ -233,13 +251,71 @@ impl Authority {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Records a change of what nodes should run; call inside the changing transaction.
+    /// Records a change of what nodes should run; call inside the changing transaction. On
+    /// PostgreSQL the new number is also announced (NOTIFY, delivered at commit) to every
+    /// server on the database.
     pub async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, AuthError> {
         let (g,): (i64,) =
             sqlx::query_as(&self.db.q("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"))
                 .fetch_one(&mut **tx)
                 .await?;
+        if self.db.is_postgres() {
+            sqlx::query(&self.db.q("SELECT pg_notify(?, ?)"))
+                .bind(GENERATION_CHANNEL)
+                .bind(g.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(g)
+    }
+
+    /// Follows the generation other servers on the same PostgreSQL database publish
+    /// (LISTEN), so their changes wake this server's long polls at once. Reconnects after
+    /// a lost connection, reading the number again. Returns at once on SQLite.
+    pub async fn follow_generation(self: std::sync::Arc<Self>) {
+        if !self.db.is_postgres() {
+            return;
+        }
+        loop {
+            match sqlx::postgres::PgListener::connect(self.db.url()).await {
+                Ok(mut l) => {
+                    if let Err(e) = l.listen(GENERATION_CHANNEL).await {
+                        tracing::warn!("LISTEN {GENERATION_CHANNEL}: {e}");
+                    } else {
+                        if let Err(e) = self.refresh_generation().await {
+                            tracing::warn!("reading the generation: {e}");
+                        }
+                        loop {
+                            match l.recv().await {
+                                Ok(n) => match n.payload().parse::<i64>() {
+                                    Ok(g) => self.published(g),
+                                    Err(_) => tracing::warn!(
+                                        "NOTIFY {GENERATION_CHANNEL}: {:?} is no generation",
+                                        n.payload()
+                                    ),
+                                },
+                                Err(e) => {
+                                    tracing::warn!("LISTEN {GENERATION_CHANNEL}: {e}; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("LISTEN {GENERATION_CHANNEL}: cannot connect: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Reads the generation from the database (another server on it may have moved it)
+    /// and publishes it.
+    pub async fn refresh_generation(&self) -> Result<i64, AuthError> {
+        let (g,): (i64,) = sqlx::query_as(&self.db.q("SELECT value FROM meta WHERE key = 'generation'"))
+            .fetch_one(self.db.pool())
+            .await?;
+        self.published(g);
+        Ok(self.generation())
     }
 
     /// Publishes a generation seen committed (by this server or another on the same
@@ -327,6 +403,8 @@ impl Authority {
             Request::GetSlices(_) => reply::<k::GetSlices>(r(self.get_slices(c).await)),
             Request::GetSliceTicket(p) => reply::<k::GetSliceTicket>(r(self.get_slice_ticket(c, p, now).await)),
             Request::GetSlicesForNode(p) => reply::<k::GetSlicesForNode>(r(self.get_slices_for_node(c, p).await)),
+            Request::ReportSlivers(p) => reply::<k::ReportSlivers>(r(self.report_slivers(c, p, now).await)),
+            Request::GetSliceStatus(p) => reply::<k::GetSliceStatus>(r(self.get_slice_status(c, p).await)),
             Request::AddSite(p) => reply::<k::AddSite>(r(self.add_site(c, p, now).await)),
             Request::GetSites(_) => reply::<k::GetSites>(r(self.get_sites().await)),
             Request::AddNode(p) => reply::<k::AddNode>(r(self.add_node(c, p, now).await)),

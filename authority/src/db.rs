@@ -31,6 +31,7 @@ impl DbError {
 pub struct Db {
     pool: AnyPool,
     pg: bool,
+    url: String,
 }
 
 /// The schema's steps, one directory per dialect (they differ only in the id column).
@@ -62,10 +63,15 @@ impl Db {
             })
             .connect(&url)
             .await?;
-        let db = Db { pool, pg };
+        let db = Db { pool, pg, url: url.clone() };
         let migrator = if pg { &POSTGRES } else { &SQLITE };
         migrator.run(&db.pool).await.map_err(|e| DbError(e.into()))?;
         Ok(db)
+    }
+
+    /// The URL it was opened with (it may hold a password: never log it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// True on PostgreSQL.

@@ -648,13 +648,14 @@ impl Authority {
                 .fetch_all(self.db.pool())
                 .await?;
         let ttl = self.settings.ticket_ttl.min(s.expires - now);
-        let body = TicketBody::new(
+        let mut body = TicketBody::new(
             &self.ca.name,
             &s.name,
             self.rspec_with_keys(&s).await?,
             nodes.into_iter().map(|(n,)| n).collect(),
             ttl,
         );
+        body.slice_expires = Some(s.expires);
         let signed = body.sign(&self.ca.sa.key_pem, &self.ca.sa.cert_pem).map_err(AuthError::internal)?;
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET delegated = 1 WHERE id = ?")).bind(s.id).execute(&mut *tx).await?;
@@ -684,13 +685,47 @@ impl Authority {
         Ok(n)
     }
 
-    /// Sweeps expired slices every `every`, for the life of the server.
+    /// Sweeps expired slices every `every`, for the life of the server, and reads the
+    /// generation other servers on the database may have moved (on PostgreSQL LISTEN
+    /// brings it sooner; this is the fallback, and all there is on SQLite).
     pub async fn sweep_expiry_forever(self: std::sync::Arc<Self>, every: std::time::Duration) {
         loop {
             if let Err(e) = self.sweep_expired(credentials::now()).await {
                 tracing::warn!("expiry sweep: {e}");
             }
+            if let Err(e) = self.refresh_generation().await {
+                tracing::warn!("reading the generation: {e}");
+            }
             tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Is `slice` one of the services this authority lets act for a node?
+    fn is_node_service(&self, slice: &str) -> bool {
+        if self.settings.node_services.is_empty() {
+            slice == format!("{}.scs", self.ca.name)
+        } else {
+            self.settings.node_services.iter().any(|s| s == slice)
+        }
+    }
+
+    /// Checks that the caller may act for node `node`'s slivers: a designated service
+    /// certified by that node's NM, or an operator.
+    fn require_node_service(&self, c: &Caller, node: i64, method: &str) -> Result<(), AuthError> {
+        let ok = match c {
+            Caller::Service { slice, node: n } => *n == node && self.is_node_service(slice),
+            Caller::Principal(pr) => pr.roles.contains(&Role::Operator),
+            Caller::Anonymous => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let services = if self.settings.node_services.is_empty() {
+                format!("{}.scs", self.ca.name)
+            } else {
+                self.settings.node_services.join(", ")
+            };
+            Err(AuthError::denied(method, &format!("a node service ({services}) of node {node}, or an operator")))
         }
     }
 
@@ -700,26 +735,33 @@ impl Authority {
         p: SlicesForNodeParams,
     ) -> Result<SlicesForNodeResult, AuthError> {
         let node = p.node_id;
-        let allowed = match c {
-            Caller::Service { node: n, .. } => *n == node,
-            Caller::Principal(pr) => pr.roles.contains(&Role::Operator),
-            Caller::Anonymous => false,
-        };
-        if !allowed {
-            return Err(AuthError::denied("GetSlicesForNode", &format!("a service or certificate of node {node}")));
-        }
+        self.require_node_service(c, node, "GetSlicesForNode")?;
         let since = p.since.unwrap_or(0);
         // Read the generation before the query: a change racing with it bumps the number
         // past what we return, so the node asks again next time.
-        let gen = self.generation();
+        let mut gen = self.generation();
+        if since > gen {
+            // The caller heard of a change (through another server) that this one has not:
+            // read the database's number.
+            gen = self.refresh_generation().await?;
+        }
         if since == gen {
-            return Ok(SlicesForNodeResult { generation: gen, unchanged: true, slices: None });
+            let wait = p.wait.unwrap_or(0).min(self.settings.max_wait);
+            if wait == 0 {
+                return Ok(SlicesForNodeResult { generation: gen, unchanged: true, slices: None });
+            }
+            let mut rx = self.changed.subscribe();
+            let moved = tokio::time::timeout(std::time::Duration::from_secs(wait), rx.wait_for(|g| *g != since)).await;
+            gen = self.generation();
+            if moved.is_err() || gen == since {
+                return Ok(SlicesForNodeResult { generation: gen, unchanged: true, slices: None });
+            }
         }
         let now = credentials::now();
         let rows: Vec<SliceRow> = sqlx::query_as(&self.db.q(
             "SELECT s.id, s.name, s.org_id, s.delegated, s.started, s.deleted, s.rspec, s.expires FROM slices s \
              JOIN slice_nodes sn ON sn.slice_id = s.id JOIN nodes n ON n.id = sn.node_id \
-             WHERE sn.node_id = ? AND n.deleted = 0 AND s.deleted = 0 AND s.started = 1 AND s.delegated = 0 AND s.expires > ? ORDER BY s.name",
+             WHERE sn.node_id = ? AND n.deleted = 0 AND s.deleted = 0 AND s.delegated = 0 AND s.expires > ? ORDER BY s.name",
         ))
         .bind(node)
         .bind(now)
@@ -727,8 +769,103 @@ impl Authority {
         .await?;
         let mut slices = Vec::new();
         for s in rows {
-            slices.push(NodeSlice { rspec: self.rspec_with_keys(&s).await?, name: s.name, expires: s.expires });
+            slices.push(NodeSlice {
+                id: s.id,
+                rspec: self.rspec_with_keys(&s).await?,
+                run: s.state().run,
+                name: s.name,
+                expires: s.expires,
+            });
         }
         Ok(SlicesForNodeResult { generation: gen, unchanged: false, slices: Some(slices) })
+    }
+
+    pub(crate) async fn report_slivers(
+        &self,
+        c: &Caller,
+        p: ReportSliversParams,
+        now: i64,
+    ) -> Result<ReportedResult, AuthError> {
+        self.require_node_service(c, p.node_id, "ReportSlivers")?;
+        if p.slivers.len() > 10_000 {
+            return Err(AuthError::invalid("slivers", "at most 10000 per report"));
+        }
+        for (i, s) in p.slivers.iter().enumerate() {
+            for (field, v) in [("slice", Some(&s.slice)), ("state", Some(&s.state)), ("address", s.address.as_ref())]
+                .into_iter()
+                .chain([("ssh", s.ssh.as_ref()), ("message", s.message.as_ref())])
+            {
+                if v.is_some_and(|v| v.len() > 1024) {
+                    return Err(AuthError::invalid("slivers", format!("[{i}].{field}: longer than 1024 bytes")));
+                }
+            }
+        }
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(&self.db.q("DELETE FROM slivers WHERE node_id = ?")).bind(p.node_id).execute(&mut *tx).await?;
+        let mut recorded = 0;
+        for s in &p.slivers {
+            let id: Option<(i64,)> = sqlx::query_as(&self.db.q("SELECT id FROM slices WHERE name = ? AND deleted = 0"))
+                .bind(s.slice.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            // A slice this authority does not know (any more) is not recorded.
+            let Some((slice_id,)) = id else { continue };
+            sqlx::query(&self.db.q(
+                "INSERT INTO slivers (slice_id, node_id, state, address, ssh, message, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(slice_id)
+            .bind(p.node_id)
+            .bind(s.state.clone())
+            .bind(s.address.clone())
+            .bind(s.ssh.clone())
+            .bind(s.message.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            recorded += 1;
+        }
+        tx.commit().await?;
+        Ok(ReportedResult { recorded })
+    }
+
+    pub(crate) async fn get_slice_status(&self, c: &Caller, p: SliceParams) -> Result<SliceStatusResult, AuthError> {
+        let s = self.slice(&p.slice_name).await?;
+        self.require_slice(c, &s, Role::User, "GetSliceStatus").await?;
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            node_id: i64,
+            hostname: String,
+            state: Option<String>,
+            address: Option<String>,
+            ssh: Option<String>,
+            message: Option<String>,
+            updated: Option<i64>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(&self.db.q(
+            "SELECT n.id AS node_id, n.hostname, v.state, v.address, v.ssh, v.message, v.updated \
+             FROM slice_nodes sn JOIN nodes n ON n.id = sn.node_id \
+             LEFT JOIN slivers v ON v.slice_id = sn.slice_id AND v.node_id = sn.node_id \
+             WHERE sn.slice_id = ? AND n.deleted = 0 ORDER BY n.id",
+        ))
+        .bind(s.id)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(SliceStatusResult {
+            slice: s.name.clone(),
+            state: s.state(),
+            expires: s.expires,
+            slivers: rows
+                .into_iter()
+                .map(|r| SliverStatus {
+                    node_id: r.node_id,
+                    hostname: r.hostname,
+                    state: r.state.unwrap_or_else(|| "missing".into()),
+                    address: r.address,
+                    ssh: r.ssh,
+                    message: r.message,
+                    updated: r.updated.unwrap_or(0),
+                })
+                .collect(),
+        })
     }
 }

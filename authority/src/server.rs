@@ -45,7 +45,8 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Serves until the task is dropped.
 pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    tokio::spawn(a.clone().sweep_expiry_forever(Duration::from_secs(2)));
+    tokio::spawn(a.clone().sweep_expiry_forever(Duration::from_secs(a.settings.sweep_secs.max(1))));
+    tokio::spawn(a.clone().follow_generation());
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {

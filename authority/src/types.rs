@@ -278,6 +278,13 @@ jsonrpc::params! {
         /// `unchanged` (a long poll); 0 or absent answers at once.
         pub wait: Option<u64>,
     }
+    /// `ReportSlivers(auth, node_id, slivers)`.
+    pub struct ReportSliversParams {
+        /// The node.
+        pub node_id: i64,
+        /// Every sliver of this authority's slices on the node.
+        pub slivers: Vec<SliverReport>,
+    }
     /// `AddSite(auth, site)`.
     pub struct AddSiteParams {
         /// The site.
@@ -503,12 +510,75 @@ pub struct SliceInfo {
 /// A slice as a node gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSlice {
+    /// The slice's database id: a slice deleted and created again under the same name
+    /// has a new one, so a node knows to make its VM afresh.
+    pub id: i64,
     /// Name.
     pub name: String,
+    /// Whether its VMs should run (`start`) or stay stopped (`stop`).
+    pub run: String,
     /// Expiry, Unix seconds.
     pub expires: i64,
     /// RSpec with keys (XML).
     pub rspec: String,
+}
+
+/// One sliver as a node's slice creation service reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliverReport {
+    /// The slice.
+    pub slice: String,
+    /// `running`, `stopped`, `creating`, `failed`, ...
+    pub state: String,
+    /// The VM's address on the node.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The command that logs in (`ssh -p PORT login@node`).
+    #[serde(default)]
+    pub ssh: Option<String>,
+    /// Why it is not running, when it should be.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A slice's slivers, as their nodes last reported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliverStatus {
+    /// The node.
+    pub node_id: i64,
+    /// Its host name.
+    pub hostname: String,
+    /// The sliver's state (`missing` when the node has not reported one).
+    pub state: String,
+    /// The VM's address on the node.
+    pub address: Option<String>,
+    /// How to log in.
+    pub ssh: Option<String>,
+    /// Why it is not running.
+    pub message: Option<String>,
+    /// When the node reported it, Unix seconds (0: never).
+    pub updated: i64,
+}
+
+/// `GetSliceStatus`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceStatusResult {
+    /// The slice.
+    pub slice: String,
+    /// Its state at the authority.
+    pub state: SliceState,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+    /// One entry per node the slice is assigned to.
+    pub slivers: Vec<SliverStatus>,
+}
+
+/// How many reports were recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedResult {
+    /// Slivers recorded.
+    pub recorded: usize,
 }
 
 /// What a node should run.

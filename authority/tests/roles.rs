@@ -11,7 +11,7 @@ use common::{code, Backend, Harness};
 use plab_authority::{AuthorityClient, Method};
 use serde_json::{json, Value};
 
-const WHO: [&str; 10] = [
+const WHO: [&str; 11] = [
     "anon",
     "operator",
     "admin",
@@ -22,13 +22,14 @@ const WHO: [&str; 10] = [
     "tech_elsewhere",
     "service",
     "other_service",
+    "slice_service",
 ];
 
 /// Who may call each cell (by WHO name).
 fn allowed(cell: &str) -> Vec<&'static str> {
     let principals = vec!["operator", "admin", "other_admin", "member", "outsider", "tech", "tech_elsewhere"];
     let mut authenticated = principals.clone();
-    authenticated.extend(["service", "other_service"]);
+    authenticated.extend(["service", "other_service", "slice_service"]);
     match cell {
         "AuthenticateCertificate" | "RegisterPrincipal" | "GetPrincipalCert" => WHO.to_vec(),
         // Operator-only: new organisations, package versions, the rate attributes, and
@@ -51,9 +52,10 @@ fn allowed(cell: &str) -> Vec<&'static str> {
         | "StopSlice"
         | "DeleteSlice"
         | "RenewSlice"
-        | "GetSliceTicket" => vec!["operator", "admin", "member"],
-        // The node itself, or a service on it.
-        "GetSlicesForNode" => vec!["operator", "service"],
+        | "GetSliceTicket"
+        | "GetSliceStatus" => vec!["operator", "admin", "member"],
+        // The node's designated slice creation service (not any slice's service there).
+        "GetSlicesForNode" | "ReportSlivers" => vec!["operator", "service"],
         // The MA's public listing: any authenticated caller.
         "GetSites" | "GetManagedNodes" | "GetNodes" => authenticated,
         // The site's tech, the org's admin.
@@ -116,6 +118,8 @@ fn every_method_by_every_caller() {
     let (node2_chain, node2_key) = boot(node2, "127.0.0.1");
     let svc = h.service_chain(&node_chain, &node_key, "plc.scs", node);
     let svc2 = h.service_chain(&node2_chain, &node2_key, "plc.scs", node2);
+    // An ordinary slice's service on the same node: certified by the NM, but not the node's.
+    let svc3 = h.service_chain(&node_chain, &node_key, "plc.princeton.s0", node);
 
     let mut clients: Vec<AuthorityClient> = vec![
         h.client(None),
@@ -128,9 +132,11 @@ fn every_method_by_every_caller() {
         h.client(Some((&tech2.0, &tech2.1))),
         h.client(None),
         h.client(None),
+        h.client(None),
     ];
     clients[8].start_session(&svc.0, &svc.1).unwrap();
     clients[9].start_session(&svc2.0, &svc2.1).unwrap();
+    clients[10].start_session(&svc3.0, &svc3.1).unwrap();
 
     let mut checked = std::collections::BTreeSet::new();
     let mut failures = Vec::new();
@@ -184,6 +190,12 @@ fn every_method_by_every_caller() {
             ("GetSliceTicket".into(), "GetSliceTicket", vec![json!(slice)]),
             ("GetSlices".into(), "GetSlices", vec![]),
             ("GetSlicesForNode".into(), "GetSlicesForNode", vec![json!(node), json!(0)]),
+            (
+                "ReportSlivers".into(),
+                "ReportSlivers",
+                vec![json!(node), json!([{"slice": slice, "state": "running", "ssh": "ssh -p 22001 x@n1"}])],
+            ),
+            ("GetSliceStatus".into(), "GetSliceStatus", vec![json!(slice)]),
             ("DeleteSlice".into(), "DeleteSlice", vec![json!(slice)]),
             ("AddSite".into(), "AddSite", vec![json!({"org": "princeton", "name": format!("site{i}")})]),
             ("GetSites".into(), "GetSites", vec![]),

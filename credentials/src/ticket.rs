@@ -33,6 +33,10 @@ pub struct TicketBody {
     pub expires: i64,
     /// Random, so two tickets are never equal.
     pub nonce: String,
+    /// When the slice itself expires, Unix seconds: a node keeps a VM made from the ticket
+    /// until then (the ticket's own `expires` only bounds when it may be redeemed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_expires: Option<i64>,
 }
 
 /// A signed ticket.
@@ -63,6 +67,7 @@ impl TicketBody {
             issued,
             expires: issued + ttl,
             nonce: hex::encode(random_bytes::<12>()),
+            slice_expires: None,
         }
     }
 

@@ -53,6 +53,10 @@ enum Cmd {
         /// Which authorities to host: sa, ma or both.
         #[arg(long, default_value = "sa,ma")]
         roles: String,
+        /// A slice whose services on a node may learn the node's slices and report its
+        /// slivers (repeatable; default `<name>.scs`).
+        #[arg(long = "node-service")]
+        node_services: Vec<String>,
     },
 }
 
@@ -86,10 +90,18 @@ fn main() -> anyhow::Result<()> {
                 println!("operator {operator}: export PLAB_AUTHORITY_CONFIG={}", creds.config.display());
                 Ok(())
             }
-            Cmd::Serve { listen, db, roles } => {
+            Cmd::Serve { listen, db, roles, node_services } => {
+                for s in &node_services {
+                    vm_types::SliceName::parse(s).map_err(|e| anyhow::anyhow!("--node-service {s}: {e}"))?;
+                }
                 let ca = Ca::load(&cli.state_dir, &cli.name)?;
                 let db = Db::open(&db_url(&cli.state_dir, db)).await?;
-                let settings = Settings { sa: roles.contains("sa"), ma: roles.contains("ma"), ..Settings::default() };
+                let settings = Settings {
+                    sa: roles.contains("sa"),
+                    ma: roles.contains("ma"),
+                    node_services,
+                    ..Settings::default()
+                };
                 let a = Arc::new(Authority::new(db, ca, settings).await?);
                 let tls = Arc::new(server::tls_config(&a)?);
                 let listener =

@@ -26,6 +26,15 @@ pub struct Harness {
     pub authority: Arc<Authority>,
     pub rt: tokio::runtime::Runtime,
     pub state: tempfile::TempDir,
+    pub db_url: String,
+}
+
+/// A second server on a harness's database and credentials (several servers on one
+/// PostgreSQL).
+pub struct Server {
+    pub url: String,
+    pub authority: Arc<Authority>,
+    pub rt: tokio::runtime::Runtime,
 }
 
 fn pg_url() -> String {
@@ -53,7 +62,7 @@ impl Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let state = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (authority, port, op) = rt.block_on(async {
+        let (authority, port, op, db_url) = rt.block_on(async {
             let url = match backend {
                 Backend::Sqlite => format!("sqlite://{}", state.path().join("a.db").display()),
                 Backend::Postgres => fresh_pg().await,
@@ -76,10 +85,42 @@ impl Harness {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = l.local_addr().unwrap().port();
             tokio::spawn(server::serve(a.clone(), l, tls));
-            (a, port, (creds.cert, creds.key))
+            (a, port, (creds.cert, creds.key), url)
         });
         let root = authority.ca.root.cert_pem.clone();
-        Harness { url: format!("https://127.0.0.1:{port}"), root, op, authority, rt, state }
+        Harness { url: format!("https://127.0.0.1:{port}"), root, op, authority, rt, state, db_url }
+    }
+
+    /// Another server on this harness's database, with the same credentials, that reads
+    /// the database's generation only through LISTEN (no periodic read).
+    pub fn another_server(&self) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (authority, port) = rt.block_on(async {
+            let ca = Ca::load(self.state.path(), "plc").unwrap();
+            let db = Db::open(&self.db_url).await.unwrap();
+            let settings = Settings { sweep_secs: 3600, ..Settings::default() };
+            let a = Arc::new(Authority::new(db, ca, settings).await.unwrap());
+            let tls = Arc::new(server::tls_config(&a).unwrap());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            tokio::spawn(server::serve(a.clone(), l, tls));
+            (a, port)
+        });
+        Server { url: format!("https://127.0.0.1:{port}"), authority, rt }
+    }
+
+    /// A booted node `n1.test` (organisation princeton, site pcs, address 127.0.0.1) and the
+    /// slice creation service `plc.scs` on it, as its NM certifies it: the operator's client,
+    /// the node id and the service's (chain, key).
+    pub fn node_with_service(&self) -> (AuthorityClient, i64, (String, String)) {
+        let (op, node, plnode) = self.one_node("127.0.0.1");
+        let nd = tempfile::tempdir().unwrap();
+        let pl = plab_authority::bootmgr::PlNode::parse(&plnode).unwrap();
+        plab_authority::bootmgr::BootManager::new(pl, &self.url, &self.root, nd.path()).unwrap().boot(None).unwrap();
+        let chain = std::fs::read_to_string(nd.path().join("node-cert.pem")).unwrap();
+        let key = std::fs::read_to_string(nd.path().join("node.key")).unwrap();
+        let svc = self.service_chain(&chain, &key, "plc.scs", node);
+        (op, node, svc)
     }
 
     pub fn client(&self, identity: Option<(&str, &str)>) -> AuthorityClient {
