@@ -40,7 +40,7 @@ impl Authority {
             )));
         }
         // A nonce may be used once; the MAC already binds it to this node and time.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("DELETE FROM boot_nonces WHERE seen < ?"))
             .bind(now - 2 * MAX_SKEW)
             .execute(&mut *tx)

@@ -7,6 +7,7 @@
 //! | `sa.pem`, `sa.key` | the slice authority: signs principal certificates and tickets |
 //! | `ma.pem`, `ma.key` | the management authority: signs node certificates |
 //! | `server.pem`, `server.key` | the HTTPS server certificate, for `server_names` |
+//! | `node-owners.pem` | the SA certificate and the root: what node owners put in the pools they give this authority (section 4.9) |
 
 use credentials::identity::{AuthorityKind, Identity};
 use credentials::pki::{issue, new_root, Cert, KeyPair, Profile};
@@ -85,6 +86,8 @@ impl Ca {
         make("server", &Identity::Authority(AuthorityKind::Sa, name.into()), Profile::Server(server_names))?;
         std::fs::write(dir.join("root.pem"), &root)?;
         write_secret(&dir.join("root.key"), &rk.to_pem())?;
+        let sa = std::fs::read_to_string(dir.join("sa.pem"))?;
+        std::fs::write(dir.join("node-owners.pem"), format!("{sa}{root}"))?;
         Ca::load(state_dir, name)
     }
 

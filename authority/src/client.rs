@@ -111,6 +111,17 @@ impl Https {
         ClientError::Transport(format!("authority at {}: {what}: {e}", self.addr))
     }
 
+    /// An error with its causes (hyper's own message alone says "connection error").
+    fn io_chain(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> ClientError {
+        let mut msg = e.to_string();
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            msg = format!("{msg}: {s}");
+            cur = s.source();
+        }
+        self.io(what, msg)
+    }
+
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let sock = if self.addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
             .map_err(|e| self.io("socket", e))?;
@@ -164,6 +175,11 @@ impl AsyncTransport for Https {
         let body = Bytes::from(request);
         // A kept-alive connection the server closed meanwhile gets one fresh try; a fresh
         // connection's failure is final (the call may have run).
+        // Let the connection's task see what arrived while no call was running (a server
+        // that closed the connection: a blocking client's runtime only runs during calls).
+        if self.conn.is_some() {
+            tokio::task::yield_now().await;
+        }
         let (mut send, reused) = match self.conn.take().filter(|s| !s.is_closed()) {
             Some(s) => (s, true),
             None => (self.connect().await?, false),
@@ -171,20 +187,34 @@ impl AsyncTransport for Https {
         let first = tokio::time::timeout(CALL_TIMEOUT, self.post(&mut send, body.clone())).await;
         let answer = match first {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+            Ok(Err(e)) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message() || dead(&e)) => {
                 send = self.connect().await?;
                 match tokio::time::timeout(CALL_TIMEOUT, self.post(&mut send, body)).await {
                     Ok(Ok(a)) => a,
-                    Ok(Err(e)) => return Err(self.io("request", e)),
+                    Ok(Err(e)) => return Err(self.io_chain("request", &e)),
                     Err(_) => return Err(self.io("request", "no answer in time")),
                 }
             }
-            Ok(Err(e)) => return Err(self.io("request", e)),
+            Ok(Err(e)) => return Err(self.io_chain("request", &e)),
             Err(_) => return Err(self.io("request", "no answer in time")),
         };
         self.conn = Some(send);
         Ok(answer)
     }
+}
+
+/// Did the request fail because the kept-alive connection was already gone (the server
+/// restarted or dropped it), so that it cannot have reached the server?
+fn dead(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = cur {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted);
+        }
+        cur = s.source();
+    }
+    false
 }
 
 /// Params after `auth`, by position, from typed params.

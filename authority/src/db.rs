@@ -79,6 +79,17 @@ impl Db {
         self.pg
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads and then writes fails with "database
+    /// is locked", without waiting, when another writer went first.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.pg {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     /// The pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool

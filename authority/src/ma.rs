@@ -184,7 +184,7 @@ impl Authority {
         if let Some(m) = &o.mac {
             check_mac(m)?;
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q(
             "UPDATE nodes SET hostname = COALESCE(?, hostname), ip = COALESCE(?, ip), mac = COALESCE(?, mac), state = COALESCE(?, state) WHERE id = ?",
         ))
@@ -250,7 +250,7 @@ impl Authority {
     pub(crate) async fn delete_node(&self, c: &Caller, p: NodeParams) -> Result<NodeDeleted, AuthError> {
         let n = self.node(p.node_id).await?;
         self.require_site(c, n.site_id, "DeleteNode").await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("UPDATE nodes SET deleted = 1 WHERE id = ?")).bind(n.id).execute(&mut *tx).await?;
         self.commit_change(tx).await?;
         Ok(NodeDeleted { node_id: n.id, deleted: true })
@@ -322,7 +322,7 @@ impl Authority {
         if version.is_empty() || version.len() > 64 || version.contains(char::is_whitespace) {
             return Err(AuthError::invalid("version", "1 to 64 characters, no spaces"));
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("DELETE FROM packages WHERE name = ?")).bind(p.name.clone()).execute(&mut *tx).await?;
         sqlx::query(&self.db.q("INSERT INTO packages (name, version) VALUES (?, ?)"))
             .bind(p.name)

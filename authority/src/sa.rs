@@ -373,7 +373,7 @@ impl Authority {
         let me = c.principal().ok_or_else(|| AuthError::denied("AddPrincipalKey", "a principal"))?;
         check_len("ssh_key", &p.ssh_key)?;
         let key = SshKey::parse(&p.ssh_key).map_err(|e| AuthError::invalid("ssh_key", e))?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("INSERT INTO ssh_keys (principal_id, key) VALUES (?, ?)"))
             .bind(me.id)
             .bind(key.as_str().to_owned())
@@ -461,7 +461,7 @@ impl Authority {
                 rspec.resources.set(attr, q);
             }
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET rspec = ? WHERE id = ?"))
             .bind(rspec.to_xml())
             .bind(s.id)
@@ -474,7 +474,7 @@ impl Authority {
     pub(crate) async fn add_slice_principal(&self, c: &Caller, p: SlicePrincipalsParams) -> Result<Empty, AuthError> {
         let s = self.slice(&p.slice_name).await?;
         self.require_slice(c, &s, Role::User, "AddSlicePrincipal").await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for n in p.principals {
             let (pid,): (i64,) =
                 sqlx::query_as(&self.db.q("SELECT id FROM principals WHERE name = ? AND approved = 1"))
@@ -497,7 +497,7 @@ impl Authority {
     pub(crate) async fn add_slice_node(&self, c: &Caller, p: SliceNodesParams) -> Result<Empty, AuthError> {
         let s = self.slice(&p.slice_name).await?;
         self.require_slice(c, &s, Role::User, "AddSliceNode").await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for id in p.nodes {
             let found: Option<(i64,)> = sqlx::query_as(&self.db.q("SELECT id FROM nodes WHERE id = ? AND deleted = 0"))
                 .bind(id)
@@ -533,7 +533,7 @@ impl Authority {
     ) -> Result<SliceStateResult, AuthError> {
         let s = self.slice(&p.slice_name).await?;
         self.require_slice(c, &s, Role::User, method).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q(
             "UPDATE slices SET started = COALESCE(?, started), delegated = COALESCE(?, delegated), deleted = COALESCE(?, deleted) WHERE id = ?",
         ))
@@ -565,7 +565,7 @@ impl Authority {
                 format!("at most {} days ahead", self.settings.slice_max_ttl / 86400),
             ));
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET expires = ?, expiry_published = 0 WHERE id = ?"))
             .bind(p.expires)
             .bind(s.id)
@@ -657,7 +657,7 @@ impl Authority {
         );
         body.slice_expires = Some(s.expires);
         let signed = body.sign(&self.ca.sa.key_pem, &self.ca.sa.cert_pem).map_err(AuthError::internal)?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("UPDATE slices SET delegated = 1 WHERE id = ?")).bind(s.id).execute(&mut *tx).await?;
         self.commit_change(tx).await?;
         Ok(signed)
@@ -668,7 +668,7 @@ impl Authority {
     /// the slice is marked in the same transaction, so several servers on one database
     /// can sweep side by side. Returns how many slices it published.
     pub async fn sweep_expired(&self, now: i64) -> Result<u64, AuthError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let n =
             sqlx::query(&self.db.q(
                 "UPDATE slices SET expiry_published = 1 WHERE deleted = 0 AND expiry_published = 0 AND expires <= ?",
@@ -800,7 +800,7 @@ impl Authority {
                 }
             }
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("DELETE FROM slivers WHERE node_id = ?")).bind(p.node_id).execute(&mut *tx).await?;
         let mut recorded = 0;
         for s in &p.slivers {

@@ -140,3 +140,46 @@ fn a_change_made_through_one_server_wakes_a_long_poll_on_another() {
     assert!(r["generation"].as_i64().unwrap() > g);
     drop(second);
 }
+
+#[test]
+fn concurrent_writers_on_sqlite_wait_for_each_other_instead_of_failing() {
+    // Slice creation and node reports at once, as a testbed makes them: on SQLite a
+    // transaction that reads before it writes must not fail with "database is locked".
+    let h = Harness::start(Backend::Sqlite);
+    let (_op, node, svc) = h.node_with_service();
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (url, root, op, svc) = (h.url.clone(), h.root.clone(), h.op.clone(), svc.clone());
+            std::thread::spawn(move || {
+                let mut failures = vec![];
+                if t % 2 == 0 {
+                    let mut c = AuthorityClient::new(&url, &root, Some((&op.0, &op.1)), None).unwrap();
+                    for i in 0..15 {
+                        let s = format!("plc.princeton.t{t}x{i}");
+                        for (m, p) in [
+                            ("CreateSlice", vec![json!(s)]),
+                            ("AddSliceNode", vec![json!(s), json!([node])]),
+                            ("StartSlice", vec![json!(s)]),
+                        ] {
+                            if let Err(e) = c.call(m, p) {
+                                failures.push(format!("{m}: {e}"));
+                            }
+                        }
+                    }
+                } else {
+                    let mut c = AuthorityClient::new(&url, &root, None, None).unwrap();
+                    c.start_session(&svc.0, &svc.1).unwrap();
+                    for _ in 0..30 {
+                        let r = json!([{"slice": format!("plc.princeton.t0x0"), "state": "running"}]);
+                        if let Err(e) = c.call("ReportSlivers", vec![json!(node), r]) {
+                            failures.push(format!("ReportSlivers: {e}"));
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}

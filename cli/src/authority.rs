@@ -114,6 +114,50 @@ fn args(m: Method, words: &[String]) -> anyhow::Result<Vec<Value>> {
     }
 }
 
+fn settings(config: Option<PathBuf>) -> anyhow::Result<Settings> {
+    let path = settings_path(config);
+    toml::from_str(&read(&path)?).with_context(|| path.display().to_string())
+}
+
+/// Redeems `ticket` at the ticket endpoint `node` (`https://host:port`), trusting the
+/// authority settings' root.
+pub fn redeem(
+    config: Option<PathBuf>,
+    node: &str,
+    ticket: credentials::ticket::SignedTicket,
+) -> anyhow::Result<plab_scs::api::Redeemed> {
+    let s = settings(config)?;
+    let root = read(&s.root)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let https = plab_authority::client::Https::new(node, &root, None, None)?;
+        let mut c = jsonrpc::AsyncClient::new(https);
+        let r = c
+            .call::<plab_scs::api::calls::RedeemTicket>(&plab_scs::api::RedeemParams { ticket })
+            .await
+            .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
+        Ok(r)
+    })
+}
+
+/// Slice status as a table: one row per node.
+fn slice_status_table(v: &Value) -> Option<String> {
+    let slivers = v.get("slivers")?.as_array()?;
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header(["NODE", "HOST", "STATE", "SSH", "NOTE"]);
+    let s = |x: &Value| x.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    for n in slivers {
+        t.add_row([n["node_id"].to_string(), s(&n["hostname"]), s(&n["state"]), s(&n["ssh"]), s(&n["message"])]);
+    }
+    Some(format!(
+        "slice {} ({} {}), expires {}\n{t}\n",
+        s(&v["slice"]),
+        s(&v["state"]["mode"]),
+        s(&v["state"]["run"]),
+        v["expires"]
+    ))
+}
+
 /// Runs `plab sa|ma WORDS...`.
 pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) -> anyhow::Result<()> {
     let list = |part: Part| -> String {
@@ -136,8 +180,7 @@ pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) ->
             if part == Part::Sa { "ma" } else { "sa" }
         );
     }
-    let path = settings_path(config);
-    let s: Settings = toml::from_str(&read(&path)?).with_context(|| path.display().to_string())?;
+    let s = settings(config)?;
     let root = read(&s.root)?;
     let identity = match (&s.cert, &s.key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -148,6 +191,8 @@ pub fn run(part: Part, config: Option<PathBuf>, words: &[String], json: bool) ->
     let v = c.call(m.name(), params)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if let Some(table) = (m == Method::GetSliceStatus).then(|| slice_status_table(&v)).flatten() {
+        print!("{table}");
     } else {
         print!("{}", crate::render(&v));
     }

@@ -59,6 +59,11 @@ enum Cmd {
         #[arg(long)]
         sa_cert: PathBuf,
     },
+    /// A node's slice creation service.
+    Scs {
+        #[command(subcommand)]
+        cmd: ScsCmd,
+    },
     /// The node manager on this node.
     Nm {
         /// The node manager socket.
@@ -66,6 +71,22 @@ enum Cmd {
         socket: PathBuf,
         #[command(subcommand)]
         cmd: NmCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScsCmd {
+    /// Redeem a slice ticket at a node (section 4.5): the node's slice creation service
+    /// makes the slice's VM there at once and answers with how to log in.
+    Redeem {
+        /// The node's ticket endpoint, `https://NODE:PORT` (8444 by default).
+        node: String,
+        /// The ticket (JSON, as `plab --json sa get-slice-ticket SLICE` prints it).
+        ticket: PathBuf,
+        /// Authority settings file: its `root` certificate is what the node's certificate
+        /// must chain to.
+        #[arg(long)]
+        authority_config: Option<PathBuf>,
     },
 }
 
@@ -157,6 +178,18 @@ enum NmCmd {
     },
     /// Node facts: VM types supported, networking.
     Info,
+    /// Bar a slice, or an authority and every slice below it, from this node (owner
+    /// only): their VMs are destroyed and none can be made until `unblacklist`. With no
+    /// name, print the blacklist.
+    Blacklist {
+        /// A slice or an authority.
+        name: Option<String>,
+    },
+    /// Lift a bar (owner only).
+    Unblacklist {
+        /// A slice or an authority.
+        name: String,
+    },
     /// VMs a backend holds that the node manager has no record of.
     Orphans,
     /// Destroy the orphans.
@@ -237,6 +270,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Nm { socket, cmd } => nm(&socket, cmd, cli.json),
+        Cmd::Scs { cmd: ScsCmd::Redeem { node, ticket, authority_config } } => {
+            let t: credentials::ticket::SignedTicket = serde_json::from_str(&read(&ticket)?).context("ticket")?;
+            let r = authority::redeem(authority_config, &node, t)?;
+            if cli.json {
+                return print_json(&r);
+            }
+            println!("{}: VM {} {} on {node}; keeps it until {} (Unix time)", r.slice, r.vm, r.state, r.expires);
+            println!("log in: {}", r.ssh);
+            Ok(())
+        }
         Cmd::Sa { authority_config, words } => {
             authority::run(plab_authority::api::Part::Sa, authority_config, &words, cli.json)
         }
@@ -299,7 +342,7 @@ fn vm_rows(v: &VmInfo) -> Vec<Vec<String>> {
     }
     rows.extend([
         vec!["address".into(), v.address.clone()],
-        vec!["ssh".into(), v.ssh.clone()],
+        vec!["ssh".into(), v.ssh_command.clone()],
         vec!["keys".into(), v.keys.to_string()],
         vec!["pools".into(), v.pools.to_string()],
     ]);
@@ -367,7 +410,7 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
                         vm.slice.to_string(),
                         vm.vm_type.to_string(),
                         state,
-                        vm.ssh.clone(),
+                        vm.ssh_command.clone(),
                         resources(&vm.resources),
                     ]
                 })
@@ -425,12 +468,27 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
                 vec!["vm_prefix".into(), v.vm_prefix.clone()],
                 vec!["gateway".into(), v.gateway.clone()],
                 vec!["node_netns".into(), v.node_netns.clone().unwrap_or_else(|| "-".into())],
+                vec!["public_address".into(), v.public_address.clone().unwrap_or_else(|| "-".into())],
+                vec!["node_id".into(), v.node_id.map_or_else(|| "- (not booted)".into(), |n| n.to_string())],
                 vec!["pools".into(), v.pools.to_string()],
                 vec!["vms".into(), v.vms.to_string()],
             ];
             rows.extend(v.unavailable.iter().map(|(t, why)| vec![format!("unavailable.{t}"), why.clone()]));
             rows.extend(v.warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
             println!("{}", table(&["FIELD", "VALUE"], rows));
+        }
+        NmCmd::Blacklist { name: None } => {
+            let r = show!(nm.call::<c::GetBlacklist>(&jsonrpc::NoParams {})?);
+            r.blacklist.iter().for_each(|b| println!("{b}"));
+        }
+        NmCmd::Blacklist { name: Some(name) } => {
+            let r = show!(nm.call::<c::Blacklist>(&BlacklistParams { name: parse_slice(&name)? })?);
+            println!("blacklisted {name}");
+            r.destroyed.iter().for_each(|v| println!("destroyed {v}"));
+        }
+        NmCmd::Unblacklist { name } => {
+            show!(nm.call::<c::Unblacklist>(&BlacklistParams { name: parse_slice(&name)? })?);
+            println!("no longer blacklisted: {name}");
         }
         NmCmd::Orphans => show!(nm.call::<c::Orphans>(&jsonrpc::NoParams {})?)
             .orphans

@@ -267,6 +267,39 @@ pub fn verify_chain(chain: &[Cert], roots: &[Cert], at: i64) -> Result<Identity,
     Ok(leaf.identity.clone())
 }
 
+/// Verifies that authority certificate `authority` was issued by `root` (its signature,
+/// and both valid at `at`) and returns the authority's identity. For a certificate that
+/// is itself a CA (an SA's, whose key signs tickets), which [`verify_chain`] would refuse
+/// as an end entity.
+pub fn verify_authority(authority: &Cert, root: &Cert, at: i64) -> Result<Identity, CredentialError> {
+    if !matches!(authority.identity, Identity::Authority(..)) || !matches!(root.identity, Identity::Root(_)) {
+        return Err(CredentialError::Untrusted(format!(
+            "{} is not an authority under root {}",
+            authority.identity, root.identity
+        )));
+    }
+    let (_, a) = x509_parser::parse_x509_certificate(&authority.der)
+        .map_err(|e| CredentialError::Malformed(format!("certificate: not X.509 ({e})")))?;
+    let (_, r) = x509_parser::parse_x509_certificate(&root.der)
+        .map_err(|e| CredentialError::Malformed(format!("root certificate: not X.509 ({e})")))?;
+    a.verify_signature(Some(r.public_key())).map_err(|_| {
+        CredentialError::BadSignature(format!(
+            "the certificate of {} was not issued by root {}",
+            authority.identity, root.identity
+        ))
+    })?;
+    for c in [&a, &r] {
+        let (from, to) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
+        if at < from || at > to {
+            return Err(CredentialError::Expired(format!(
+                "certificate of {} is outside its validity period",
+                cn_of(c.subject())?
+            )));
+        }
+    }
+    Ok(authority.identity.clone())
+}
+
 /// Verifies a PEM bundle (leaf first) against root PEMs, now.
 pub fn verify_pem(chain_pem: &str, roots: &[Cert]) -> Result<Identity, CredentialError> {
     verify_chain(&Cert::bundle_from_pem(chain_pem)?, roots, now())
@@ -315,6 +348,18 @@ mod tests {
         assert!(verify_pem(&format!("{bad}{}", p.ma.0), std::slice::from_ref(&p.root)).is_err());
         let good = issue(&p.sa.0, &p.sa.1, &u, &uk.public_key_pem(), Profile::Client, 1).unwrap();
         assert_eq!(verify_pem(&format!("{good}{}", p.sa.0), std::slice::from_ref(&p.root)).unwrap(), u);
+    }
+
+    #[test]
+    fn an_authority_certificate_is_checked_against_its_root() {
+        let p = pki();
+        let sa = Cert::from_pem(&p.sa.0).unwrap();
+        assert_eq!(verify_authority(&sa, &p.root, now()).unwrap(), sa.identity);
+        let other = pki();
+        let e = verify_authority(&sa, &other.root, now()).unwrap_err();
+        assert!(matches!(e, CredentialError::BadSignature(_)), "{e}");
+        assert!(matches!(verify_authority(&sa, &p.root, now() + 400 * 86400), Err(CredentialError::Expired(_))));
+        assert!(verify_authority(&p.root, &p.root, now()).is_err(), "a root is not an authority");
     }
 
     #[test]

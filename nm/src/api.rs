@@ -108,10 +108,14 @@ jsonrpc::params! {
         pub name: SliceName,
     }
 
-    /// `SignCertificate(public_key)`.
+    /// `SignCertificate(public_key, server?)`.
     pub struct SignCertificateParams {
         /// The service's public key, SubjectPublicKeyInfo PEM.
         pub public_key: String,
+        /// A TLS server certificate for the node's public address (for a service that
+        /// listens there, such as the slice creation service's ticket endpoint) instead of
+        /// a client certificate.
+        pub server: Option<bool>,
     }
 }
 

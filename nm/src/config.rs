@@ -104,6 +104,13 @@ pub struct Config {
     pub public_address: Option<Ipv4Addr>,
     /// The first port of the ssh forwards (VM number n gets `ssh_port_base + n`).
     pub ssh_port_base: u16,
+    /// Sets this node manager's host-wide names (VM network namespaces, cgroups, libvirt
+    /// domains) apart from another's on the same host: for several nodes on one machine
+    /// (a testbed). Empty on a normal node.
+    pub instance: String,
+    /// Every VM type is an in-memory fake: no VM is made. For measuring the control path
+    /// (the slice creation service and the authorities) with many nodes on one machine.
+    pub fake_backend: bool,
     /// Guest disks, seeds and console logs. Kept apart from `state_dir` (which holds the
     /// rcap table and stays private): QEMU runs as libvirt's unprivileged user and must
     /// be able to traverse this directory.
@@ -131,6 +138,8 @@ impl Default for Config {
             guest_dir: "/var/lib/plab/guests".into(),
             public_address: None,
             ssh_port_base: 22000,
+            fake_backend: false,
+            instance: String::new(),
         }
     }
 }
@@ -202,6 +211,11 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.bridge.is_empty() || self.bridge.len() > 15 {
             anyhow::bail!("bridge: {:?} must be 1 to 15 characters", self.bridge);
+        }
+        if self.instance.len() > 24
+            || !self.instance.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            anyhow::bail!("instance: {:?} must be at most 24 of a-z, 0-9 and -", self.instance);
         }
         if self.ssh_port_base < 1024 {
             anyhow::bail!(

@@ -39,15 +39,15 @@ impl SshForward {
             "add table ip plab\n\
              delete table ip plab\n\
              table ip plab {{\n\
-             \tmap ssh_fwd {{ type inet_service : ipv4_addr . inet_service; {elements} }}\n\
-             \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n\
-             \t\tip daddr {public} dnat ip addr . port to tcp dport map @ssh_fwd }}\n\
-             \tchain output {{ type nat hook output priority -100; policy accept;\n\
-             \t\tip daddr {public} dnat ip addr . port to tcp dport map @ssh_fwd }}\n\
-             \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+             \tmap ssh_fwd {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t\t{elements}\n\t}}\n\
+             \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tip daddr {public} dnat ip addr . port to tcp dport map @ssh_fwd\n\t}}\n\
+             \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tip daddr {public} dnat ip addr . port to tcp dport map @ssh_fwd\n\t}}\n\
+             \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
              \t\tct state established,related accept\n\
              \t\tct status dnat accept\n\
-             \t\tiifname \"{bridge}\" drop }}\n\
+             \t\tiifname \"{bridge}\" drop\n\t}}\n\
              }}\n"
         )
     }

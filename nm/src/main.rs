@@ -125,6 +125,15 @@ fn accelerator(setting: AcceleratorSetting) -> (String, String) {
 
 fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
+    if cfg.fake_backend {
+        tracing::warn!(
+            "fake_backend: VMs of every type are records in memory, not VMs (for measuring the control path)"
+        );
+        for t in [VmType::LinuxVserverX86, VmType::LinuxKvmX86] {
+            reg.register(Arc::new(vm_types::fake::FakeBackend::of(t)));
+        }
+        return Ok(reg);
+    }
     #[cfg(feature = "vserver")]
     {
         use vm_types::Backend;
@@ -136,6 +145,7 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
                 runtime_root: cfg.state_dir.join("runc"),
                 bridge: cfg.bridge.clone(),
                 stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
+                scope: cfg.instance.clone(),
             },
             vm_types::host::linux(),
         )?;
@@ -202,6 +212,7 @@ fn libvirt_backend(
             stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
             tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
             owner: LibvirtConfig::owner_of(&cfg.guest_dir),
+            scope: cfg.instance.clone(),
         },
         vm_types::host::linux(),
     )?;

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)] // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(missing_docs)]
 
+pub mod testbed;
+
 use plab_nm::NmClient;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -157,6 +157,7 @@ pub fn package_of(prog: &str) -> &str {
         "mcopy" => "mtools",
         "qemu-img" => "qemu-utils",
         "runc" => "runc",
+        "nft" => "nftables",
         _ => prog,
     }
 }

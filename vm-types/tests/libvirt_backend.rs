@@ -91,6 +91,7 @@ fn config(dir: &Path, vm_type: VmType, domain_type: &str) -> LibvirtConfig {
         stop_timeout: Duration::from_secs(2),
         tap_move: None,
         owner: "test-owner".into(),
+        scope: String::new(),
     }
 }
 

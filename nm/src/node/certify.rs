@@ -19,7 +19,12 @@ impl NodeManager {
         }
     }
 
-    pub(crate) fn sign_certificate(&self, caller: &Caller, public_key: &str) -> Result<CertificateResult, NmError> {
+    pub(crate) fn sign_certificate(
+        &self,
+        caller: &Caller,
+        public_key: &str,
+        server: bool,
+    ) -> Result<CertificateResult, NmError> {
         let Caller::Slice(slice) = caller else {
             return Err(NmError::PermissionDenied(
                 "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice)".into(),
@@ -40,7 +45,18 @@ impl NodeManager {
         };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| unavailable(key_path, e.to_string()))?;
         let id = Identity::Service { slice: slice.clone(), node };
-        let cert = issue(&certs[0].pem, &key, &id, public_key, Profile::Client, SERVICE_CERT_DAYS)
+        // A server certificate names only the node's own public address: a slice cannot get
+        // one for any other name (an authority's, say) that clients trusting the root would
+        // then accept.
+        let names: Vec<String> = match (server, self.cfg.public_address) {
+            (false, _) => vec![],
+            (true, Some(a)) => vec![a.to_string()],
+            (true, None) => {
+                return Err(NmError::Conflict("server: this node has no public_address to certify a server for".into()))
+            }
+        };
+        let profile = if server { Profile::Server(&names) } else { Profile::Client };
+        let cert = issue(&certs[0].pem, &key, &id, public_key, profile, SERVICE_CERT_DAYS)
             .map_err(|e| NmError::invalid("public_key", e))?;
         let rest: String = certs.iter().map(|c| c.pem.as_str()).collect();
         Ok(CertificateResult { certificate: format!("{cert}{rest}"), identity: id.to_string() })

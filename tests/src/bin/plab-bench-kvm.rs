@@ -90,6 +90,7 @@ fn main() {
         stop_timeout: Duration::from_secs(5),
         tap_move: None,
         owner: "plab-bench".into(),
+        scope: String::new(),
     };
     let fresh_disk = || guest_files(&raw_dir, &spec);
     let xml_path = node.dir.path().join("raw.xml");

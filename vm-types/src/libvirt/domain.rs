@@ -23,9 +23,12 @@ pub fn tap_name(index: u32) -> String {
 /// (about 0.5 s of a 10 s boot here; the algorithms themselves are unchanged).
 pub const DIRECT_CMDLINE: &str = "rw quiet cryptomgr.notests";
 
-/// The domain name of VM `name`.
-pub fn domain_name(name: &str) -> String {
-    format!("plab-{name}")
+/// The domain name of VM `name`, set apart by `scope` (see [`LibvirtConfig::scope`]).
+pub fn domain_name(scope: &str, name: &str) -> String {
+    match scope {
+        "" => format!("plab-{name}"),
+        s => format!("plab-{s}-{name}"),
+    }
 }
 
 /// The parts of a domain that depend on the hypervisor.
@@ -150,7 +153,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
 </domain>
 ",
         dtype = escape(&cfg.domain_type),
-        name = escape(domain_name(&spec.name)),
+        name = escape(domain_name(&cfg.scope, &spec.name)),
         slice = spec.slice,
         vm_type = spec.vm_type,
         owner = escape(&cfg.owner),

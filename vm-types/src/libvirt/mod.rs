@@ -57,6 +57,9 @@ pub struct LibvirtConfig {
     /// Who owns the domains this backend makes (written in their metadata); by default
     /// the VM directory's path, unique per node manager.
     pub owner: String,
+    /// Set apart this node manager's domain names from another's on the same libvirtd
+    /// (several nodes on one machine); empty on a host with one node manager.
+    pub scope: String,
 }
 
 impl LibvirtConfig {
@@ -151,7 +154,7 @@ impl LibvirtBackend {
     }
 
     fn domain(&self, name: &str) -> Option<Domain> {
-        Domain::lookup_by_name(&self.conn(), &domain_name(name)).ok()
+        Domain::lookup_by_name(&self.conn(), &domain_name(&self.cfg.scope, name)).ok()
     }
 
     /// Moves the guest's tap into the node's namespace (when that differs from
@@ -337,7 +340,7 @@ impl Backend for LibvirtBackend {
             .iter()
             .filter(|d| self.owned(d))
             .filter_map(|d| d.get_name().ok())
-            .filter_map(|n| n.strip_prefix("plab-").map(str::to_owned))
+            .filter_map(|n| n.strip_prefix(&domain_name(&self.cfg.scope, "")).map(str::to_owned))
             .collect();
         names.sort();
         Ok(names)

@@ -47,6 +47,10 @@ pub struct VserverConfig {
     pub bridge: String,
     /// How long `stop` waits after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// Set apart this node manager's host-wide names (network namespaces, cgroups) from
+    /// another's on the same host (a testbed of several nodes on one machine); empty on a
+    /// host with one node manager.
+    pub scope: String,
 }
 
 /// The container backend.
@@ -85,8 +89,20 @@ impl VserverBackend {
         self.cfg.vm_dir.join(name)
     }
 
-    fn netns(name: &str) -> String {
-        format!("plab-{name}")
+    /// The VM's network namespace (host-wide name).
+    fn netns(&self, name: &str) -> String {
+        match self.cfg.scope.as_str() {
+            "" => format!("plab-{name}"),
+            s => format!("plab-{s}-{name}"),
+        }
+    }
+
+    /// The VM's cgroup, below the cgroup roots.
+    fn cgroup(&self, name: &str) -> String {
+        match self.cfg.scope.as_str() {
+            "" => format!("plab/{name}"),
+            s => format!("plab/{s}/{name}"),
+        }
     }
 
     fn runtime_cmd(&self, args: &[&str]) -> Cmd {
@@ -191,7 +207,7 @@ impl VserverBackend {
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
     fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let n = &spec.network;
-        let (netns, host_if, mac) = (Self::netns(&spec.name), format!("pv{}", n.index), n.mac());
+        let (netns, host_if, mac) = (self.netns(&spec.name), format!("pv{}", n.index), n.mac());
         self.host.vm_network(&VmLink {
             netns: &netns,
             host_if: &host_if,
@@ -205,8 +221,9 @@ impl VserverBackend {
 
     fn write_config(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let d = self.dir(&spec.name);
-        let netns = PathBuf::from("/var/run/netns").join(Self::netns(&spec.name));
-        let m = oci::VmMounts { rootfs: &d.join("rootfs"), plab_dir: &d.join("plab"), netns: &netns };
+        let netns = PathBuf::from("/var/run/netns").join(self.netns(&spec.name));
+        let cgroup = format!("/{}", self.cgroup(&spec.name));
+        let m = oci::VmMounts { rootfs: &d.join("rootfs"), plab_dir: &d.join("plab"), netns: &netns, cgroup: &cgroup };
         let json = serde_json::to_string_pretty(&oci::config(spec, &m))
             .map_err(|e| BackendError::Invalid(format!("config.json: {e}")))?;
         fs::create_dir_all(d.join("bundle")).map_err(io("bundle"))?;
@@ -310,9 +327,13 @@ impl VserverBackend {
         }
     }
 
-    fn cgroup_value(name: &str, v1: &str, v2: &str) -> Option<String> {
-        let v1p = Path::new("/sys/fs/cgroup").join(v1.replace("{}", name));
-        let v2p = Path::new("/sys/fs/cgroup").join(v2.replace("{}", name));
+    /// A cgroup file's content: `v1` is the controller's file below the v1 hierarchy,
+    /// `v2` the file in the unified one.
+    fn cgroup_value(&self, name: &str, v1: &str, v2: &str) -> Option<String> {
+        let (ctl, file) = v1.split_once('/')?;
+        let cg = self.cgroup(name);
+        let v1p = Path::new("/sys/fs/cgroup").join(ctl).join(&cg).join(file);
+        let v2p = Path::new("/sys/fs/cgroup").join(&cg).join(v2);
         fs::read_to_string(v1p).or_else(|_| fs::read_to_string(v2p)).ok().map(|s| s.trim().to_owned())
     }
 }
@@ -429,7 +450,7 @@ impl Backend for VserverBackend {
                         self.run("umount", &["-l", &s(&m)])?;
                     }
                 }
-                self.host.netns_del(&Self::netns(name))
+                self.host.netns_del(&self.netns(name))
             })();
             (container.join().unwrap_or_else(|_| Err(BackendError::Internal("runtime delete panicked".into()))), rest)
         });
@@ -483,11 +504,10 @@ impl Backend for VserverBackend {
         let state = match self.runtime_state(name)? {
             Some(st) if *st.status() == ContainerState::Running => {
                 details.insert("pid".into(), st.pid().unwrap_or(0).to_string());
-                if let Some(m) = Self::cgroup_value(name, "memory/plab/{}/memory.limit_in_bytes", "plab/{}/memory.max")
-                {
+                if let Some(m) = self.cgroup_value(name, "memory/memory.limit_in_bytes", "memory.max") {
                     details.insert("memory_limit_bytes".into(), m);
                 }
-                if let Some(c) = Self::cgroup_value(name, "cpu/plab/{}/cpu.shares", "plab/{}/cpu.weight") {
+                if let Some(c) = self.cgroup_value(name, "cpu/cpu.shares", "cpu.weight") {
                     details.insert("cpu_shares".into(), c);
                 }
                 VmState::Running

@@ -39,6 +39,8 @@ pub struct VmMounts<'a> {
     pub plab_dir: &'a Path,
     /// The VM's network namespace.
     pub netns: &'a Path,
+    /// Its cgroup (`/plab/<name>`, or `/plab/<scope>/<name>`).
+    pub cgroup: &'a str,
 }
 
 fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
@@ -99,7 +101,7 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>) -> Spec {
     let default_linux = oci_spec::runtime::Linux::default();
     let linux = LinuxBuilder::default()
         .resources(resources)
-        .cgroups_path(format!("/plab/{}", spec.name))
+        .cgroups_path(m.cgroup.to_owned())
         .namespaces(namespaces)
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
@@ -153,6 +155,7 @@ mod tests {
             rootfs: Path::new("/s/rootfs"),
             plab_dir: Path::new("/s/plab"),
             netns: Path::new("/var/run/netns/plab-plc_demo"),
+            cgroup: "/plab/plc_demo",
         };
         let json = serde_json::to_value(config(&spec, &m)).unwrap();
         let r = &json["linux"]["resources"];

@@ -25,6 +25,7 @@ fn fixture() -> Fixture {
         runtime_root: dir.path().join("runc"),
         bridge: "plab0".into(),
         stop_timeout: Duration::from_millis(100),
+        scope: String::new(),
     };
     let b = VserverBackend::new(cfg, host.clone()).unwrap();
     Fixture { dir, host, b }

@@ -1,0 +1,31 @@
+//! The node manager, from async code: each call on a fresh connection, on a blocking
+//! thread (calls such as Bind take as long as a VM takes to start).
+
+use jsonrpc::{Call, ClientError};
+use plab_nm::NmClient;
+use std::path::PathBuf;
+
+/// The node manager at a socket.
+#[derive(Clone)]
+pub struct Nm {
+    socket: PathBuf,
+}
+
+impl Nm {
+    /// The node manager listening at `socket`.
+    pub fn new(socket: PathBuf) -> Nm {
+        Nm { socket }
+    }
+
+    /// Calls `C`.
+    pub async fn call<C: Call>(&self, params: C::Params) -> Result<C::Result, ClientError>
+    where
+        C::Params: Send + 'static,
+        C::Result: Send + 'static,
+    {
+        let socket = self.socket.clone();
+        tokio::task::spawn_blocking(move || NmClient::connect(&socket)?.call::<C>(&params))
+            .await
+            .map_err(|e| ClientError::Transport(format!("node manager call: {e}")))?
+    }
+}
