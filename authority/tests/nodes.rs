@@ -183,3 +183,34 @@ fn concurrent_writers_on_sqlite_wait_for_each_other_instead_of_failing() {
     let failures: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn slice_state_calls_answer_with_the_new_state() {
+    let h = Harness::start(Backend::Sqlite);
+    let mut op = h.operator();
+    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
+    op.call("CreateSlice", vec![json!("plc.princeton.s")]).unwrap();
+    let st = |v: Value| (v["state"]["mode"].clone(), v["state"]["run"].clone(), v["state"]["life"].clone());
+    let start = op.call("StartSlice", vec![json!("plc.princeton.s")]).unwrap();
+    assert_eq!(st(start), (json!("central"), json!("start"), json!("active")));
+    op.call("GetSliceTicket", vec![json!("plc.princeton.s")]).unwrap();
+    let stop = op.call("StopSlice", vec![json!("plc.princeton.s")]).unwrap();
+    assert_eq!(st(stop), (json!("delegated"), json!("stop"), json!("active")));
+    let gone = op.call("DeleteSlice", vec![json!("plc.princeton.s")]).unwrap();
+    assert_eq!(st(gone), (json!("delegated"), json!("stop"), json!("deleted")));
+}
+
+#[test]
+fn a_tech_manages_the_sites_of_its_own_organisation_that_have_no_tech_of_their_own() {
+    let h = Harness::start(Backend::Sqlite);
+    let mut op = h.operator();
+    op.call("AddOrg", vec![json!({"name": "princeton", "authority": "plc.princeton"})]).unwrap();
+    op.call("AddOrg", vec![json!({"name": "mit", "authority": "plc.mit"})]).unwrap();
+    op.call("AddSite", vec![json!({"org": "princeton", "name": "pcs"})]).unwrap();
+    let tina = h.principal(&mut op, "tina", "princeton", "tech");
+    let mo = h.principal(&mut op, "mo", "mit", "tech");
+    let node = json!({"site": "pcs", "hostname": "n9.test", "ip": "127.0.0.9"});
+    let e = h.client(Some((&mo.0, &mo.1))).call("AddNode", vec![node.clone()]).unwrap_err();
+    assert_eq!(common::code(&e), 1, "a tech of another organisation: {e}");
+    h.client(Some((&tina.0, &tina.1))).call("AddNode", vec![node]).unwrap();
+}

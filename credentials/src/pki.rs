@@ -251,14 +251,14 @@ pub fn verify_chain(chain: &[Cert], roots: &[Cert], at: i64) -> Result<Identity,
         )),
     })?;
     // Who may issue what. The issuer named in each certificate was just verified by its
-    // signature, so the names below are trustworthy.
+    // signature, so the names below are trustworthy. Only principals and services are end
+    // entities: authority and node certificates are CAs, which the check above refuses as
+    // a leaf (see [`verify_authority`] for those).
     let ok = match (&leaf.identity, &leaf.issuer) {
         (Identity::Principal(_), Identity::Authority(AuthorityKind::Sa, _)) => true,
-        (Identity::Node(_), Identity::Authority(AuthorityKind::Ma, _)) => true,
         (Identity::Service { node, .. }, Identity::Node(n)) => {
             node == n && chain.get(1).is_some_and(|c| matches!(c.issuer, Identity::Authority(AuthorityKind::Ma, _)))
         }
-        (Identity::Authority(..), Identity::Root(_)) => true,
         _ => false,
     };
     if !ok {

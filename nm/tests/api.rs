@@ -713,6 +713,10 @@ async fn a_designated_service_acts_for_the_slices_below_its_authority_and_no_oth
     // The service finds its pool and its RSpec (with the authority) as section 4.5 says.
     let rcaps = call(&n, &scs, "GetRcap", json!({})).await.unwrap();
     assert_eq!(rcaps["rcaps"], json!([pool]));
+    // Naming itself is the same as naming no one; naming another slice is refused.
+    assert_eq!(call(&n, &scs, "GetRcap", json!(["plc.scs"])).await.unwrap()["rcaps"], json!([pool]));
+    let e = call(&n, &scs, "GetRcap", json!(["plc.princeton.codeen"])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
     let rspec = call(&n, &scs, "GetRSpec", json!([pool])).await.unwrap()["rspec"].as_str().unwrap().to_owned();
     assert!(rspec.contains(r#"slice_authority name="plc.princeton""#), "{rspec}");
     // It makes a slice's VM below its authority and manages it.

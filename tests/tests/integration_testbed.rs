@@ -171,5 +171,66 @@ fn integration_testbed_slices_at_the_authority_become_vms_on_every_node() {
     assert!(st["slivers"][1]["message"].as_str().unwrap_or("").contains("blacklisted"), "{st:#}");
     std::thread::sleep(Duration::from_secs(6));
     assert!(tb.nodes[2].vms().is_empty(), "not made again: {:?}", tb.nodes[2].vms());
+
+    // Expiry is enforced on the nodes: renewed to end in a few seconds, the slice's VM
+    // stops, then goes, with no further word from anyone.
+    let soon = credentials::now() + 4;
+    op.call("RenewSlice", vec![json!(third), json!(soon)]).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !tb.nodes[0].vms().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tb.nodes[0].vms().is_empty(), "the expired slice's VM is gone: {:?}\n{}", tb.nodes[0].vms(), tb.logs());
+    assert!(credentials::now() >= soon, "not before it expired");
+
+    // One linux-kvm-x86 sliver (a QEMU guest, TCG here) on node 3.
+    let kvm = "plc.princeton.kvm";
+    op.call("CreateSlice", vec![json!(kvm)]).unwrap();
+    op.call("AddSlicePrincipal", vec![json!(kvm), json!(["alice"])]).unwrap();
+    op.call("SetSliceAttr", vec![json!(kvm), json!("vm_type"), json!("linux-kvm-x86")]).unwrap();
+    op.call("SetSliceAttr", vec![json!(kvm), json!("mem_limit"), json!(256)]).unwrap();
+    op.call("SetSliceAttr", vec![json!(kvm), json!("disk_quota"), json!(1)]).unwrap();
+    op.call("AddSliceNode", vec![json!(kvm), json!([tb.nodes[2].id])]).unwrap();
+    op.call("StartSlice", vec![json!(kvm)]).unwrap();
+    let (st, took) = tb.wait_status(kvm, LIMIT, |st| all(st, 1, "running"));
+    assert!(all(&st, 1, "running"), "{st:#}\n{}", tb.logs());
+    let (code, out) = tb.ssh_wait(&alice.ssh_key, st["slivers"][0]["ssh"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(code, 0, "ssh into the KVM sliver: {out}\n{}", tb.logs());
+    assert_eq!(out.trim(), "plc_princeton_kvm@plc-princeton-kvm");
+    eprintln!("linux-kvm-x86 sliver: StartSlice to running {took:?}");
+    op.call("DeleteSlice", vec![json!(kvm)]).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while tb.nodes[2].vms().iter().any(|v| v["slice"] == kvm) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tb.nodes[2].vms().is_empty(), "{:?}", tb.nodes[2].vms());
     drop(tb);
+}
+
+#[test]
+fn integration_testbed_two_authority_servers_on_one_postgresql() {
+    // Node 1's service follows server 1, node 2's server 2; every change is made through
+    // server 1, and reaches node 2 through the database (LISTEN/NOTIFY).
+    let tb = Testbed::new(Options { nodes: 2, postgres_servers: 2, ..Options::default() });
+    assert_ne!(tb.nodes[0].url, tb.nodes[1].url);
+    tb.researcher("alice");
+    let mut op = tb.operator();
+    let slice = "plc.princeton.pg";
+    op.call("CreateSlice", vec![json!(slice)]).unwrap();
+    op.call("AddSlicePrincipal", vec![json!(slice), json!(["alice"])]).unwrap();
+    op.call("SetSliceAttr", vec![json!(slice), json!("mem_limit"), json!(64)]).unwrap();
+    op.call("SetSliceAttr", vec![json!(slice), json!("disk_quota"), json!(0.1)]).unwrap();
+    op.call("AddSliceNode", vec![json!(slice), json!([tb.nodes[0].id, tb.nodes[1].id])]).unwrap();
+    op.call("StartSlice", vec![json!(slice)]).unwrap();
+    let (st, took) = tb.wait_status(slice, LIMIT, |st| all(st, 2, "running"));
+    assert!(all(&st, 2, "running"), "{st:#}\n{}", tb.logs());
+    eprintln!("two servers on PostgreSQL: StartSlice to both slivers running {took:?}");
+    op.call("DeleteSlice", vec![json!(slice)]).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while tb.nodes.iter().any(|n| !n.vms().is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in &tb.nodes {
+        assert!(n.vms().is_empty(), "node {}: {:?}\n{}", n.id, n.vms(), tb.logs());
+    }
 }

@@ -440,6 +440,37 @@ mod tests {
     }
 
     #[test]
+    fn vm_minimums_hold_at_their_exact_bounds() {
+        let r = |mem: u64, cpu: u64, disk: u64| {
+            let mut r = Resources::spec_default();
+            r.mem_limit = vm_types::Quantity::from_milli(mem);
+            r.cpu_share = vm_types::Quantity::from_milli(cpu);
+            r.disk_quota = vm_types::Quantity::from_milli(disk);
+            r
+        };
+        check_vm_minimums(&r(32_000, 1, 16), Some(32)).unwrap();
+        assert!(check_vm_minimums(&r(31_999, 1, 16), None).is_err(), "below 32 MB");
+        assert!(check_vm_minimums(&r(32_000, 0, 16), None).is_err(), "no cpu");
+        assert!(check_vm_minimums(&r(32_000, 1, 15), None).is_err(), "below 0.016 GB");
+        assert!(check_vm_minimums(&r(33_000, 1, 16), Some(32)).is_err(), "more than the node");
+    }
+
+    #[test]
+    fn the_nodes_memory_is_read_in_megabytes() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .unwrap();
+        let mb = node_memory_mb().unwrap();
+        assert!(mb.abs_diff(kb / 1024) <= 1, "{mb} MB, /proc/meminfo says {kb} kB");
+    }
+
+    #[test]
     fn the_prefix_running_out_is_a_resource_error() {
         let mut t = Tables::default();
         // A /29 has six host addresses: the gateway and five VMs.
