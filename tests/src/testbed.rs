@@ -36,11 +36,14 @@ pub struct Options {
     pub fake_backend: bool,
     /// How long the services' long polls wait.
     pub poll_wait_secs: u64,
+    /// The owners' pools name a proxy in front of the authority (see
+    /// [`Testbed::proxy_and_authority`]), which the test runs.
+    pub via_proxy: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { nodes: 3, postgres_servers: 0, fake_backend: false, poll_wait_secs: 20 }
+        Options { nodes: 3, postgres_servers: 0, fake_backend: false, poll_wait_secs: 20, via_proxy: false }
     }
 }
 
@@ -332,6 +335,8 @@ impl Testbed {
             std::fs::write(ndir.join("plnode.txt"), plnode).unwrap();
             // Boot: the node gets its certificate from the MA, from its own address.
             let url = tb.urls[i % tb.urls.len()].clone();
+            let pool_url =
+                if options.via_proxy { format!("https://{}", tb.proxy_and_authority().0) } else { url.clone() };
             let boot = Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .arg(bin("plab-boot"))
@@ -375,7 +380,7 @@ impl Testbed {
             std::fs::write(
                 ndir.join("site-admin.toml"),
                 format!(
-                    "[[authority]]\nname = \"plc\"\nurl = \"{url}\"\ncertificate = \"{cert}\"\nservice = \"plc.scs\"\n\
+                    "[[authority]]\nname = \"plc\"\nurl = \"{pool_url}\"\ncertificate = \"{cert}\"\nservice = \"plc.scs\"\n\
                      resources = {{ cpu_share = 64, disk_quota = 200, mem_limit = 8192, base_rate = 100000, burst_rate = 100000, sustained_rate = 100000 }}\n",
                     cert = tb.authority_dir.join("ca/node-owners.pem").display(),
                 ),
@@ -507,6 +512,34 @@ impl Testbed {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Redeems `ticket` at node `i`'s ticket endpoint (from the root namespace).
+    pub fn redeem(&self, i: usize, ticket: &Value) -> Result<Value, jsonrpc::ClientError> {
+        let url = format!("https://{}:{TICKET_PORT}", self.nodes[i].addr);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let https = plab_authority::client::Https::new(&url, &self.root_pem, None, None)?;
+            let mut c = jsonrpc::AsyncClient::new(https);
+            c.call_value("RedeemTicket", json!({ "ticket": ticket })).await
+        })
+    }
+
+    /// Signs a ticket with this authority's SA key, as `GetSliceTicket` would, for tests
+    /// that need one it would not give (expired, too large, ...).
+    pub fn sign_ticket(&self, body: &credentials::ticket::TicketBody) -> Value {
+        let ca = self.authority_dir.join("ca");
+        let key = std::fs::read_to_string(ca.join("sa.key")).unwrap();
+        let cert = std::fs::read_to_string(ca.join("sa.pem")).unwrap();
+        serde_json::to_value(body.sign(&key, &cert).unwrap()).unwrap()
+    }
+
+    /// The address and port a node's pools point at for the authority (server 0, or the
+    /// proxy in front of it when the testbed was built `via_proxy`), and server 0's.
+    pub fn proxy_and_authority(&self) -> (String, String) {
+        let a = self.urls[0].trim_start_matches("https://").to_owned();
+        let (host, port) = a.rsplit_once(':').unwrap();
+        (format!("{host}:{}", port.parse::<u16>().unwrap() + 1000), a)
     }
 
     /// Every node's logs, for a failure message.
