@@ -4,10 +4,12 @@ CARGO ?= cargo
 
 .PHONY: demo test lint setup image cloud-image build bench clean-demo
 
-## make demo: a node manager, an owner, a slice and a container VM on this machine.
+## make demo: a whole small testbed on this machine (an authority and three nodes, each with
+## its node manager, owner pools and slice creation service); `make demo ARGS="--keep"`
+## keeps it up to try, `ARGS="--nodes 5 --vm-type linux-kvm-x86"` changes it.
 demo: setup
 	$(CARGO) build --release --bins
-	bash examples/demo.sh target/release
+	target/release/plab-demo $(ARGS)
 
 ## make test: the lint gates, then unit, property and root integration tests (real runc,
 ## libvirt/QEMU, OpenSSH; the stock cloud image test boots images/build-cloud.sh's image).
@@ -17,7 +19,7 @@ test: setup lint
 	$(CARGO) test --workspace --no-fail-fast
 
 ## make lint: formatting, clippy with warnings as errors, shellcheck on every shell script.
-SHELL_SCRIPTS := $(wildcard images/*.sh ci/*.sh examples/*.sh) .ci/run
+SHELL_SCRIPTS := $(wildcard images/*.sh ci/*.sh) .ci/run
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -126,14 +126,21 @@ fn adjustments(want: &Desired, have: &Have, out: &mut Vec<Action>) {
 /// given back first, so their resources are there for what follows.
 pub fn plan(want: &[Desired], have: &[Have], loose_pools: &[String], now: i64) -> Vec<Action> {
     let mut out: Vec<Action> = loose_pools.iter().cloned().map(Action::DropPool).collect();
-    // One entry per slice: the authority's word wins over a ticket's.
+    // One entry per slice: the authority's list wins over a ticket when it runs the slice;
+    // a slice it lists as stopped (or not yet started) does not undo a ticket redeemed
+    // since (the authority lists a slice until the ticket's delegation reaches the node).
     let mut wanted: BTreeMap<&SliceName, &Desired> = BTreeMap::new();
     for d in want.iter().filter(|d| d.expires > now) {
-        match wanted.get(&d.name) {
-            Some(prev) if prev.source == Source::Central => {}
-            _ => {
-                wanted.insert(&d.name, d);
-            }
+        let replace = match wanted.get(&d.name) {
+            None => true,
+            Some(prev) => match (prev.source, d.source) {
+                (Source::Central, Source::Ticket) => !prev.run,
+                (Source::Ticket, Source::Central) => d.run,
+                _ => false,
+            },
+        };
+        if replace {
+            wanted.insert(&d.name, d);
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -307,15 +314,21 @@ mod tests {
     }
 
     #[test]
-    fn the_authority_wins_over_a_ticket_for_the_same_slice() {
+    fn the_authority_wins_over_a_ticket_for_the_same_slice_when_it_runs_it() {
         let mut t = want("plc.a", 1, true);
         t.source = Source::Ticket;
         t.vm = spec(&[KEY2], None);
         let c = want("plc.a", 1, true);
         let p = plan(&[t.clone(), c.clone()], &[have("plc.a", 1)], &[], 10);
         assert_eq!(p, vec![], "the central spec is what the VM has");
-        let p = plan(&[c, t], &[have("plc.a", 1)], &[], 10);
+        let p = plan(&[c, t.clone()], &[have("plc.a", 1)], &[], 10);
         assert_eq!(p, vec![]);
+        // Listed but not started: the ticket's VM is made, in either order.
+        let stopped = want("plc.a", 1, false);
+        for list in [vec![stopped.clone(), t.clone()], vec![t.clone(), stopped.clone()]] {
+            let p = plan(&list, &[], &[], 10);
+            assert!(matches!(p.as_slice(), [Action::Create(d)] if d.source == Source::Ticket), "{p:?}");
+        }
     }
 
     #[test]

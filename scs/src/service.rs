@@ -434,6 +434,7 @@ impl Scs {
             let want = self.wanted(link, st, &mut problems);
             let (have, loose) = self.ours(link, &pools, &vms, st);
             let actions = plan::plan(&want, &have, &loose, credentials::now());
+            tracing::debug!(authority = %link.name, want = want.len(), have = have.len(), ?actions, "reconcile");
             if actions.is_empty() {
                 break;
             }

@@ -135,7 +135,7 @@ impl TbNode {
             .arg(&self.scs_bin)
             .args(["serve", "--config"])
             .arg(self.dir.join("scs.toml"))
-            .env("PLAB_LOG", "info")
+            .env("PLAB_LOG", std::env::var("PLAB_SCS_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
