@@ -33,6 +33,7 @@ bench: setup
 	target/release/plab-bench
 	target/release/plab-bench-kvm
 	target/release/plab-bench-authority
+	target/release/plab-bench-testbed
 
 setup:
 	bash ci/setup.sh

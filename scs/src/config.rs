@@ -6,6 +6,7 @@
 //! ticket_listen = "0.0.0.0:8444"       # the ticket endpoint (HTTPS); unset: none
 //! poll_wait_secs = 30                  # long poll at the authority
 //! resync_secs = 30                     # a full comparison with the node at least this often
+//! poll_interval_secs = 0               # 0: long poll; n: ask every n seconds instead (PlanetLab's way)
 //! ```
 
 use serde::Deserialize;
@@ -27,6 +28,9 @@ pub struct Config {
     /// How often, at most, the node is compared with the wanted state without a change at
     /// the authority (VMs someone removed, slices expiring), seconds.
     pub resync_secs: u64,
+    /// 0: long poll. n: plain polls every n seconds, as PlanetLab's node manager did (kept
+    /// for authorities behind proxies that cut long requests, and as the benchmarks' peer).
+    pub poll_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -37,6 +41,7 @@ impl Default for Config {
             ticket_listen: None,
             poll_wait_secs: 30,
             resync_secs: 30,
+            poll_interval_secs: 0,
         }
     }
 }

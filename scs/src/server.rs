@@ -17,11 +17,14 @@ use std::time::Duration;
 /// Largest request body.
 pub const MAX_BODY: usize = 256 << 10;
 
-impl jsonrpc::server::Handler for Scs {
+/// The endpoint's handler: the service.
+struct Endpoint(Arc<Scs>);
+
+impl jsonrpc::server::Handler for Endpoint {
     type Caller = ();
     async fn call(&self, _: &(), method: &str, params: Value) -> Result<Value, RpcError> {
         match Request::decode(method, params)? {
-            Request::RedeemTicket(p) => reply::<calls::RedeemTicket>(self.redeem(&p.ticket).await),
+            Request::RedeemTicket(p) => reply::<calls::RedeemTicket>(self.0.redeem(&p.ticket).await),
         }
     }
 }
@@ -92,7 +95,7 @@ pub async fn serve(scs: Arc<Scs>, listener: tokio::net::TcpListener) -> anyhow::
                             "{\"error\":\"body larger than 256 KiB\"}".into(),
                         ));
                     };
-                    match jsonrpc::server::answer(&*scs, &(), &body.to_bytes()).await {
+                    match jsonrpc::server::answer(&Endpoint(scs), &(), &body.to_bytes()).await {
                         Some(a) => Ok(respond(StatusCode::OK, a.to_string())),
                         None => Ok(respond(StatusCode::NO_CONTENT, String::new())),
                     }

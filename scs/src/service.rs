@@ -269,7 +269,7 @@ impl Scs {
             let params = plab_authority::types::SlicesForNodeParams {
                 node_id: self.node_id,
                 since: Some(since),
-                wait: Some(self.cfg.poll_wait_secs),
+                wait: Some(if self.cfg.poll_interval_secs > 0 { 0 } else { self.cfg.poll_wait_secs }),
             };
             match c.request::<plab_authority::api::calls::GetSlicesForNode>(&params).await {
                 Ok(r) => {
@@ -284,6 +284,9 @@ impl Scs {
                         }
                         drop(st);
                         self.reconcile_and_report(&link).await;
+                    }
+                    if self.cfg.poll_interval_secs > 0 {
+                        tokio::time::sleep(Duration::from_secs(self.cfg.poll_interval_secs)).await;
                     }
                 }
                 Err(e) => {
@@ -613,7 +616,7 @@ impl Scs {
 
     /// Redeems a ticket (section 4.5): checks it, makes (or refreshes) the slice's VM within
     /// the pool of the authority that signed it, and answers with how to log in.
-    pub async fn redeem(&self, t: &SignedTicket) -> Result<Redeemed, RpcError> {
+    pub async fn redeem(self: &Arc<Self>, t: &SignedTicket) -> Result<Redeemed, RpcError> {
         let now = credentials::now();
         // Which of this node's authorities signed it (tickets are checked against the
         // certificate in the owner's pool, never against the one the ticket carries).
@@ -704,9 +707,14 @@ impl Scs {
             tracing::error!("saving the state: {e}");
         }
         drop(st);
-        if let Err(e) = self.report(&link, &Problems::new()).await {
-            tracing::debug!("ReportSlivers: {e}");
-        }
+        // The authority hears of the new sliver in the background: the user has waited
+        // long enough.
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.report(&link, &Problems::new()).await {
+                tracing::debug!("ReportSlivers: {e}");
+            }
+        });
         result
     }
 }

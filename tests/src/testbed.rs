@@ -39,11 +39,20 @@ pub struct Options {
     /// The owners' pools name a proxy in front of the authority (see
     /// [`Testbed::proxy_and_authority`]), which the test runs.
     pub via_proxy: bool,
+    /// Services poll every this many seconds instead of long-polling (0: long poll).
+    pub poll_interval_secs: u64,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { nodes: 3, postgres_servers: 0, fake_backend: false, poll_wait_secs: 20, via_proxy: false }
+        Options {
+            nodes: 3,
+            postgres_servers: 0,
+            fake_backend: false,
+            poll_wait_secs: 20,
+            via_proxy: false,
+            poll_interval_secs: 0,
+        }
     }
 }
 
@@ -369,9 +378,10 @@ impl Testbed {
                 ndir.join("scs.toml"),
                 format!(
                     "nm_socket = \"{d}/nm.sock\"\nstate_dir = \"{d}/scs\"\nticket_listen = \"{addr}:{TICKET_PORT}\"\n\
-                     poll_wait_secs = {w}\nresync_secs = 5\n",
+                     poll_wait_secs = {w}\nresync_secs = 5\npoll_interval_secs = {p}\n",
                     d = ndir.display(),
                     w = options.poll_wait_secs,
+                    p = options.poll_interval_secs,
                 ),
             )
             .unwrap();

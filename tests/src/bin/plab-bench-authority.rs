@@ -8,6 +8,9 @@
 //!    polling every 10 s would cost.
 //! 2. Slice creation to ticket (CreateSlice, AddSlicePrincipal, SetSliceAttr,
 //!    GetSliceTicket): calls per second.
+//! 3. 1,000 nodes long-polling against the same 1,000 polling every 10 s, while the
+//!    operator changes a slice every 10 s: the server's CPU, and how long each change
+//!    takes to reach the nodes (p50, p95).
 //!
 //! The server is a real `plab-authority serve` child process on 127.0.0.1. Needs the
 //! PostgreSQL that `make test` sets up (postgres://plab:plab@127.0.0.1/plab).
@@ -223,8 +226,130 @@ fn ticket_rate(s: &Server) -> (f64, f64) {
     (n as f64 / e, 4.0 * n as f64 / e)
 }
 
+/// One node's service in section 3: it learns every change either by long-polling
+/// (`interval: None`) or by asking every `interval`; returns each move of the generation
+/// it saw (from, to, when).
+async fn follow_node(
+    s_url: String,
+    root: String,
+    id: i64,
+    key: String,
+    interval: Option<Duration>,
+    offset: Duration,
+    until: Instant,
+) -> Vec<(i64, i64, Instant)> {
+    let mut c = plab_authority::AsyncAuthorityClient::new(&s_url, &root, None, None).unwrap();
+    c.auth = json!({"AuthMethod": "session", "session": key});
+    let mut since = 0i64;
+    let mut seen = vec![];
+    tokio::time::sleep(offset).await;
+    while Instant::now() < until {
+        let wait = if interval.is_some() { 0 } else { 30 };
+        let Ok(r) = c.call("GetSlicesForNode", vec![json!(id), json!(since), json!(wait)]).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let g = r["generation"].as_i64().unwrap_or(since);
+        if g != since && since != 0 {
+            seen.push((since, g, Instant::now()));
+        }
+        since = g;
+        if let Some(i) = interval {
+            tokio::time::sleep(i).await;
+        }
+    }
+    seen
+}
+
+/// Section 3: 1,000 nodes, long poll against polling every 10 s.
+fn long_poll_against_polling(rt: &tokio::runtime::Runtime, secs: u64) {
+    // A thousand connections each way: lift the open-file limit to its hard value.
+    let _ = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .and_then(|(_, hard)| nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard));
+    println!("1,000 nodes following the authority for {secs} s while a slice changes every 10 s (SQLite):");
+    let mut cpu = vec![];
+    for interval in [None, Some(Duration::from_secs(10))] {
+        let s = start("sqlite", rt);
+        let sessions = populate(&s, rt, 1000);
+        let mut changes = Vec::<(i64, Instant)>::new();
+        let until = Instant::now() + Duration::from_secs(secs);
+        let pid = s.child.id();
+        let tasks: Vec<_> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, (id, key))| {
+                let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / sessions.len() as f64));
+                rt.spawn(follow_node(s.url.clone(), s.root.clone(), *id, key.clone(), interval, offset, until))
+            })
+            .collect();
+        // Let every node connect and fetch once before measuring.
+        std::thread::sleep(Duration::from_secs(11));
+        let tick0 = cpu_ticks(pid);
+        let t0 = Instant::now();
+        let mut op = s.client(true);
+        let mut k = 0;
+        while Instant::now() + Duration::from_secs(12) < until {
+            k += 1;
+            let when = Instant::now();
+            let r =
+                op.call("SetSliceAttr", vec![json!("plc.bench.s1"), json!("bootscript"), json!(format!("echo {k}"))]);
+            r.unwrap();
+            let g = op.call("GetSlicesForNode", vec![json!(sessions[0].0), json!(0)]).unwrap()["generation"]
+                .as_i64()
+                .unwrap();
+            changes.push((g, when));
+            std::thread::sleep(Duration::from_secs(10));
+        }
+        let cpu_s = (cpu_ticks(pid) - tick0) as f64 / ticks_per_sec();
+        let window = t0.elapsed().as_secs_f64();
+        let events = rt.block_on(async { futures_join(tasks).await });
+        let mut lat: Vec<f64> = events
+            .iter()
+            .flat_map(|(from, to, at)| {
+                changes
+                    .iter()
+                    .filter(move |(g, _)| g > from && g <= to)
+                    .map(move |(_, when)| at.duration_since(*when).as_secs_f64())
+            })
+            .collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+        let label = match interval {
+            None => "long poll".to_string(),
+            Some(i) => format!("every {} s", i.as_secs()),
+        };
+        println!(
+            "  {label:<12} server CPU {:6.2} % of a core   change to node: p50 {:6.2} s  p95 {:6.2} s  ({} node-changes seen)",
+            cpu_s / window * 100.0,
+            pct(0.5),
+            pct(0.95),
+            lat.len()
+        );
+        cpu.push((cpu_s / window, pct(0.5)));
+    }
+    println!(
+        "  ratio long poll / polling every 10 s: CPU {:.2}, latency p50 {:.3}",
+        cpu[0].0 / cpu[1].0,
+        cpu[0].1 / cpu[1].1
+    );
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Vec<(i64, i64, Instant)>>>) -> Vec<(i64, i64, Instant)> {
+    let mut out = vec![];
+    for t in tasks {
+        out.extend(t.await.unwrap_or_default());
+    }
+    out
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if std::env::args().any(|a| a == "--long-poll-only") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let secs = std::env::var("PLAB_BENCH_LONGPOLL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+        long_poll_against_polling(&rt, secs);
+        return;
+    }
     let secs: u64 = std::env::var("PLAB_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rows = Vec::new();
@@ -281,4 +406,6 @@ fn main() {
         rates.push(calls);
     }
     println!("  ratio postgres/sqlite calls/s: {:.2}", rates[1] / rates[0]);
+    let secs = std::env::var("PLAB_BENCH_LONGPOLL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    long_poll_against_polling(&rt, secs);
 }
