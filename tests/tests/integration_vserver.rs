@@ -212,21 +212,33 @@ fn integration_local_callers_owner_script_and_uid_mapping() {
     // Let unprivileged users reach the socket; the node manager still checks SO_PEERCRED.
     Command::new("chmod").arg("755").arg(node.dir.path()).status().unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let owner_script = |sock: &std::path::Path| {
+    // The owner script (root) gives the slice a pool; applying it again changes nothing.
+    let config = node.dir.path().join("site-admin.toml");
+    std::fs::write(
+        &config,
+        "[[slice]]\nname = \"plc.it.nobody\"\nvm_type = \"linux-vserver-x86\"\n\
+         resources = { cpu_share = 8, disk_quota = 20, mem_limit = 4096, base_rate = 1, burst_rate = 100, sustained_rate = 10 }\n",
+    )
+    .unwrap();
+    let owner_script = || {
         let out = Command::new("python3")
-            .arg(repo.join("examples/owner-script.py"))
-            .arg(sock)
-            .args(["plc.it.nobody"])
-            .arg(repo.join("examples/rspec/pool.xml"))
+            .arg(repo.join("owner/site-admin.py"))
+            .arg("--socket")
+            .arg(node.socket())
+            .arg("apply")
+            .arg(&config)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    // The owner script (root) creates the pool once; running it again changes nothing.
-    let first = owner_script(&node.socket());
-    let rcap = first.strip_prefix("plc.it.nobody ").expect(&first).to_owned();
-    assert_eq!(owner_script(&node.socket()), first);
+    let first = owner_script();
+    assert!(first.contains("slice plc.it.nobody: pool") && first.ends_with("1 change(s)"), "{first}");
+    let again = owner_script();
+    assert!(again.contains("already has a pool") && again.ends_with("0 change(s)"), "{again}");
+    let rcaps = node.client().call_value("GetRcap", json!(["plc.it.nobody"])).unwrap();
+    assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 1, "{rcaps}");
+    let rcap = rcaps["rcaps"][0].as_str().unwrap().to_owned();
 
     // A copy of plab other users may run: the checkout may be in a directory they cannot
     // enter (a clone under /root).

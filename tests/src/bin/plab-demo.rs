@@ -116,26 +116,21 @@ fn main() {
     println!("$ plab --json sa get-slice-ticket {tkt} > ticket.json    # as alice");
     let url = format!("https://{}:{TICKET_PORT}", tb.nodes[0].addr);
     println!("$ plab scs redeem {url} ticket.json    # as alice, from her namespace");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &tb.researcher_ns])
-        .arg(bin("plab"))
-        .env("PLAB_AUTHORITY_CONFIG", a)
-        .args(["scs", "redeem", &url])
-        .arg(&ticket_file)
-        .output()
-        .unwrap();
+    let redeem = || {
+        Command::new("ip")
+            .args(["netns", "exec", &tb.researcher_ns])
+            .arg(bin("plab"))
+            .env("PLAB_AUTHORITY_CONFIG", a)
+            .args(["scs", "redeem", &url])
+            .arg(&ticket_file)
+            .output()
+            .unwrap()
+    };
+    let out = redeem();
     print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "redeem failed");
     println!("redeeming the same ticket again:");
-    let again = Command::new("ip")
-        .args(["netns", "exec", &tb.researcher_ns])
-        .arg(bin("plab"))
-        .env("PLAB_AUTHORITY_CONFIG", a)
-        .args(["scs", "redeem", &url])
-        .arg(&ticket_file)
-        .output()
-        .unwrap();
-    print!("{}", String::from_utf8_lossy(&again.stderr));
+    print!("{}", String::from_utf8_lossy(&redeem().stderr));
 
     if nodes > 1 {
         let last = nodes - 1;
