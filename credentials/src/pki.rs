@@ -256,15 +256,37 @@ pub fn verify_chain(chain: &[Cert], roots: &[Cert], at: i64) -> Result<Identity,
     // a leaf (see [`verify_authority`] for those).
     let ok = match (&leaf.identity, &leaf.issuer) {
         (Identity::Principal(_), Identity::Authority(AuthorityKind::Sa, _)) => true,
-        (Identity::Service { node, .. }, Identity::Node(n)) => {
-            node == n && chain.get(1).is_some_and(|c| matches!(c.issuer, Identity::Authority(AuthorityKind::Ma, _)))
-        }
+        (Identity::Service { node, .. }, Identity::Node(n)) => node == n && service_path(chain, roots, at)?,
         _ => false,
     };
     if !ok {
         return Err(CredentialError::Untrusted(format!("{} may not certify {}", leaf.issuer, leaf.identity)));
     }
     Ok(leaf.identity.clone())
+}
+
+/// Whether `child` carries a signature by `parent`'s key.
+fn signed_by(child: &Cert, parent: &Cert) -> Result<bool, CredentialError> {
+    let (_, c) = x509_parser::parse_x509_certificate(&child.der)
+        .map_err(|e| CredentialError::Malformed(format!("certificate: not X.509 ({e})")))?;
+    let (_, p) = x509_parser::parse_x509_certificate(&parent.der)
+        .map_err(|e| CredentialError::Malformed(format!("certificate: not X.509 ({e})")))?;
+    Ok(c.verify_signature(Some(p.public_key())).is_ok())
+}
+
+/// A service certificate's own path, checked link by link: the leaf signed by the node
+/// certificate that follows it, that one signed by the management authority certificate
+/// after it, and that one by a root. (The path-building check before it proves that *some*
+/// path leads to a root; this proves the node certificate the caller sent is the one that
+/// issued the leaf, and that a management authority issued it.)
+fn service_path(chain: &[Cert], roots: &[Cert], at: i64) -> Result<bool, CredentialError> {
+    let [leaf, node, ma, ..] = chain else { return Ok(false) };
+    let node_named = matches!((&leaf.issuer, &node.identity), (Identity::Node(a), Identity::Node(b)) if a == b);
+    let ma_named = matches!(ma.identity, Identity::Authority(AuthorityKind::Ma, _)) && node.issuer == ma.identity;
+    if !node_named || !ma_named || !signed_by(leaf, node)? || !signed_by(node, ma)? {
+        return Ok(false);
+    }
+    Ok(roots.iter().any(|r| verify_authority(ma, r, at).is_ok()))
 }
 
 /// Verifies that authority certificate `authority` was issued by `root` (its signature,

@@ -110,3 +110,51 @@ fn sealed_keys_shorter_than_the_envelope_are_refused_before_any_decryption() {
     let e = credentials::seal::open(&k.to_pem(), &b64.encode([4u8; 93])).unwrap_err();
     assert!(!e.to_string().contains("too short"), "{e}");
 }
+
+/// A slice authority may issue CA certificates (its path length allows one), so it could
+/// name one "node 7" and certify services on node 7 through it. Only a management
+/// authority makes nodes: a service chain is checked link by link, and a decoy node
+/// certificate put first in the chain does not stand in for the one that issued the leaf.
+#[test]
+fn only_a_management_authority_certifies_the_node_behind_a_service() {
+    let rk = KeyPair::generate();
+    let root_pem = new_root("plc", &rk, 10).unwrap();
+    let root = Cert::from_pem(&root_pem).unwrap();
+    let (ma_pem, ma_key) = new_authority(&root_pem, &rk, AuthorityKind::Ma, "plc", 10).unwrap();
+    let (sa_pem, sa_key) = new_authority(&root_pem, &rk, AuthorityKind::Sa, "plc", 10).unwrap();
+    let slice = vm_types::SliceName::parse("plc.scs").unwrap();
+    let node_cert = |issuer: &str, issuer_key: &KeyPair, node: i64| {
+        let k = KeyPair::generate();
+        (issue(issuer, issuer_key, &Identity::Node(node), &k.public_key_pem(), Profile::Node, 10).unwrap(), k)
+    };
+    let service = |node_pem: &str, node_key: &KeyPair, node: i64| {
+        let k = KeyPair::generate();
+        let id = Identity::Service { slice: slice.clone(), node };
+        issue(node_pem, node_key, &id, &k.public_key_pem(), Profile::Client, 1).unwrap()
+    };
+    let bundle = |pems: &[&str]| -> Vec<Cert> { pems.iter().map(|p| Cert::from_pem(p).unwrap()).collect() };
+
+    // The real thing: a service on node 7, its node certified by the MA.
+    let (n7, n7k) = node_cert(&ma_pem, &ma_key, 7);
+    let good = service(&n7, &n7k, 7);
+    let id = verify_chain(&bundle(&[&good, &n7, &ma_pem]), std::slice::from_ref(&root), now()).unwrap();
+    assert_eq!(id, Identity::Service { slice: slice.clone(), node: 7 });
+
+    // The SA makes its own "node 7" and a service under it.
+    let (fake7, fake7k) = node_cert(&sa_pem, &sa_key, 7);
+    let forged = service(&fake7, &fake7k, 7);
+    let (n3, _) = node_cert(&ma_pem, &ma_key, 3);
+    for chain in [
+        vec![forged.as_str(), fake7.as_str(), sa_pem.as_str()],
+        // A real MA-issued node certificate first, as a decoy; the path runs beside it.
+        vec![forged.as_str(), n3.as_str(), fake7.as_str(), sa_pem.as_str()],
+        vec![forged.as_str(), n7.as_str(), fake7.as_str(), sa_pem.as_str(), ma_pem.as_str()],
+    ] {
+        let e = verify_chain(&bundle(&chain), std::slice::from_ref(&root), now()).unwrap_err();
+        assert!(matches!(e, CredentialError::Untrusted(_)), "{} certificates: {e}", chain.len());
+        assert!(e.to_string().contains("may not certify"), "{e}");
+    }
+    // The right certificates in the wrong order are refused too (the leaf's issuer follows it).
+    let e = verify_chain(&bundle(&[&good, &ma_pem, &n7]), std::slice::from_ref(&root), now()).unwrap_err();
+    assert!(matches!(e, CredentialError::Untrusted(_)), "{e}");
+}

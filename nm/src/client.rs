@@ -23,6 +23,17 @@ impl NmClient {
         Ok(NmClient { inner: Client::new(LineTransport::new(s)) })
     }
 
+    /// Connects to the socket at `path`; a call that gets no answer within `timeout`
+    /// fails (the node manager may still finish it).
+    pub fn connect_timeout(path: &Path, timeout: std::time::Duration) -> Result<NmClient, ClientError> {
+        let mut c = NmClient::connect(path)?;
+        let s = c.inner.transport().stream();
+        s.set_read_timeout(Some(timeout))
+            .and_then(|()| s.set_write_timeout(Some(timeout)))
+            .map_err(|e| ClientError::Transport(format!("node manager socket: {e}")))?;
+        Ok(c)
+    }
+
     /// Calls `C` with typed params; its typed result.
     pub fn call<C: Call>(&mut self, params: &C::Params) -> Result<C::Result, ClientError> {
         self.inner.call::<C>(params)

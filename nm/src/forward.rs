@@ -5,7 +5,8 @@
 //! One nftables table, `ip plab`, in the node's network namespace: a map from public port
 //! to VM address and port 22, used by DNAT in `prerouting` (from outside) and `output`
 //! (from the node itself), and a `forward` chain that routes only those connections for
-//! VMs; anything else a VM tries to send past the node is dropped. The whole table is
+//! VMs: anything else a VM tries to send past the node, and anything routed towards a VM
+//! that is not a forward, is dropped. The whole table is
 //! written in one `nft -f` transaction at start; each VM adds and removes its map element.
 //! The ruleset is nft's own text, small and read back by `nft list table ip plab`; the
 //! typed JSON schema of the `nftables` crate would be four times as long for the same
@@ -47,7 +48,8 @@ impl SshForward {
              \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
              \t\tct state established,related accept\n\
              \t\tct status dnat accept\n\
-             \t\tiifname \"{bridge}\" drop\n\t}}\n\
+             \t\tiifname \"{bridge}\" drop\n\
+             \t\toifname \"{bridge}\" drop\n\t}}\n\
              }}\n"
         )
     }

@@ -14,6 +14,8 @@ use vm_types::fake::{FakeBackend, Op};
 use vm_types::{BackendError, Registry, SliceName, VmState, VmType};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+/// A P-256 public key (SubjectPublicKeyInfo PEM) for SignCertificate.
+const KEY_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEWdp8GPcGqmPnGMHbMpWaQpGTQHYf\n8QEuQxJG6zV2l9sWVl5tcqXyDM2o3A6oM3+wVRmJMr0Lh5QqJqI0d+ZyBA==\n-----END PUBLIC KEY-----\n";
 const KEY2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBk4pK5IYqk/NsoJWXGxbqUZBMzIjzY2JwqXEhyS6H7T bob@example.org";
 
 fn pool_xml(mem: u32) -> String {
@@ -750,6 +752,47 @@ async fn a_designated_service_acts_for_the_slices_below_its_authority_and_no_oth
     // And the slice it made cannot act for its neighbours through the pool it was given.
     let e = call(&n, &me, "SplitPool", json!([sub, slice_xml("plc.princeton.other", 32)])).await.unwrap_err();
     assert!(e.0 == ErrorCode::CONFLICT || e.0 == ErrorCode::PERMISSION_DENIED, "{e:?}");
+    // A VM made by someone else is not the service's to add to, even for a slice below its
+    // authority.
+    let sub2 = rcap(&n, &scs, "SplitPool", json!([pool, slice_xml("plc.princeton.private", 32)])).await;
+    let e = call(&n, &scs, "Bind", json!([sub2, "plc.princeton.private"])).await.unwrap_err();
+    assert!(e.0 == ErrorCode::PERMISSION_DENIED && e.1.contains("not yours to add to"), "{e:?}");
+    call(&n, &scs, "DestroyPool", json!([sub2])).await.unwrap();
+    // A service never gets a VM of its own (its socket would speak as the service)...
+    let e = call(&n, &scs, "SplitPool", json!([pool, slice_xml("plc.scs", 32)])).await;
+    if let Ok(r) = e {
+        let e = call(&n, &scs, "Bind", json!([r["rcap"], "plc.scs"])).await.unwrap_err();
+        assert!(e.0 == ErrorCode::PERMISSION_DENIED && e.1.contains("services"), "{e:?}");
+        call(&n, &scs, "DestroyPool", json!([r["rcap"]])).await.unwrap();
+    }
+    // ...while a VM's slice gets no server certificate for the node's address.
+    let e = call(&n, &me, "SignCertificate", json!([KEY_PEM, true])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    // Splits: nothing, or of a VM's pool, or handing on an authority with another URL.
+    // Empty splits are allowed (bound to a VM, one adds keys), but no slice piles up more
+    // than the cap of pools, empty or not.
+    let empty = r#"<PoolRSpec><resources mem_limit="0"/></PoolRSpec>"#;
+    let mut made = Vec::new();
+    let e = loop {
+        match call(&n, &scs, "SplitPool", json!([pool, empty])).await {
+            Ok(r) => made.push(r["rcap"].clone()),
+            Err(e) => break e,
+        }
+        assert!(made.len() <= 300, "no cap on pools per slice");
+    };
+    assert!(e.0 == ErrorCode::RESOURCES && e.1.contains("destroy some first"), "{e:?}");
+    assert!(!made.is_empty() && made.len() < 256, "{} made", made.len());
+    for r in made {
+        call(&n, &scs, "DestroyPool", json!([r])).await.unwrap();
+    }
+    let e = call(&n, &me, "SplitPool", json!([sub, slice_xml("plc.princeton.codeen", 8)])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::CONFLICT, "{e:?}");
+    let moved = r#"<PoolRSpec><resources mem_limit="64"/><slice_authority name="plc.princeton" url="https://evil.test/"/></PoolRSpec>"#;
+    let e = call(&n, &scs, "SplitPool", json!([pool, moved])).await.unwrap_err();
+    assert_eq!(e.0, ErrorCode::PERMISSION_DENIED, "{e:?}");
+    let same = r#"<PoolRSpec><resources mem_limit="64"/><slice_authority name="plc.princeton.cs" url="https://sa.test/rpc"/></PoolRSpec>"#;
+    let part = rcap(&n, &scs, "SplitPool", json!([pool, same])).await;
+    call(&n, &scs, "DestroyPool", json!([part])).await.unwrap();
     // Destroying the VM leaves the pool unbound; the service gives it back to its own.
     call(&n, &scs, "DestroyVM", json!(["plc_princeton_codeen"])).await.unwrap();
     call(&n, &scs, "DestroyPool", json!([sub])).await.unwrap();

@@ -115,6 +115,8 @@ fn integration_forward_reaches_a_vms_ssh_port_and_nothing_else_is_routed() {
     }
     assert_eq!(got, "vm-ssh", "the client reaches the VM's port 22 through the forward");
     assert_eq!(fetch(&client, "10.77.0.1", 22002), "", "a port with no VM forwards nowhere");
+    // Routed straight at the VM (not through a forward): dropped.
+    assert_eq!(fetch(&client, "10.213.0.2", 22), "", "the outside reached a VM port without a forward");
     // The VM cannot reach past the node: routed traffic that is not a forward is dropped.
     assert_eq!(fetch(&vm, "10.77.0.2", 80), "", "the VM reached the outside");
     // Removing the forward closes it (idempotently).

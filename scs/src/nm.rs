@@ -4,6 +4,12 @@
 use jsonrpc::{Call, ClientError};
 use plab_nm::NmClient;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a call may go unanswered: longer than the slowest Bind (a KVM guest on a host
+/// whose libvirt re-probes QEMU takes about a minute), so that a node manager that hangs
+/// cannot hold the service, and its lock, for ever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The node manager at a socket.
 #[derive(Clone)]
@@ -24,7 +30,7 @@ impl Nm {
         C::Result: Send + 'static,
     {
         let socket = self.socket.clone();
-        tokio::task::spawn_blocking(move || NmClient::connect(&socket)?.call::<C>(&params))
+        tokio::task::spawn_blocking(move || NmClient::connect_timeout(&socket, CALL_TIMEOUT)?.call::<C>(&params))
             .await
             .map_err(|e| ClientError::Transport(format!("node manager call: {e}")))?
     }

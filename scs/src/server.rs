@@ -17,6 +17,9 @@ use std::time::Duration;
 /// Largest request body.
 pub const MAX_BODY: usize = 256 << 10;
 
+/// Most connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// The endpoint's handler: the service.
 struct Endpoint(Arc<Scs>);
 
@@ -24,7 +27,15 @@ impl jsonrpc::server::Handler for Endpoint {
     type Caller = ();
     async fn call(&self, _: &(), method: &str, params: Value) -> Result<Value, RpcError> {
         match Request::decode(method, params)? {
-            Request::RedeemTicket(p) => reply::<calls::RedeemTicket>(self.0.redeem(&p.ticket).await),
+            Request::RedeemTicket(p) => {
+                // A client that hangs up must not cancel a redemption halfway (between
+                // the node manager's calls): it runs to the end on its own task.
+                let scs = self.0.clone();
+                let done = tokio::spawn(async move { scs.redeem(&p.ticket).await })
+                    .await
+                    .map_err(|e| RpcError::new(jsonrpc::ErrorCode::INTERNAL, format!("redeeming: {e}")))?;
+                reply::<calls::RedeemTicket>(done)
+            }
         }
     }
 }
@@ -67,7 +78,9 @@ pub async fn serve(scs: Arc<Scs>, listener: tokio::net::TcpListener) -> anyhow::
             }
         });
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -79,6 +92,7 @@ pub async fn serve(scs: Arc<Scs>, listener: tokio::net::TcpListener) -> anyhow::
         let acceptor = tokio_rustls::TlsAcceptor::from(config.lock().unwrap_or_else(|p| p.into_inner()).clone());
         let scs = scs.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let scs = scs.clone();

@@ -24,8 +24,9 @@ use plab_authority::types::{NodeSlice, SliverReport};
 use plab_authority::AsyncAuthorityClient;
 use plab_nm::api::{self as nm_api, calls as nm_calls, PoolInfo, VmInfo, Wanted};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vm_types::{RSpec, RSpecClass, SliceName, VmState, VmType};
 
 /// One of the owner's pools for this service.
@@ -55,9 +56,22 @@ pub struct Link {
     reporter: tokio::sync::Mutex<Option<AsyncAuthorityClient>>,
     /// What went wrong last, for the log (each distinct problem is logged once).
     last_error: Mutex<Option<String>>,
+    /// Set when the owner's pools no longer name the authority this way (removed, or
+    /// given another URL or certificate): its follower stops.
+    retired: AtomicBool,
 }
 
 impl Link {
+    /// Whether the owner's pools stopped naming this authority this way.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// Whether `other` names the same authority at the same place with the same keys.
+    fn same_as(&self, other: &Link) -> bool {
+        self.url == other.url && self.sa.der == other.sa.der && self.root_pem == other.root_pem
+    }
+
     fn pools(&self) -> Vec<PoolRef> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -111,6 +125,7 @@ fn link_of(rspec: &RSpec, rcap: &str, id: i64) -> Vec<Result<Link, String>> {
                 pools: Mutex::new(vec![PoolRef { rcap: rcap.to_owned(), id, vm_type: rspec.vm_type() }]),
                 reporter: tokio::sync::Mutex::new(None),
                 last_error: Mutex::new(None),
+                retired: AtomicBool::new(false),
             })
         })
         .collect()
@@ -136,8 +151,32 @@ pub struct Scs {
     state_file: StateFile,
 }
 
+/// What went wrong for one slice: the node manager's error code (when it gave one) and
+/// the message.
+#[derive(Debug, Clone)]
+struct Problem {
+    code: Option<ErrorCode>,
+    msg: String,
+}
+
+impl Problem {
+    /// A problem found here (not an error from the node manager).
+    fn here(msg: impl Into<String>) -> Problem {
+        Problem { code: None, msg: msg.into() }
+    }
+
+    /// A node manager call `what` that failed with `e`.
+    fn call(what: &str, e: ClientError) -> Problem {
+        Problem { code: e.code(), msg: format!("{what}: {e}") }
+    }
+}
+
 /// One reconciliation's outcome per slice: what went wrong.
-type Problems = BTreeMap<String, String>;
+type Problems = BTreeMap<String, Problem>;
+
+/// The most slices one authority's answer may give a node; a larger answer is nonsense
+/// (or an attack on the service's memory) and is refused, keeping the last good one.
+pub const MAX_SLICES: usize = 10_000;
 
 impl Scs {
     /// Starts: finds the node, makes or reads the service's key, reads the state file.
@@ -216,11 +255,31 @@ impl Scs {
             }
         }
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        // Authorities no pool names any more: their followers stop; their VMs stay until
+        // the owner removes the pools they came from.
+        links.retain(|name, l| {
+            let keep = found.contains_key(name);
+            if !keep {
+                tracing::info!(authority = %name, "no pool names this authority any more; no longer following it");
+                l.retired.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
         let mut new = Vec::new();
         for (name, l) in found {
             match links.get(&name) {
                 // Known: the pool list may have changed (the owner added or removed one).
-                Some(existing) => *existing.pools.lock().unwrap_or_else(|p| p.into_inner()) = l.pools(),
+                Some(existing) if existing.same_as(&l) => {
+                    *existing.pools.lock().unwrap_or_else(|p| p.into_inner()) = l.pools()
+                }
+                // The owner moved the authority or changed its keys: follow the new one.
+                Some(existing) => {
+                    tracing::info!(authority = %name, url = %l.url, "the owner's pools name this authority anew");
+                    existing.retired.store(true, Ordering::SeqCst);
+                    let l = Arc::new(l);
+                    links.insert(name, l.clone());
+                    new.push(l);
+                }
                 None => {
                     let l = Arc::new(l);
                     links.insert(name, l.clone());
@@ -251,12 +310,18 @@ impl Scs {
         let mut client: Option<AsyncAuthorityClient> = None;
         let mut since = self.work.lock().await.cache.get(link.name.as_str()).map_or(0, |c| c.generation);
         let mut backoff = Duration::from_secs(1);
+        // Whether the session in `client` is fresh (no answer yet): an authority that
+        // refuses a fresh session is not asked again at once.
+        let mut fresh = false;
         // The cached answer (if any) is what the node runs until the authority answers.
         self.reconcile_and_report(&link).await;
-        loop {
+        while !link.is_retired() {
             if client.is_none() {
                 match self.session(&link).await {
-                    Ok(c) => client = Some(c),
+                    Ok(c) => {
+                        client = Some(c);
+                        fresh = true;
+                    }
                     Err(e) => {
                         link.note(Some(format!("{e}; retrying in {}s", backoff.as_secs())));
                         tokio::time::sleep(backoff).await;
@@ -266,16 +331,34 @@ impl Scs {
                 }
             }
             let Some(c) = client.as_mut() else { continue };
+            let wait = if self.cfg.poll_interval_secs > 0 { 0 } else { self.cfg.poll_wait_secs };
             let params = plab_authority::types::SlicesForNodeParams {
                 node_id: self.node_id,
                 since: Some(since),
-                wait: Some(if self.cfg.poll_interval_secs > 0 { 0 } else { self.cfg.poll_wait_secs }),
+                wait: Some(wait),
             };
+            let asked = Instant::now();
             match c.request::<plab_authority::api::calls::GetSlicesForNode>(&params).await {
+                Ok(r) if r.slices.as_ref().is_some_and(|s| s.len() > MAX_SLICES) => {
+                    link.note(Some(format!(
+                        "GetSlicesForNode: the answer lists more than {MAX_SLICES} slices; keeping the last good \
+                         answer, retrying in {}s",
+                        backoff.as_secs()
+                    )));
+                    client = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
                 Ok(r) => {
                     link.note(None);
                     backoff = Duration::from_secs(1);
+                    fresh = false;
                     since = r.generation;
+                    // A long poll answered at once with nothing new: the authority does not
+                    // wait (an old server, or a broken one); do not ask it in a tight loop.
+                    if r.slices.is_none() && wait > 0 && asked.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     if let Some(slices) = r.slices {
                         let mut st = self.work.lock().await;
                         st.cache.insert(link.name.to_string(), Cached { generation: r.generation, slices });
@@ -290,8 +373,9 @@ impl Scs {
                     }
                 }
                 Err(e) => {
-                    // A session the authority no longer knows: authenticate again at once.
-                    if e.code() == Some(ErrorCode::NOT_AUTHENTICATED) {
+                    // A session the authority no longer knows: authenticate again at once
+                    // (unless it is the session just made).
+                    if e.code() == Some(ErrorCode::NOT_AUTHENTICATED) && !fresh {
                         client = None;
                         continue;
                     }
@@ -305,6 +389,7 @@ impl Scs {
                 }
             }
         }
+        tracing::info!(authority = %link.name, url = %link.url, "stopped following");
     }
 
     /// Compares the node with the wanted state every `resync_secs` for the life of the
@@ -330,6 +415,9 @@ impl Scs {
     /// Reconciles the node with what `link`'s authority (and its tickets) want, then
     /// reports the slivers to the authority.
     pub async fn reconcile_and_report(&self, link: &Link) {
+        if link.is_retired() {
+            return;
+        }
         let problems = {
             let mut st = self.work.lock().await;
             let p = self.reconcile(link, &mut st).await;
@@ -352,7 +440,7 @@ impl Scs {
             match self.desired_of(link, &s) {
                 Ok(d) => out.push(d),
                 Err(e) => {
-                    problems.insert(s.name.clone(), e);
+                    problems.insert(s.name.clone(), Problem::here(e));
                 }
             }
         }
@@ -364,7 +452,7 @@ impl Scs {
             match d {
                 Ok(d) => out.push(d),
                 Err(e) => {
-                    problems.insert(name.clone(), e);
+                    problems.insert(name.clone(), Problem::here(e));
                 }
             }
         }
@@ -399,8 +487,12 @@ impl Scs {
         let mine: Vec<&PoolInfo> = pools.iter().filter(|p| !roots.contains(&p.id) && from_ours(p)).collect();
         let vm_names: BTreeSet<&str> = mine.iter().filter_map(|p| p.vm.as_deref()).collect();
         let has_children: BTreeSet<i64> = pools.iter().filter_map(|p| p.parent).collect();
-        let loose =
-            mine.iter().filter(|p| p.vm.is_none() && !has_children.contains(&p.id)).map(|p| p.rcap.clone()).collect();
+        // Only pools the service split for slices below the authority are its to give back.
+        let loose = mine
+            .iter()
+            .filter(|p| p.vm.is_none() && !has_children.contains(&p.id) && link.name.is_above(&p.slice))
+            .map(|p| p.rcap.clone())
+            .collect();
         let have = vms
             .iter()
             .filter(|v| vm_names.contains(v.vm.as_str()))
@@ -421,12 +513,15 @@ impl Scs {
         (have, loose)
     }
 
-    /// Brings the node in line with `link`'s wanted slices. Returns what failed, by slice.
+    /// Brings the node in line with `link`'s wanted slices. Returns what failed, by slice
+    /// (in the last pass).
     async fn reconcile(&self, link: &Link, st: &mut State) -> Problems {
         let mut problems = Problems::new();
-        // A pass can leave work for the next (a destroyed VM's pools come loose): at most
-        // three passes, and only while each still finds something to do.
+        // A pass can leave work for the next (a destroyed VM's pools come loose, a slice
+        // that failed frees room another needs): at most three passes, and only while
+        // each still finds something to do.
         for _ in 0..3 {
+            problems.clear();
             let (pools, vms) = match self.node_view().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -443,12 +538,9 @@ impl Scs {
             }
             for a in actions {
                 if let Err((slice, e)) = self.apply(link, &a, st).await {
-                    tracing::warn!(authority = %link.name, "{slice}: {e}");
+                    tracing::warn!(authority = %link.name, "{slice}: {}", e.msg);
                     problems.insert(slice, e);
                 }
-            }
-            if !problems.is_empty() {
-                break;
             }
         }
         problems
@@ -461,22 +553,28 @@ impl Scs {
     }
 
     /// Splits `rspec` off one of the link's pools that can give it: the sub-pool's rcap.
-    async fn split(&self, link: &Link, rspec: &RSpec) -> Result<String, String> {
+    async fn split(&self, link: &Link, rspec: &RSpec) -> Result<String, Problem> {
         let want = rspec.vm_type();
-        let mut last =
-            format!("no pool of authority {} is for {}", link.name, want.map(|t| t.to_string()).unwrap_or_default());
+        let mut last = Problem {
+            code: Some(ErrorCode::UNSUPPORTED),
+            msg: format!(
+                "no pool of authority {} is for {}",
+                link.name,
+                want.map(|t| t.to_string()).unwrap_or_default()
+            ),
+        };
         for p in link.pools().iter().filter(|p| p.vm_type.is_none() || p.vm_type == want) {
             let params = nm_api::SplitPoolParams { rcap: p.rcap.clone(), rspec: rspec.to_xml() };
             match self.nm.call::<nm_calls::SplitPool>(params).await {
                 Ok(r) => return Ok(r.rcap),
-                Err(e) => last = format!("SplitPool: {e}"),
+                Err(e) => last = Problem::call("SplitPool", e),
             }
         }
         Err(last)
     }
 
     /// Binds `sub` to `slice`; on failure gives the pool back.
-    async fn bind(&self, sub: String, slice: &SliceName) -> Result<VmInfo, String> {
+    async fn bind(&self, sub: String, slice: &SliceName) -> Result<VmInfo, Problem> {
         let params = nm_api::BindParams { rcap: sub.clone(), slice_name: slice.clone() };
         match self.nm.call::<nm_calls::Bind>(params).await {
             Ok(v) => Ok(v),
@@ -484,15 +582,18 @@ impl Scs {
                 if let Err(de) = self.nm.call::<nm_calls::DestroyPool>(nm_api::RcapParams { rcap: sub }).await {
                     tracing::warn!(%slice, "giving back the pool of a failed Bind: {de} (it is given back next time)");
                 }
-                Err(format!("Bind: {e}"))
+                Err(Problem::call("Bind", e))
             }
         }
     }
 
-    async fn apply(&self, link: &Link, a: &Action, st: &mut State) -> Result<(), (String, String)> {
+    async fn apply(&self, link: &Link, a: &Action, st: &mut State) -> Result<(), (String, Problem)> {
         let vm_call = |vm: &str| nm_api::VmParams { vm: vm.to_owned() };
-        fn fail(slice: &str) -> impl FnOnce(String) -> (String, String) + '_ {
+        fn fail(slice: &str) -> impl FnOnce(Problem) -> (String, Problem) + '_ {
             move |e| (slice.to_owned(), e)
+        }
+        fn nm_fail<'a>(vm: &'a str, what: &'a str) -> impl FnOnce(ClientError) -> (String, Problem) + 'a {
+            move |e| (vm.to_owned(), Problem::call(what, e))
         }
         match a {
             Action::DropPool(rcap) => self
@@ -500,7 +601,7 @@ impl Scs {
                 .call::<nm_calls::DestroyPool>(nm_api::RcapParams { rcap: rcap.clone() })
                 .await
                 .map(|_| ())
-                .map_err(|e| ("(pool)".into(), format!("DestroyPool: {e}"))),
+                .map_err(nm_fail("(pool)", "DestroyPool")),
             Action::Create(d) => {
                 let rspec = RSpec { class: RSpecClass::Slice(d.vm.clone()), resources: d.resources };
                 let sub = self.split(link, &rspec).await.map_err(fail(d.name.as_str()))?;
@@ -528,24 +629,15 @@ impl Scs {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|e| (vm.clone(), format!("UpdateVM: {e}"))),
-            Action::Start(vm) => self
-                .nm
-                .call::<nm_calls::StartVM>(vm_call(vm))
-                .await
-                .map(|_| ())
-                .map_err(|e| (vm.clone(), format!("StartVM: {e}"))),
-            Action::Stop(vm) => self
-                .nm
-                .call::<nm_calls::StopVM>(vm_call(vm))
-                .await
-                .map(|_| ())
-                .map_err(|e| (vm.clone(), format!("StopVM: {e}"))),
+                .map_err(nm_fail(vm, "UpdateVM")),
+            Action::Start(vm) => {
+                self.nm.call::<nm_calls::StartVM>(vm_call(vm)).await.map(|_| ()).map_err(nm_fail(vm, "StartVM"))
+            }
+            Action::Stop(vm) => {
+                self.nm.call::<nm_calls::StopVM>(vm_call(vm)).await.map(|_| ()).map_err(nm_fail(vm, "StopVM"))
+            }
             Action::Destroy(vm) => {
-                self.nm
-                    .call::<nm_calls::DestroyVM>(vm_call(vm))
-                    .await
-                    .map_err(|e| (vm.clone(), format!("DestroyVM: {e}")))?;
+                self.nm.call::<nm_calls::DestroyVM>(vm_call(vm)).await.map_err(nm_fail(vm, "DestroyVM"))?;
                 st.slice_ids.remove(vm);
                 tracing::info!(authority = %link.name, %vm, "removed");
                 Ok(())
@@ -581,14 +673,17 @@ impl Scs {
                     state: state.into(),
                     address: v.map(|v| v.address.clone()),
                     ssh: v.map(|v| v.ssh_command.clone()),
-                    message: problems.get(d.name.as_str()).or_else(|| problems.get(&d.name.login())).cloned(),
+                    message: problems
+                        .get(d.name.as_str())
+                        .or_else(|| problems.get(&d.name.login()))
+                        .map(|p| p.msg.clone()),
                 },
             );
         }
         let failed: Vec<(String, String)> = problems
             .iter()
             .filter(|(s, _)| !out.contains_key(*s) && SliceName::parse(s).is_ok())
-            .map(|(s, e)| (s.clone(), e.clone()))
+            .map(|(s, e)| (s.clone(), e.msg.clone()))
             .collect();
         for (slice, e) in failed {
             let r = SliverReport {
@@ -620,13 +715,22 @@ impl Scs {
         let now = credentials::now();
         // Which of this node's authorities signed it (tickets are checked against the
         // certificate in the owner's pool, never against the one the ticket carries).
+        // Several pools may name authorities with the same key (an authority and one below
+        // it): the ticket's slice must be below the one that is used.
         let mut verified = None;
         let mut why = Vec::new();
+        let mut not_below = false;
         for l in self.links() {
             match t.verify(&l.sa, now) {
                 Ok(body) => {
-                    verified = Some((l, body));
-                    break;
+                    let name = SliceName::parse(&body.slice)
+                        .map_err(|e| refused(ErrorCode::INVALID_PARAMS, format!("ticket: slice: {e}")))?;
+                    if l.name.is_above(&name) {
+                        verified = Some((l, body, name));
+                        break;
+                    }
+                    not_below = true;
+                    why.push(format!("slice {name} is not below {}", l.name));
                 }
                 Err(credentials::CredentialError::Expired(m)) => {
                     return Err(refused(ErrorCode::CONFLICT, format!("ticket: {m}")))
@@ -634,25 +738,19 @@ impl Scs {
                 Err(e) => why.push(format!("{}: {e}", l.name)),
             }
         }
-        let Some((link, body)) = verified else {
-            return Err(refused(
-                ErrorCode::NOT_AUTHENTICATED,
-                format!(
-                    "ticket: not signed by a slice authority this node has a pool for ({})",
-                    if why.is_empty() { "it has none".to_string() } else { why.join("; ") }
-                ),
-            ));
+        let Some((link, body, name)) = verified else {
+            let why = if why.is_empty() { "it has none".to_string() } else { why.join("; ") };
+            return Err(if not_below {
+                refused(ErrorCode::PERMISSION_DENIED, format!("ticket: {why}, the authority this node's pool is for"))
+            } else {
+                refused(
+                    ErrorCode::NOT_AUTHENTICATED,
+                    format!("ticket: not signed by a slice authority this node has a pool for ({why})"),
+                )
+            });
         };
         if body.issued > now + 300 {
             return Err(refused(ErrorCode::CONFLICT, "ticket: issued in the future (check the clocks)"));
-        }
-        let name = SliceName::parse(&body.slice)
-            .map_err(|e| refused(ErrorCode::INVALID_PARAMS, format!("ticket: slice: {e}")))?;
-        if !link.name.is_above(&name) {
-            return Err(refused(
-                ErrorCode::PERMISSION_DENIED,
-                format!("ticket: slice {name} is not below {}, the authority this node's pool is for", link.name),
-            ));
         }
         if !body.nodes.is_empty() && !body.nodes.contains(&self.node_id) {
             return Err(refused(
@@ -698,9 +796,13 @@ impl Scs {
                     Some(b) => st.tickets.insert(name.to_string(), b),
                     None => st.tickets.remove(name.as_str()),
                 };
-                let msg = problem.cloned().unwrap_or_else(|| "the VM did not come up".into());
-                let code = if msg.contains("holds only") { ErrorCode::RESOURCES } else { ErrorCode::BACKEND };
-                Err(refused(code, format!("{name}: {msg}")))
+                let problem = problem.cloned().unwrap_or_else(|| Problem::here("the VM did not come up"));
+                let code = match problem.code {
+                    Some(c @ (ErrorCode::RESOURCES | ErrorCode::PERMISSION_DENIED | ErrorCode::UNSUPPORTED)) => c,
+                    Some(ErrorCode::INVALID_RSPEC) => ErrorCode::INVALID_RSPEC,
+                    _ => ErrorCode::BACKEND,
+                };
+                Err(refused(code, format!("{name}: {}", problem.msg)))
             }
         };
         if let Err(e) = self.state_file.save(&mut st, now) {

@@ -58,6 +58,11 @@ pub(crate) fn plan(
     if let Some(b) = t.blacklisted(slice) {
         return Err(NmError::PermissionDenied(format!("slice_name: {slice} is blacklisted on this node (entry {b})")));
     }
+    if t.is_service(slice) {
+        return Err(NmError::PermissionDenied(format!(
+            "slice_name: {slice} is one of this node's services; it runs on the node, never as a VM"
+        )));
+    }
     let RSpecClass::Slice(srs) = &pool.rspec.class else {
         return Err(NmError::InvalidRSpec(
             "rcap: the pool is a PoolRSpec; split off a slice RSpec (VServerSlice, ...) with the keys and bootscript first".into(),
@@ -71,6 +76,13 @@ pub(crate) fn plan(
     let name = slice.login();
     match t.slivers.get(&name) {
         Some(old) => {
+            // Adding to a VM is for those who may act on it already: a service cannot take
+            // over a VM the owner, the slice or another service made by binding a pool to it.
+            if !t.may_act_on(caller, old) {
+                return Err(NmError::PermissionDenied(format!(
+                    "slice_name: VM {name} exists and was not made from your pools; it is not yours to add to"
+                )));
+            }
             if old.vm.vm_type != srs.vm_type {
                 return Err(NmError::Conflict(format!(
                     "rspec: VM {name} is {}; a {} pool cannot be added to it",
@@ -347,8 +359,13 @@ mod tests {
             panic!()
         };
         t.slivers.insert(first.name.clone(), first);
+        let me = Caller::Slice(s.clone());
+        // Someone else's pool for the slice cannot be added to its VM...
+        let e = plan(&t, &caller(), &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None);
+        assert!(matches!(&e, Err(NmError::PermissionDenied(m)) if m.contains("not yours to add to")), "{e:?}");
+        // ...the slice's own can.
         let BindPlan::Add { old, new } =
-            plan(&t, &caller(), &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
+            plan(&t, &me, &pool(2, "plc.a", &vserver("plc.a", 32, true, "two")), &s, &prefix(), None).unwrap()
         else {
             panic!()
         };
@@ -417,7 +434,7 @@ mod tests {
             r#"<KvmSlice name="plc.a"><resources cpu_share="1" mem_limit="64" disk_quota="1"/></KvmSlice>"#,
         );
         assert!(
-            matches!(plan(&t, &caller(), &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added"))
+            matches!(plan(&t, &Caller::Owner, &kvm, &s, &prefix(), None), Err(NmError::Conflict(m)) if m.contains("cannot be added"))
         );
     }
 
@@ -437,6 +454,27 @@ mod tests {
             matches!(&e, NmError::PermissionDenied(m) if m.contains("blacklisted") && m.contains("entry plc")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_service_of_the_node_never_gets_a_vm() {
+        let mut t = Tables::default();
+        let scs = SliceName::parse("plc.scs").unwrap();
+        t.services.insert(scs.clone());
+        let p = pool(1, "plc.scs", &vserver("plc.scs", 64, true, "x"));
+        let e = plan(&t, &Caller::Owner, &p, &scs, &prefix(), None).unwrap_err();
+        assert!(matches!(&e, NmError::PermissionDenied(m) if m.contains("services")), "{e:?}");
+        // Nor does a slice that holds an authority's pool (a designated service).
+        let mut t = Tables::default();
+        t.insert_pool(pool(
+            2,
+            "plc.svc",
+            r#"<PoolRSpec><resources mem_limit="64"/><slice_authority name="plc" url="https://x/"/></PoolRSpec>"#,
+        ));
+        let svc = SliceName::parse("plc.svc").unwrap();
+        let e =
+            plan(&t, &Caller::Owner, &pool(3, "plc.svc", &vserver("plc.svc", 64, true, "x")), &svc, &prefix(), None);
+        assert!(matches!(&e, Err(NmError::PermissionDenied(_))), "{e:?}");
     }
 
     #[test]

@@ -30,6 +30,13 @@ impl NodeManager {
                 "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice)".into(),
             ));
         };
+        // A server certificate only for one of the node's services (a VM's slice would
+        // otherwise serve on a forwarded port with a certificate naming the node).
+        if server && !self.tables().is_service(slice) {
+            return Err(NmError::PermissionDenied(
+                "server: only the node's services (slice_uids, or holders of an authority's pool) get server certificates".into(),
+            ));
+        }
         let unavailable = |what: &std::path::Path, e: String| {
             NmError::Internal(format!(
                 "this node has no node certificate yet ({}: {e}); plab-boot writes it when the node boots",

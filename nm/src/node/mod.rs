@@ -109,6 +109,8 @@ pub(crate) struct Tables {
     pub slivers: BTreeMap<String, Sliver>,
     /// Slices and authorities the owner has barred from this node.
     pub blacklist: std::collections::BTreeSet<SliceName>,
+    /// The node's local services (`slice_uids`): slices that run as uids here, never VMs.
+    pub services: std::collections::BTreeSet<SliceName>,
 }
 
 impl Tables {
@@ -131,6 +133,14 @@ impl Tables {
     /// the same answer.
     pub fn sliver_for(&self, caller: &Caller, name: &str) -> Result<&Sliver, NmError> {
         self.slivers.get(name).filter(|s| self.may_act_on(caller, s)).ok_or_else(|| NmError::NoSuchVm(name.to_owned()))
+    }
+
+    /// Is `slice` one of the node's services: a local service (`slice_uids`), or the holder
+    /// of a pool the owner gave for an authority? Such a slice never gets a VM, whose
+    /// socket would speak with the service's identity.
+    pub fn is_service(&self, slice: &SliceName) -> bool {
+        self.services.contains(slice)
+            || self.pools.values().any(|p| &p.slice == slice && p.rspec.authorities().next().is_some())
     }
 
     /// The blacklist entry (a slice, or an authority above it) that bars `slice`, if any.
@@ -214,6 +224,7 @@ impl NodeManager {
             let rcap = Rcap::from_hex(&p.rcap).ok_or_else(|| ctx("bad rcap"))?;
             t.insert_pool(Pool { id: p.id, rcap, parent: p.parent, slice, rspec, xml: p.rspec.into(), vm: p.vm });
         }
+        t.services = cfg.slice_uids.values().cloned().collect();
         for b in store.blacklist()? {
             t.blacklist
                 .insert(SliceName::parse(&b).map_err(|e| anyhow::anyhow!("state database, blacklist {b}: {e}"))?);

@@ -20,6 +20,10 @@ pub(crate) fn parse_rspec(xml: &str) -> Result<RSpec, NmError> {
     RSpec::from_xml(xml).map_err(|e| NmError::InvalidRSpec(format!("rspec: {e}")))
 }
 
+/// Most pools one slice may hold on a node (the owner's own splits excepted): every pool
+/// costs the node manager work on every listing.
+pub const MAX_POOLS_PER_SLICE: usize = 256;
+
 fn fresh_rcap() -> Result<Rcap, NmError> {
     Rcap::generate().map_err(|e| NmError::Internal(format!("the OS random generator failed: {e}")))
 }
@@ -68,6 +72,21 @@ impl NodeManager {
         if let Some(vm) = &parent.vm {
             return Err(NmError::Conflict(format!("rcap: the pool is bound to VM {vm} and cannot be split")));
         }
+        if parent.rspec.slice().is_some() {
+            return Err(NmError::Conflict(format!(
+                "rcap: a VM's pool ({}) is not split; split the pool it came from",
+                parent.rspec.class_name()
+            )));
+        }
+        // An empty sub-pool is allowed (bound to a VM it adds keys); the cap on pools per
+        // slice below bounds how many anyone can make.
+        let owner = matches!(caller, Caller::Owner);
+        if !owner && t.pools.values().filter(|p| p.slice == parent.slice).count() >= MAX_POOLS_PER_SLICE {
+            return Err(NmError::Resources(format!(
+                "rspec: {} holds {MAX_POOLS_PER_SLICE} pools on this node already; destroy some first",
+                parent.slice
+            )));
+        }
         if let Some(limit) = parent.rspec.vm_type() {
             match &mut child.class {
                 RSpecClass::Slice(s) if s.vm_type != limit => {
@@ -87,13 +106,20 @@ impl NodeManager {
                 RSpecClass::Slice(_) => {}
             }
         }
-        let owner = matches!(caller, Caller::Owner);
-        // Only the owner designates authorities; a pool may hand on a part of its own.
-        for a in child.authorities() {
-            if !owner && !parent.rspec.authorities().any(|pa| pa.covers(a)) {
-                return Err(NmError::PermissionDenied(format!(
-                    "rspec: slice_authority {a} is not the pool's to give (only the owner designates authorities)"
-                )));
+        // Only the owner designates authorities; a pool may hand on one of its own, as it
+        // is (the same URL and certificate), for its authority or one below it.
+        if let (false, RSpecClass::Pool(cp), RSpecClass::Pool(pp)) = (owner, &child.class, &parent.rspec.class) {
+            for a in &cp.slice_authorities {
+                let given = pp
+                    .slice_authorities
+                    .iter()
+                    .any(|pa| pa.name.covers(&a.name) && pa.url == a.url && pa.certificate == a.certificate);
+                if !given {
+                    return Err(NmError::PermissionDenied(format!(
+                        "rspec: slice_authority {} is not the pool's to give (only the owner designates authorities)",
+                        a.name
+                    )));
+                }
             }
         }
         let slice = match child.slice().and_then(|s| s.name.clone()) {
