@@ -95,6 +95,30 @@ impl Sessions {
         Ok(())
     }
 
+    /// Removes the sessions that expired before `now` (anonymous callers can make them by
+    /// the thousand: they must not pile up). Returns how many went.
+    pub async fn purge_expired(&self, db: &Db, now: i64) -> Result<u64, AuthError> {
+        let n = sqlx::query(&db.q("DELETE FROM sessions WHERE expires <= ?"))
+            .bind(now)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, expires)| *expires > now);
+        Ok(n)
+    }
+
+    /// Ends every session of the services on `node` (it has a new key, or is gone).
+    pub async fn forget_node_services(&self, db: &Db, node: i64) -> Result<(), AuthError> {
+        let pattern = format!("service:%@{node}");
+        sqlx::query(&db.q("DELETE FROM sessions WHERE identity LIKE ?")).bind(pattern).execute(db.pool()).await?;
+        let suffix = format!("@{node}");
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (i, _)| !(i.starts_with("service:") && i.ends_with(&suffix)));
+        Ok(())
+    }
+
     /// Ends every session of `identity` (its certificate was replaced).
     pub async fn forget_identity(&self, db: &Db, identity: &Identity) -> Result<(), AuthError> {
         let id = identity.to_string();
@@ -156,10 +180,43 @@ async fn principal_by_name(db: &Db, name: &str, cert_der: Option<&[u8]>) -> Resu
     Ok(Principal { id: row.id, name: name.into(), org_id: row.org_id, roles })
 }
 
-async fn caller_of(db: &Db, id: Identity, cert_der: Option<&[u8]>) -> Result<Caller, AuthError> {
+/// A service speaks for its node only while the node exists and, when its chain is at hand,
+/// only under the node's current certificate: a node that booted with a new key, or was
+/// deleted, takes every certificate made with its old key with it (a stolen node key is
+/// worth nothing after the next boot).
+pub(crate) async fn check_service_node(db: &Db, node: i64, node_cert_der: Option<&[u8]>) -> Result<(), AuthError> {
+    let row: Option<(Option<String>, i64)> = sqlx::query_as(&db.q("SELECT cert, deleted FROM nodes WHERE id = ?"))
+        .bind(node)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some((cert, 0)) = row else {
+        return Err(AuthError::unauthenticated(format!(
+            "auth: node {node} is not a node of this authority (deleted?)"
+        )));
+    };
+    if let Some(der) = node_cert_der {
+        let current = cert.as_deref().and_then(|c| Cert::from_pem(c).ok()).map(|c| c.der);
+        if current.as_deref() != Some(der) {
+            return Err(AuthError::unauthenticated(format!(
+                "auth: this service certificate was made with a node certificate that node {node} no longer has (it booted with a new key)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The caller `id` speaks as; `chain` is the certificate chain it presented, when it did
+/// (a session's caller presented it when the session was made).
+async fn caller_of(db: &Db, id: Identity, chain: Option<&[Cert]>) -> Result<Caller, AuthError> {
     match id {
-        Identity::Principal(name) => Ok(Caller::Principal(principal_by_name(db, &name, cert_der).await?)),
-        Identity::Service { slice, node } => Ok(Caller::Service { slice: slice.to_string(), node }),
+        Identity::Principal(name) => {
+            Ok(Caller::Principal(principal_by_name(db, &name, chain.map(|c| c[0].der.as_slice())).await?))
+        }
+        Identity::Service { slice, node } => {
+            let node_cert = chain.map(|c| c.get(1).map(|n| n.der.as_slice()).unwrap_or_default());
+            check_service_node(db, node, node_cert).await?;
+            Ok(Caller::Service { slice: slice.to_string(), node })
+        }
         Identity::Node(n) => Err(AuthError::unauthenticated(format!(
             "auth: node {n}'s certificate certifies services on the node; it cannot call the API itself (the node's boot manager uses its HMAC)"
         ))),
@@ -189,7 +246,7 @@ pub async fn resolve(
                 )
             })?;
             let id = verify_chain(chain, roots, now).map_err(|e| AuthError::unauthenticated(format!("auth: {e}")))?;
-            caller_of(db, id, Some(&chain[0].der)).await
+            caller_of(db, id, Some(chain)).await
         }
         "session" => {
             let key = auth

@@ -125,6 +125,8 @@ impl Authority {
                     .execute(self.db.pool())
                     .await
                     .map_err(AuthError::from)?;
+                // The old key's service certificates and their sessions die with it.
+                self.sessions.forget_node_services(&self.db, n.id).await?;
                 reply::<calls::BootGetCertificate>(Ok(CertResult {
                     certificate: format!("{cert}{}", self.ca.ma.cert_pem),
                     root: self.ca.root.cert_pem.clone(),

@@ -72,7 +72,7 @@ impl Ca {
         if dir.join("root.pem").exists() {
             anyhow::bail!("{}: credentials exist already; not overwriting them", dir.display());
         }
-        std::fs::create_dir_all(&dir)?;
+        vm_types::files::private_dir(&dir, 0o700).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let rk = KeyPair::generate();
         let root = new_root(name, &rk, 3650)?;
         let make = |stem: &str, id: &Identity, profile: Profile<'_>| -> anyhow::Result<()> {

@@ -43,11 +43,31 @@ pub fn schema_version() -> usize {
     SQLITE.iter().count()
 }
 
+/// Creates the SQLite file of `url` mode 0600 when it does not exist yet (SQLite would make
+/// it, and its `-wal` and `-shm` files, with the umask's mode: every node's boot key is in
+/// it). An existing file is left as it is.
+fn create_private(url: &str) -> Result<(), DbError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(DbError(sqlx::Error::Io(std::io::Error::new(e.kind(), format!("{path}: {e}"))))),
+    }
+}
+
 impl Db {
     /// Opens `url`: `sqlite:///path/to/file.db` or `postgres://user:pass@host/db`.
     pub async fn open(url: &str) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let pg = url.starts_with("postgres");
+        if !pg {
+            create_private(url)?;
+        }
         let url = if pg || url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
         let pool = AnyPoolOptions::new()
             .max_connections(if pg { 8 } else { 4 })

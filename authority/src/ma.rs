@@ -253,6 +253,7 @@ impl Authority {
         let mut tx = self.db.begin().await?;
         sqlx::query(&self.db.q("UPDATE nodes SET deleted = 1 WHERE id = ?")).bind(n.id).execute(&mut *tx).await?;
         self.commit_change(tx).await?;
+        self.sessions.forget_node_services(&self.db, n.id).await?;
         Ok(NodeDeleted { node_id: n.id, deleted: true })
     }
 

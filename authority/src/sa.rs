@@ -148,6 +148,10 @@ impl Authority {
                 return Err(AuthError::unauthenticated(format!("certificate: not the current certificate of {name}")));
             }
         }
+        if let Identity::Service { node, .. } = &id {
+            let node_cert = chain.get(1).map(|c| c.der.as_slice()).unwrap_or_default();
+            crate::auth::check_service_node(&self.db, *node, Some(node_cert)).await?;
+        }
         let key = hex::encode(credentials::random_bytes::<32>());
         let sealed = credentials::seal::seal(&chain[0].spki, key.as_bytes())
             .map_err(|e| AuthError::invalid("certificate", e))?;
@@ -393,6 +397,25 @@ impl Authority {
             sqlx::query_as("SELECT id, authority FROM orgs").fetch_all(self.db.pool()).await?;
         if orgs.iter().any(|(_, a)| a == name.as_str()) {
             return Err(AuthError::invalid("slice_name", format!("{name} is an authority's name, not a slice's")));
+        }
+        // A node's pools and services go by names: a slice whose name extends another's (or
+        // an authority's below it, or a node service's) would be taken for it.
+        if let Some((_, a)) = orgs.iter().find(|(_, a)| SliceName::parse(a).is_ok_and(|a| name.is_above(&a))) {
+            return Err(AuthError::invalid("slice_name", format!("{name} is above the authority {a}")));
+        }
+        if self.is_node_service(name.as_str()) {
+            return Err(AuthError::invalid("slice_name", format!("{name} is the name of the nodes' service")));
+        }
+        let live: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM slices WHERE deleted = 0").fetch_all(self.db.pool()).await?;
+        let nested = live
+            .iter()
+            .filter_map(|(n,)| SliceName::parse(n).ok())
+            .find(|other| (name.is_above(other) || other.is_above(&name)) && other != &name);
+        if let Some(other) = nested {
+            return Err(AuthError::conflict(format!(
+                "slice_name: {name} extends, or is extended by, the live slice {other}; slice names do not nest"
+            )));
         }
         let org = orgs
             .iter()
@@ -692,6 +715,9 @@ impl Authority {
         loop {
             if let Err(e) = self.sweep_expired(credentials::now()).await {
                 tracing::warn!("expiry sweep: {e}");
+            }
+            if let Err(e) = self.sessions.purge_expired(&self.db, credentials::now()).await {
+                tracing::warn!("purging expired sessions: {e}");
             }
             if let Err(e) = self.refresh_generation().await {
                 tracing::warn!("reading the generation: {e}");

@@ -18,6 +18,20 @@ use tokio_rustls::TlsAcceptor;
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Most connections open at once (every node's service holds one for its long poll);
+/// more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a client may take to send a request's headers, or may keep a connection
+/// idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one connection may live (clients open another; long polls are far shorter).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(900);
+
 /// The server's TLS settings: its certificate, and client certificates optional but, when
 /// given, verified against the root.
 pub fn tls_config(a: &Authority) -> anyhow::Result<rustls::ServerConfig> {
@@ -48,7 +62,9 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
     tokio::spawn(a.clone().sweep_expiry_forever(Duration::from_secs(a.settings.sweep_secs.max(1))));
     tokio::spawn(a.clone().follow_generation());
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -61,7 +77,8 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
         let acceptor = acceptor.clone();
         let a = a.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake: {e}");
@@ -88,19 +105,32 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
                     if req.method() != Method::POST {
                         return Ok(respond(StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"POST only\"}".into()));
                     }
-                    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(_) => {
-                            let e = jsonrpc::RpcError::new(
-                                jsonrpc::ErrorCode::INVALID_REQUEST,
-                                "request refused: body larger than 1 MiB",
-                            );
-                            return Ok(respond(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string(),
-                            ));
-                        }
-                    };
+                    let body =
+                        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect())
+                            .await
+                        {
+                            Ok(Ok(b)) => b.to_bytes(),
+                            Err(_) => {
+                                let e = jsonrpc::RpcError::new(
+                                    jsonrpc::ErrorCode::INVALID_REQUEST,
+                                    format!("request refused: body not sent within {} s", BODY_TIMEOUT.as_secs()),
+                                );
+                                return Ok(respond(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string(),
+                                ));
+                            }
+                            Ok(Err(_)) => {
+                                let e = jsonrpc::RpcError::new(
+                                    jsonrpc::ErrorCode::INVALID_REQUEST,
+                                    "request refused: body larger than 1 MiB",
+                                );
+                                return Ok(respond(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    jsonrpc::server::response(serde_json::Value::Null, Err(e)).to_string(),
+                                ));
+                            }
+                        };
                     let peer = crate::api::Peer { ip: peer.ip(), chain: chain.clone() };
                     match jsonrpc::server::answer(&*a, &peer, &body).await {
                         Some(answer) => Ok(respond(StatusCode::OK, answer.to_string())),
@@ -109,8 +139,16 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
                     }
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {
-                tracing::debug!(%peer, "connection: {e}");
+            // hyper applies no timeout without a timer: a client that opens a connection
+            // and sends nothing would hold it (and a connection slot) for ever.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), svc);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, "connection: {e}"),
+                Err(_) => tracing::debug!(%peer, "connection: closed after {} s", CONNECTION_LIFETIME.as_secs()),
+                Ok(Ok(())) => {}
             }
         });
     }

@@ -28,7 +28,9 @@ pub async fn init(
     db_url: &str,
     url: &str,
 ) -> anyhow::Result<OperatorCreds> {
-    std::fs::create_dir_all(state)?;
+    // The CA's keys and the database (every node's boot key) live here: others may not
+    // even list it.
+    vm_types::files::private_dir(state, 0o700).map_err(|e| anyhow::anyhow!("{}: {e}", state.display()))?;
     let ca = Ca::init(state, name, server_names)?;
     let db = Db::open(db_url).await?;
     let now = credentials::now();

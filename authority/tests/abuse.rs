@@ -125,6 +125,19 @@ fn names_outside_authority_and_metacharacters_change_nothing() {
     assert_eq!(code(&e), -32602, "the authority itself is no slice: {e}");
     let e = op.call("AddOrg", vec![json!({"name": "evil", "authority": "com.evil"})]).unwrap_err();
     assert!(e.to_string().contains("outside this authority"), "{e}");
+    // Issue 9.6: slice names do not nest, with each other, with an authority below, or
+    // with the nodes' service.
+    pi.call("CreateSlice", vec![json!("plc.princeton.a")]).unwrap();
+    let e = pi.call("CreateSlice", vec![json!("plc.princeton.a.b")]).unwrap_err();
+    assert!(code(&e) == 4 && e.to_string().contains("do not nest"), "{e}");
+    op.call("AddOrg", vec![json!({"name": "lab", "authority": "plc.princeton.lab.x"})]).unwrap();
+    let e = pi.call("CreateSlice", vec![json!("plc.princeton.lab")]).unwrap_err();
+    assert!(code(&e) == -32602 && e.to_string().contains("above the authority plc.princeton.lab.x"), "{e}");
+    let e = op.call("CreateSlice", vec![json!("plc.scs")]).unwrap_err();
+    assert!(code(&e) == -32602 && e.to_string().contains("service"), "{e}");
+    op.call("DeleteSlice", vec![json!("plc.princeton.a")]).unwrap();
+    pi.call("CreateSlice", vec![json!("plc.princeton.a.b")]).unwrap();
+    op.call("DeleteSlice", vec![json!("plc.princeton.a.b")]).unwrap();
     for bad in
         ["plc.princeton.x'; DROP TABLE slices;--", "plc.princeton.$(reboot)", "plc.princeton.a b", "PLC.princeton.x"]
     {
@@ -241,4 +254,143 @@ fn setting_debug_contacts_the_node_which_boots_into_debug() {
     let r = op.call("UpdateNode", vec![json!(node), json!({"state": "debug"})]).unwrap();
     assert_eq!(r["contacted"], true, "a slow peer does not block the trigger: {r}");
     drop(slow);
+}
+
+/// Issue 9.11: a node key stolen from a node is worth nothing once the node boots with a
+/// new key, or is deleted: in TLS, for new sessions, and for the sessions it made.
+#[test]
+fn a_stolen_node_key_dies_when_the_node_rekeys_or_is_deleted() {
+    let h = Harness::start(Backend::Sqlite);
+    let (mut op, node, plnode) = h.one_node("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut bm = BootManager::new(PlNode::parse(&plnode).unwrap(), &h.url, &h.root, dir.path()).unwrap();
+    bm.boot(None).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let (stolen_chain, stolen_key) = (read("node-cert.pem"), read("node.key"));
+    let (svc, svc_key) = h.service_chain(&stolen_chain, &stolen_key, "plc.scs", node);
+    let ask = |c: &mut plab_authority::AuthorityClient| c.call("GetSlicesForNode", vec![json!(node), json!(0)]);
+    let mut tls = h.client(Some((&svc, &svc_key)));
+    ask(&mut tls).unwrap();
+    let mut session = h.client(None);
+    session.start_session(&svc, &svc_key).unwrap();
+    ask(&mut session).unwrap();
+
+    // The node boots again: a new key and certificate.
+    bm.boot(None).unwrap();
+    assert_ne!(read("node.key"), stolen_key, "each boot makes a new node key");
+    let e = ask(&mut h.client(Some((&svc, &svc_key)))).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("no longer has"), "{e}");
+    let e = h.client(None).call("AuthenticateCertificate", vec![json!(svc)]).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("no longer has"), "{e}");
+    let e = ask(&mut session).unwrap_err();
+    assert_eq!(code(&e), 2, "the session made with the old key died: {e}");
+    // The node's new certificate works.
+    let (svc2, svc2_key) = h.service_chain(&read("node-cert.pem"), &read("node.key"), "plc.scs", node);
+    let mut session2 = h.client(None);
+    session2.start_session(&svc2, &svc2_key).unwrap();
+    ask(&mut session2).unwrap();
+    ask(&mut h.client(Some((&svc2, &svc2_key)))).unwrap();
+
+    // Deleted: nothing made with any of its keys works.
+    op.call("DeleteNode", vec![json!(node)]).unwrap();
+    let e = ask(&mut session2).unwrap_err();
+    assert_eq!(code(&e), 2, "{e}");
+    let e = ask(&mut h.client(Some((&svc2, &svc2_key)))).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("deleted"), "{e}");
+    let e = h.client(None).call("AuthenticateCertificate", vec![json!(svc2)]).unwrap_err();
+    assert!(code(&e) == 2 && e.to_string().contains("deleted"), "{e}");
+}
+
+/// Issue 9.10: the authority's keys and its database (every node's boot key) are private
+/// from the moment they exist, whatever the umask.
+#[test]
+fn the_authoritys_secrets_are_private_from_creation() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The harness ran `init` under the test process's umask (022 for cargo test).
+    let h = Harness::start(Backend::Sqlite);
+    let state = h.state.path();
+    assert_eq!(mode(state), 0o700, "the state directory");
+    assert_eq!(mode(&state.join("ca")), 0o700, "the CA directory");
+    for key in ["root.key", "sa.key", "ma.key"] {
+        assert_eq!(mode(&state.join("ca").join(key)), 0o600, "{key}");
+    }
+    assert_eq!(mode(&state.join("a.db")), 0o600, "the database");
+    for side in ["a.db-wal", "a.db-shm"] {
+        let p = state.join(side);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{side} takes the database's mode");
+        }
+    }
+    // The node's key, written by the boot manager.
+    let (_op, _node, plnode) = h.one_node("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    BootManager::new(PlNode::parse(&plnode).unwrap(), &h.url, &h.root, dir.path()).unwrap().boot(None).unwrap();
+    assert_eq!(mode(&dir.path().join("node.key")), 0o600, "node.key");
+    assert_eq!(mode(dir.path()), 0o700, "the node's state directory");
+}
+
+/// Issue 9.13: a client that opens a connection, finishes TLS and then sends nothing is
+/// cut off (hyper sets no timeout of its own without a timer), so silent clients cannot
+/// hold every connection slot.
+#[test]
+fn a_silent_client_is_cut_off() {
+    use std::io::Read;
+    let h = Harness::start(Backend::Sqlite);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(credentials::pki::Cert::from_pem(&h.root).unwrap().der)).unwrap();
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let addr = h.url.trim_start_matches("https://").to_owned();
+    let tcp = std::net::TcpStream::connect(&addr).unwrap();
+    // Far longer than the server's header timeout: a read that times out means the
+    // server kept the silent connection open.
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(90))).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("the server sent {n} bytes to a client that asked nothing"),
+        Err(e) => assert!(
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "the server kept a silent connection open for 90 s: {e}"
+        ),
+    }
+}
+
+/// Issue 9.13: sessions are purged once expired (anonymous `AuthenticateCertificate`
+/// calls make them), and live ones stay.
+#[test]
+fn expired_sessions_are_purged() {
+    let h = Harness::start(Backend::Sqlite);
+    let now = credentials::now();
+    let id = credentials::Identity::Principal("admin".into());
+    for i in 0..50 {
+        h.rt.block_on(h.authority.sessions.create(&h.authority.db, &format!("old-{i}"), &id, now - 1)).unwrap();
+    }
+    let mut live = h.client(None);
+    live.start_session(&h.op.0, &h.op.1).unwrap();
+    // (The server's own sweep may take some first.)
+    h.rt.block_on(h.authority.sessions.purge_expired(&h.authority.db, now)).unwrap();
+    let db = &h.authority.db;
+    let (left,): (i64,) =
+        h.rt.block_on(
+            sqlx::query_as(&db.q("SELECT COUNT(*) FROM sessions WHERE expires <= ?")).bind(now).fetch_one(db.pool()),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "expired sessions left");
+    assert_eq!(h.rt.block_on(h.authority.sessions.purge_expired(&h.authority.db, now)).unwrap(), 0);
+    let mut c = h.client(None);
+    c.auth = json!({"AuthMethod": "session", "session": "old-1"});
+    let e = c.call("GetOrgs", vec![]).unwrap_err();
+    assert!(code(&e) == 2 && !e.to_string().contains("expired"), "gone, not merely expired: {e}");
+    live.call("GetOrgs", vec![]).unwrap();
 }
