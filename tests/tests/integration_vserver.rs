@@ -42,6 +42,26 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert_eq!(code, 0, "ssh failed: {out}\nNM log:\n{}", node.nm_log());
     let (_, who) = node.ssh(&key, "plc_it_demo", &addr, "id -un; hostname; ls /run/plab");
     assert_eq!(who.lines().collect::<Vec<_>>(), ["plc_it_demo", "plc-it-demo", "nm.sock"]);
+    // Issue 9.2: what a slice tries first on its way out is refused by the seccomp filter:
+    // the kernel keyrings (shared by every container of a host uid), a new user namespace,
+    // io_uring; setuid gains nothing (no_new_privileges), raw sockets need NET_RAW.
+    let probe = concat!(
+        "unshare -U true 2>/dev/null; echo unshare=$?; ",
+        "perl -e '($t, $d, $p) = (\"user\", \"plab\", \"secret\"); $r = syscall(248, $t, $d, $p, 6, -2); print \"add_key=$r errno=\", $!+0, \"\\n\"'; ",
+        "perl -e '$r = syscall(250, 0, -2); print \"keyctl=$r errno=\", $!+0, \"\\n\"'; ",
+        "perl -e '$p = \"\\0\" x 120; $r = syscall(425, 4, $p); print \"io_uring=$r errno=\", $!+0, \"\\n\"'; ",
+        "grep -E '^NoNewPrivs' /proc/self/status | tr -d ' \\t'; ",
+        "perl -MSocket -e 'socket(S, AF_INET, SOCK_RAW, 1) ? print \"raw=ok\\n\" : print \"raw=refused\\n\"'",
+    );
+    let (code, out) = node.ssh(&key, "plc_it_demo", &addr, probe);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    for want in
+        ["unshare=1", "add_key=-1 errno=1", "keyctl=-1 errno=1", "io_uring=-1 errno=1", "NoNewPrivs:1", "raw=refused"]
+    {
+        assert!(lines.contains(&want), "{want} expected in:\n{out}");
+    }
+
     // Another key does not get in.
     let other_dir = node.dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();

@@ -17,6 +17,7 @@
 //! (swap included) and a pids limit; runc translates for cgroup v1 or v2.
 
 pub mod oci;
+pub mod seccomp;
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
 use crate::host::{s, Cmd, Host, VmLink};
@@ -57,6 +58,8 @@ pub struct VserverConfig {
 pub struct VserverBackend {
     cfg: VserverConfig,
     host: Arc<dyn Host>,
+    /// The VMs' seccomp filter (from Podman's profile, read once).
+    seccomp: oci_spec::runtime::LinuxSeccomp,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
@@ -78,7 +81,8 @@ impl VserverBackend {
         }
         fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
         fs::create_dir_all(&cfg.runtime_root).map_err(io(cfg.runtime_root.display().to_string()))?;
-        Ok(VserverBackend { cfg, host })
+        let seccomp = seccomp::load(&oci::CAPABILITIES).map_err(BackendError::Unavailable)?;
+        Ok(VserverBackend { cfg, host, seccomp })
     }
 
     fn run(&self, prog: &str, args: &[&str]) -> Result<String, BackendError> {
@@ -224,7 +228,7 @@ impl VserverBackend {
         let netns = PathBuf::from("/var/run/netns").join(self.netns(&spec.name));
         let cgroup = format!("/{}", self.cgroup(&spec.name));
         let m = oci::VmMounts { rootfs: &d.join("rootfs"), plab_dir: &d.join("plab"), netns: &netns, cgroup: &cgroup };
-        let json = serde_json::to_string_pretty(&oci::config(spec, &m))
+        let json = serde_json::to_string_pretty(&oci::config(spec, &m, &self.seccomp))
             .map_err(|e| BackendError::Invalid(format!("config.json: {e}")))?;
         fs::create_dir_all(d.join("bundle")).map_err(io("bundle"))?;
         write_atomic(&d.join("bundle/config.json"), &json)
