@@ -154,7 +154,38 @@ fn only_a_management_authority_certifies_the_node_behind_a_service() {
         assert!(matches!(e, CredentialError::Untrusted(_)), "{} certificates: {e}", chain.len());
         assert!(e.to_string().contains("may not certify"), "{e}");
     }
+    // The node's old certificate (before a new key) sent after its current one: the path
+    // through the old one is valid, but the certificate that follows the leaf did not sign
+    // it, and an authority that compares that one with the node's current certificate
+    // must not be fooled.
+    let (n7_new, _) = node_cert(&ma_pem, &ma_key, 7);
+    let e = verify_chain(&bundle(&[&good, &n7_new, &ma_pem, &n7]), std::slice::from_ref(&root), now()).unwrap_err();
+    assert!(matches!(e, CredentialError::Untrusted(_)), "{e}");
     // The right certificates in the wrong order are refused too (the leaf's issuer follows it).
     let e = verify_chain(&bundle(&[&good, &ma_pem, &n7]), std::slice::from_ref(&root), now()).unwrap_err();
     assert!(matches!(e, CredentialError::Untrusted(_)), "{e}");
+}
+
+/// An authority certificate is valid from the later of its and its root's start to the
+/// earlier of their ends, both ends included.
+#[test]
+fn an_authority_certificate_is_valid_exactly_within_its_and_its_roots_periods() {
+    use credentials::pki::verify_authority;
+    let rk = KeyPair::generate();
+    let root_pem = new_root("plc", &rk, 10).unwrap();
+    let (sa_pem, _) = new_authority(&root_pem, &rk, AuthorityKind::Sa, "plc", 5).unwrap();
+    let (root, sa) = (Cert::from_pem(&root_pem).unwrap(), Cert::from_pem(&sa_pem).unwrap());
+    let period = |c: &Cert| {
+        let (_, x) = x509_parser::parse_x509_certificate(&c.der).unwrap();
+        (x.validity().not_before.timestamp(), x.validity().not_after.timestamp())
+    };
+    let ((fa, ta), (fr, tr)) = (period(&sa), period(&root));
+    let (from, to) = (fa.max(fr), ta.min(tr));
+    assert!(from < to);
+    for ok in [from, from + 1, to - 1, to] {
+        assert!(verify_authority(&sa, &root, ok).is_ok(), "at {ok} (valid {from}..={to})");
+    }
+    for bad in [from - 1, to + 1] {
+        assert!(matches!(verify_authority(&sa, &root, bad), Err(CredentialError::Expired(_))), "at {bad}");
+    }
 }
