@@ -64,15 +64,7 @@ pub async fn serve(a: Arc<Authority>, listener: TcpListener, tls: Arc<rustls::Se
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((slot, tcp, peer)) = jsonrpc::server::accept_capped(&listener, &slots).await else { return };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let a = a.clone();

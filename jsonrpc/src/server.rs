@@ -174,6 +174,25 @@ where
     }
 }
 
+/// Waits for a free connection slot of `slots`, then for a connection on `listener`
+/// (a failed accept, such as running out of file descriptors, is logged and retried after
+/// a pause). The slot is held while the permit lives; `None` once `slots` is closed.
+pub async fn accept_capped(
+    listener: &tokio::net::TcpListener,
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, tokio::net::TcpStream, std::net::SocketAddr)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => return Some((slot, tcp, peer)),
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -80,15 +80,7 @@ pub async fn serve(scs: Arc<Scs>, listener: tokio::net::TcpListener) -> anyhow::
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((slot, tcp, peer)) = jsonrpc::server::accept_capped(&listener, &slots).await else { return Ok(()) };
         let acceptor = tokio_rustls::TlsAcceptor::from(config.lock().unwrap_or_else(|p| p.into_inner()).clone());
         let scs = scs.clone();
         tokio::spawn(async move {
