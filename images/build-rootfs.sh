@@ -5,7 +5,8 @@
 #   OUT_DIR defaults to $PLAB_IMAGE_DIR or /var/cache/plab/images/vserver-bookworm.
 #
 # The result is a minimal Debian 12 (minbase) tree with busybox-static, OpenSSH's
-# server and tini as PID 1. It is built once and cached: a finished tree carries a
+# server, sudo (the slice's login is root in its VM through it) and tini as PID 1.
+# It is built once and cached: a finished tree carries a
 # stamp file whose content is a hash of this script and vserver-init.sh, so editing
 # either rebuilds it.
 # Progress goes to stderr; debootstrap's own log is kept next to the tree.
@@ -15,7 +16,7 @@ out=${1:-${PLAB_IMAGE_DIR:-/var/cache/plab/images/vserver-bookworm}}
 mirror=${PLAB_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 suite=${PLAB_DEBIAN_SUITE:-bookworm}
-packages=busybox-static,openssh-server,tini,iproute2,procps
+packages=busybox-static,openssh-server,tini,iproute2,procps,sudo
 stamp_want=$(cat "$0" "$(dirname "$0")/vserver-init.sh" | sha256sum | cut -c1-16)
 
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp_want" ]; then

@@ -19,6 +19,11 @@ if [ -z "$known" ]; then
   echo "$login:x:1000:" >> /etc/group
   echo "$login:*:19000:0:99999:7:::" >> /etc/shadow
   mkdir -p "/home/$login" && chown 1000:1000 "/home/$login"
+  # Root in its VM is the slice's (section 4.2): passwordless sudo. A container VM's root
+  # is an unprivileged host uid (its own user namespace), a hypervisor guest's is the
+  # guest's.
+  (umask 0337; echo "$login ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/plab-slice)
+  read -r host < /proc/sys/kernel/hostname && echo "127.0.1.1 $host" >> /etc/hosts
 fi
 
 mkdir -p /run/sshd

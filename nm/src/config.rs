@@ -10,6 +10,7 @@
 //! image_dir = "/var/cache/plab/images/vserver-bookworm"
 //! oci_runtime = "runc"
 //! stop_timeout_secs = 30                # a clean stop may take this long before the VM is forced off
+//! vm_uid_base = 1073741824              # container VM n's root is host uid vm_uid_base + n * 65536
 //! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
 //! node_key = "/var/lib/plab/node/node.key"
 //! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
@@ -83,6 +84,10 @@ pub struct Config {
     /// button of a hypervisor guest) before it is forced off. A stock cloud image's
     /// systemd may need most of it under TCG.
     pub stop_timeout_secs: u64,
+    /// The first host uid (and gid) of container VMs' ranges: VM number n's ids 0..65536
+    /// are host ids `vm_uid_base + n * 65536` onwards. Above every host user; on a host
+    /// with several node managers (a testbed), give each its own.
+    pub vm_uid_base: u32,
     /// The node's MA-signed certificate chain (node, MA), as plab-boot writes it.
     pub node_cert: PathBuf,
     /// The node's private key, as plab-boot writes it.
@@ -130,6 +135,7 @@ impl Default for Config {
             image_dir: "/var/cache/plab/images/vserver-bookworm".into(),
             oci_runtime: "runc".into(),
             stop_timeout_secs: 30,
+            vm_uid_base: 1 << 30,
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
             accelerator: AcceleratorSetting::Auto,
@@ -216,6 +222,12 @@ impl Config {
             || !self.instance.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             anyhow::bail!("instance: {:?} must be at most 24 of a-z, 0-9 and -", self.instance);
+        }
+        if self.vm_uid_base < 65536 {
+            anyhow::bail!(
+                "vm_uid_base: {} must be 65536 or more (lower uids are the host's own users)",
+                self.vm_uid_base
+            );
         }
         if self.ssh_port_base < 1024 {
             anyhow::bail!(

@@ -146,6 +146,7 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
                 bridge: cfg.bridge.clone(),
                 stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
                 scope: cfg.instance.clone(),
+                uid_base: cfg.vm_uid_base,
             },
             vm_types::host::linux(),
         )?;

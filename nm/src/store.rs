@@ -19,6 +19,8 @@ pub enum StoreError {
     Schema(#[from] rusqlite_migration::Error),
     /// state database: {0} changed under the node manager (expected one row)
     Lost(&'static str),
+    /// state database file {0}
+    File(String),
 }
 
 /// A pool row.
@@ -105,6 +107,17 @@ pub fn schema_version() -> usize {
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // The rcaps are capabilities: the file is the owner's alone from its creation
+        // (SQLite gives its -wal and -shm files the database's mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::File(format!("{}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

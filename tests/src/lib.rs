@@ -51,6 +51,8 @@ impl TestNode {
         let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
         assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
         let dir = tempfile::tempdir().unwrap();
+        // Container VMs' roots (unprivileged host uids) pass through to their directories.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         std::fs::write(dir.path().join("nm.toml"), config).unwrap();
         let mut n = TestNode { netns, dir, nm: None };
         n.start_nm();

@@ -367,8 +367,10 @@ impl Testbed {
                 format!(
                     "state_dir = \"{d}/nm\"\nsocket = \"{d}/nm.sock\"\nnode_netns = \"{ns}\"\nvm_prefix = \"10.213.0.0/24\"\n\
                      node_cert = \"{d}/node/node-cert.pem\"\nnode_key = \"{d}/node/node.key\"\npublic_address = \"{addr}\"\n\
-                     guest_dir = \"{g}\"\nstop_timeout_secs = 60\ninstance = \"t{tag}n{n}\"\n{fake}[slice_uids]\n{SCS_UID} = \"plc.scs\"\n",
+                     guest_dir = \"{g}\"\nstop_timeout_secs = 60\ninstance = \"t{tag}n{n}\"\nvm_uid_base = {uids}\n{fake}[slice_uids]\n{SCS_UID} = \"plc.scs\"\n",
                     n = i + 1,
+                    // Each node's VMs a uid range of their own (a /24 holds at most 256).
+                    uids = (1u32 << 30) + ((i as u32 + 1) << 24),
                     d = ndir.display(),
                     g = guest_dir.display(),
                 ),

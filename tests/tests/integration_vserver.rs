@@ -7,6 +7,7 @@
 use plab_nm::NmClient;
 use plab_tests::{assert_exit, assert_key_refused, keypair, mounts_under, prerequisites, TestNode};
 use serde_json::json;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 fn slice_rspec(slice: &str, key: &str, mem: u32, disk: &str) -> String {
@@ -43,22 +44,19 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let (_, who) = node.ssh(&key, "plc_it_demo", &addr, "id -un; hostname; ls /run/plab");
     assert_eq!(who.lines().collect::<Vec<_>>(), ["plc_it_demo", "plc-it-demo", "nm.sock"]);
     // Issue 9.2: what a slice tries first on its way out is refused by the seccomp filter:
-    // the kernel keyrings (shared by every container of a host uid), a new user namespace,
-    // io_uring; setuid gains nothing (no_new_privileges), raw sockets need NET_RAW.
+    // the kernel keyrings, a new user namespace, io_uring; raw sockets need NET_RAW. (Root
+    // in the VM, through sudo, is tried in the user namespace test below.)
     let probe = concat!(
         "unshare -U true 2>/dev/null; echo unshare=$?; ",
         "perl -e '($t, $d, $p) = (\"user\", \"plab\", \"secret\"); $r = syscall(248, $t, $d, $p, 6, -2); print \"add_key=$r errno=\", $!+0, \"\\n\"'; ",
         "perl -e '$r = syscall(250, 0, -2); print \"keyctl=$r errno=\", $!+0, \"\\n\"'; ",
         "perl -e '$p = \"\\0\" x 120; $r = syscall(425, 4, $p); print \"io_uring=$r errno=\", $!+0, \"\\n\"'; ",
-        "grep -E '^NoNewPrivs' /proc/self/status | tr -d ' \\t'; ",
         "perl -MSocket -e 'socket(S, AF_INET, SOCK_RAW, 1) ? print \"raw=ok\\n\" : print \"raw=refused\\n\"'",
     );
     let (code, out) = node.ssh(&key, "plc_it_demo", &addr, probe);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
-    for want in
-        ["unshare=1", "add_key=-1 errno=1", "keyctl=-1 errno=1", "io_uring=-1 errno=1", "NoNewPrivs:1", "raw=refused"]
-    {
+    for want in ["unshare=1", "add_key=-1 errno=1", "keyctl=-1 errno=1", "io_uring=-1 errno=1", "raw=refused"] {
         assert!(lines.contains(&want), "{want} expected in:\n{out}");
     }
 
@@ -139,6 +137,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
         // The kernel refuses to grow a mounted filesystem on hosts without CAP_SYS_RESOURCE
         // (some sandboxes and nested CI runners): the disk then grows at the next start,
         // and until then status shows the disk as it is.
+        eprintln!("the disk did not grow online; NM log:\n{}", node.nm_log());
         let quota = (1u64 << 30) / 10; // 0.1 GB
         let disk: u64 = st["details"]["disk_bytes"].as_str().unwrap().parse().unwrap();
         assert!(disk < quota, "not grown online, so the disk is still the old size: {st}");
@@ -149,7 +148,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
         assert_eq!(st["details"]["disk_bytes"], quota.to_string(), "grown at the restart: {st}");
         after = df(&node);
     }
-    assert!(after >= before + 40, "the filesystem grew from {before} MB to {after} MB");
+    assert!(after >= before + 40, "the filesystem grew from {before} MB to {after} MB\n{}", node.nm_log());
     let (code, out) =
         node.ssh(&key, "plc_it_demo", &addr, "dd if=/dev/zero of=$HOME/fill bs=1M count=70 2>&1; rm -f $HOME/fill");
     assert_eq!(code, 0, "70 MB fit now: {out}");
@@ -178,6 +177,121 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("plab-{name}")));
     assert!(c.call_value("ListVMs", json!({})).unwrap()["vms"].as_array().unwrap().is_empty());
+}
+
+/// The host uid range a VM's root is, from `/proc/self/uid_map` as read inside it.
+fn host_base(uid_map: &str) -> u32 {
+    let f: Vec<u32> = uid_map.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    assert_eq!((f.len(), f[0], f[2]), (3, 0, 65536), "one range of 65536 ids from VM uid 0: {uid_map}");
+    f[1]
+}
+
+#[test]
+fn integration_vserver_user_namespaces_sudo_and_isolation_between_vms() {
+    prerequisites();
+    let node = TestNode::new("userns");
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="1024"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
+    let mut vms = Vec::new();
+    for slice in ["plc.it.alpha", "plc.it.beta"] {
+        let sub = c.call_str("SplitPool", json!([root, slice_rspec(slice, &public, 256, "0.1")]), "rcap").unwrap();
+        let vm = c.call_value("Bind", json!([sub, slice])).unwrap();
+        let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+        assert_eq!(node.ssh_ready(&key, &name, &addr).0, 0, "ssh into {name}:\n{}", node.nm_log());
+        vms.push((name, addr));
+    }
+    let ((a, a_addr), (b, b_addr)) = (&vms[0], &vms[1]);
+    let ssh = |vm: &str, addr: &str, cmd: &str| {
+        let (code, out) = node.ssh(&key, vm, addr, cmd);
+        assert_eq!(code, 0, "{cmd} in {vm}: {out}");
+        out
+    };
+
+    // 9.1: each VM's ids are a host range of their own, above every host user, apart
+    // from the other VM's; root in the VM (through sudo, 9.3) is the start of that range.
+    let out =
+        ssh(a, a_addr, "cat /proc/self/uid_map; sudo -n id -u; sudo -n cat /proc/self/uid_map /proc/self/gid_map");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let base_a = host_base(lines[0]);
+    assert_eq!(lines[1], "0", "passwordless sudo gives the slice root in its VM: {out}");
+    assert_eq!((host_base(lines[2]), host_base(lines[3])), (base_a, base_a), "{out}");
+    let base_b = host_base(&ssh(b, b_addr, "cat /proc/self/uid_map"));
+    assert!(base_a >= 65536 && base_b >= 65536, "VM ids are no host user's: {base_a} {base_b}");
+    assert!(base_a.abs_diff(base_b) >= 65536, "the VMs' ranges do not overlap: {base_a} {base_b}");
+    // Seen from the host, the VM's processes are its range's, never root.
+    for (vm, base) in [(a, base_a), (b, base_b)] {
+        let pid = c.call_value("VmStatus", json!([vm])).unwrap()["details"]["pid"].as_str().unwrap().to_owned();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(uid.split_whitespace().nth(1), Some(base.to_string().as_str()), "{vm}'s init on the host: {uid}");
+    }
+
+    // Root in a VM, tried: every one of these is refused (mount, a new user namespace, the
+    // keyrings, writing kernel settings) or shows nothing of the host or the other VMs (the
+    // host's cgroups and interfaces, in the read-only /sys).
+    let probe = concat!(
+        "sudo -n mount -t tmpfs t /mnt 2>/dev/null; echo mount=$?; ",
+        "sudo -n unshare -U true 2>/dev/null; echo unshare=$?; ",
+        "sudo -n perl -e '($t, $d, $p) = (\"user\", \"plab\", \"secret\"); $r = syscall(248, $t, $d, $p, 6, -2); print \"add_key=$r errno=\", $!+0, \"\\n\"'; ",
+        "sudo -n sh -c 'echo 1 > /proc/sys/kernel/sysrq' 2>/dev/null; echo sysrq=$?; ",
+        "sudo -n sh -c 'echo x > /sys/kernel/uevent_helper' 2>/dev/null; echo sys=$?; ",
+        "echo cgroups=$(ls /sys/fs/cgroup | wc -l) links=$(ls /sys/class/net | wc -l); ",
+        "sudo -n touch /etc/made-by-root && stat -c 'owner=%u:%g' /etc/made-by-root",
+    );
+    let out = ssh(a, a_addr, probe);
+    let lines: Vec<&str> = out.lines().collect();
+    for want in ["mount=32", "unshare=1", "add_key=-1 errno=1", "sysrq=2", "sys=2", "cgroups=0 links=0", "owner=0:0"] {
+        assert!(lines.contains(&want), "{want} expected in:\n{out}");
+    }
+    // What root in the VM writes is its range's on the host disk.
+    let made = node.state().join("vms").join(a).join("disk/upper/etc/made-by-root");
+    let m = std::fs::metadata(&made).unwrap();
+    assert_eq!((m.uid(), m.gid()), (base_a, base_a), "{}", made.display());
+
+    // The shared image is seen read-only, even by host root, through the VM's directory:
+    // an `rm -rf` of the state directory cannot empty it.
+    let lower = node.state().join("vms").join(a).join("lower/etc/hostname");
+    let e = std::fs::remove_file(&lower).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{}: {e}", lower.display());
+
+    // The other VM's files: root in B keeps a secret; A's root, even escaped to the host
+    // as its host uid, cannot read it (and inside A, nothing of B is mounted).
+    ssh(b, b_addr, "sudo -n sh -c 'umask 077; echo b-secret > /root/secret'");
+    let secret = node.state().join("vms").join(b).join("rootfs/root/secret");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), "b-secret");
+    assert_eq!(std::fs::metadata(&secret).unwrap().uid(), base_b);
+    let escaped = Command::new("setpriv")
+        .args(["--reuid", &base_a.to_string(), "--regid", &base_a.to_string(), "--clear-groups", "cat"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(!escaped.status.success(), "A's host uid read B's secret");
+    assert!(String::from_utf8_lossy(&escaped.stderr).contains("Permission denied"), "{escaped:?}");
+    let out = ssh(a, a_addr, "sudo -n grep -rls b-secret /root /home /etc /var /tmp; echo found=$?");
+    assert!(out.lines().any(|l| l == "found=1") && !out.contains("/secret"), "{out}");
+
+    // inotify (9.5): 200 watchers in A get at most A's own share; B and the host (the node
+    // manager) can still make theirs while A holds every one it got.
+    let hold = concat!(
+        "for i in $(seq 200); do tail -f /etc/hostname >/dev/null 2>&1 & done; ",
+        "nohup perl -e 'for (1..200) { $r = syscall(294, 0); last if $r < 0; $n++ } ",
+        "open(F, \">/tmp/inotify\"); print F \"$n\\n\"; close F; sleep 60' >/dev/null 2>&1 & ",
+        "sleep 1; cat /tmp/inotify",
+    );
+    let got: u32 = ssh(a, a_addr, hold).trim().parse().unwrap();
+    assert!(got < 200, "A is held to its limit, got {got}");
+    eprintln!("inotify instances one VM got of 200 tried: {got}");
+    let b_out =
+        ssh(b, b_addr, "perl -e '$r = syscall(294, 0); print \"inotify=\", ($r >= 0 ? \"ok\" : $!+0), \"\\n\"'");
+    assert_eq!(b_out.trim(), "inotify=ok", "B still gets an inotify instance");
+    // SAFETY: a plain system call with no pointers; the descriptor is closed right after.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(fd >= 0, "the host still gets an inotify instance: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by inotify_init1 and is owned here.
+    unsafe { libc::close(fd) };
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! recording double logs the `ip` command equivalent to each one.
 
 use crate::backend::BackendError;
+pub use crate::idmap::IdMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,6 +90,19 @@ pub trait Host: Send + Sync {
             self.run(&Cmd::new("ip").args(["netns", "del", name]))?;
         }
         Ok(())
+    }
+
+    /// Mounts at `dst` a read-only clone of the tree at `src` whose owners appear shifted by `map`
+    /// (an idmapped mount, see [`crate::idmap`]).
+    fn idmapped_bind(&self, src: &Path, dst: &Path, map: IdMap) -> Result<(), BackendError> {
+        let _ = (src, dst, map);
+        Err(BackendError::Unavailable("this host cannot make idmapped mounts".into()))
+    }
+
+    /// Sets sysctl `key` (dotted, `net.ipv4.ip_unprivileged_port_start`) to `value` in the
+    /// named network namespace.
+    fn netns_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), BackendError> {
+        self.run(&Cmd::new("ip").args(["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])).map(|_| ())
     }
 
     /// Puts interface `dev` on `bridge` and brings it up.
@@ -206,7 +220,10 @@ impl Host for LinuxHost {
     }
 
     fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A VM's console may print what its bootscript holds: the owner's alone.
         let f = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .open(log)
@@ -250,6 +267,22 @@ impl Host for LinuxHost {
     #[cfg(feature = "netlink")]
     fn move_link(&self, dev: &str, from: &Path, to: &str) -> Result<(), BackendError> {
         crate::netlink::move_link(dev, from, to)
+    }
+
+    #[cfg(feature = "netlink")]
+    fn idmapped_bind(&self, src: &Path, dst: &Path, map: IdMap) -> Result<(), BackendError> {
+        crate::idmap::bind(src, dst, map).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "idmapped mount of {} at {}: {e} (needs Linux 5.12 or later and a filesystem that supports idmapped mounts, such as ext4, xfs, btrfs or, from Linux 6.3, tmpfs)",
+                src.display(),
+                dst.display()
+            ))
+        })
+    }
+
+    #[cfg(feature = "netlink")]
+    fn netns_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), BackendError> {
+        crate::netlink::sysctl(netns, key, value)
     }
 
     fn is_mounted(&self, path: &Path) -> bool {
@@ -447,7 +480,15 @@ pub mod recording {
 
         fn run_logged(&self, cmd: &Cmd, log: &Path) -> Result<bool, BackendError> {
             match self.outcome(cmd) {
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    // Like an OCI runtime's `create --pid-file FILE`.
+                    if let Some(i) = cmd.args.iter().position(|a| a == "--pid-file") {
+                        if let Some(file) = cmd.args.get(i + 1) {
+                            std::fs::write(file, "4242").map_err(|e| BackendError::Io(file.clone(), e))?;
+                        }
+                    }
+                    Ok(true)
+                }
                 Err(message) => {
                     use std::io::Write;
                     let mut f = std::fs::OpenOptions::new()
@@ -463,6 +504,13 @@ pub mod recording {
 
         fn is_mounted(&self, path: &Path) -> bool {
             self.lock().mounted.contains(path)
+        }
+
+        fn idmapped_bind(&self, src: &Path, dst: &Path, map: super::IdMap) -> Result<(), BackendError> {
+            let cmd = Cmd::new("idmapped-bind").arg(src).arg(format!("{}:{}", map.host_base, map.count)).arg(dst);
+            self.run(&cmd).map(|_| ())?;
+            self.lock().mounted.insert(dst.to_path_buf());
+            Ok(())
         }
 
         fn netns_exists(&self, name: &str) -> bool {

@@ -122,6 +122,23 @@ pub fn netns_add(name: &str) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Sets sysctl `key` (dotted) to `value` inside named network namespace `name`: from a
+/// thread that joins the namespace (`/proc/sys/net` shows the reader's namespace).
+pub fn sysctl(name: &str, key: &str, value: &str) -> Result<(), BackendError> {
+    let ns =
+        std::fs::File::open(ns_path(name)).map_err(|e| BackendError::Io(ns_path(name).display().to_string(), e))?;
+    let file = Path::new("/proc/sys").join(key.replace('.', "/"));
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), BackendError> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| BackendError::Command { command: format!("setns {name}"), message: e.to_string() })?;
+            std::fs::write(&file, value).map_err(|e| BackendError::Io(format!("{} in {name}", file.display()), e))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(BackendError::Internal("the sysctl thread panicked".into())))
+    })
+}
+
 /// Removes named network namespace `name`, as `ip netns del` does; the namespace itself
 /// goes when its last process does.
 pub fn netns_del(name: &str) -> Result<(), BackendError> {
@@ -149,7 +166,10 @@ fn parse_mac(mac: &str) -> Result<Vec<u8>, BackendError> {
 /// Makes sure a VM's network is in place, idempotently (see [`VmLink`]).
 pub fn vm_network(link: &VmLink<'_>) -> Result<(), BackendError> {
     let VmLink { netns, host_if, bridge, mac, address, prefix_len, gateway } = *link;
-    if !netns_exists(netns) {
+    // A host end left from an earlier namespace of this name (one that a crash or an
+    // operator removed) has its peer elsewhere: made again with the new namespace.
+    let fresh = !netns_exists(netns);
+    if fresh {
         netns_add(netns)?;
     }
     let ns = File::open(ns_path(netns)).map_err(|e| BackendError::Io(ns_path(netns).display().to_string(), e))?;
@@ -160,7 +180,11 @@ pub fn vm_network(link: &VmLink<'_>) -> Result<(), BackendError> {
     netlink(None, |h| async move {
         let bridge_index =
             index_of(&h, bridge).await?.ok_or_else(|| format!("the node bridge {bridge} does not exist"))?;
-        let host_index = match index_of(&h, host_if).await? {
+        let existing = index_of(&h, host_if).await?;
+        if let (Some(i), true) = (existing, fresh) {
+            h.link().del(i).execute().await.map_err(err(format!("link del {host_if} (left from an old namespace)")))?;
+        }
+        let host_index = match existing.filter(|_| !fresh) {
             Some(i) => i,
             None => {
                 let peer = LinkUnspec::new_with_name("eth0").address(mac).setns_by_fd(ns_fd).build();

@@ -211,9 +211,13 @@ impl NodeManager {
     /// [`NodeManager::reconcile`] for that.
     pub fn open(cfg: Config, registry: Registry) -> anyhow::Result<Arc<NodeManager>> {
         cfg.validate()?;
+        // Searchable but not listable by others: container VMs' roots are unprivileged
+        // host uids, and runc, working as one, must reach the VM's directory and socket
+        // below. What is private here stays so by its own mode (nm.db is 0600).
         std::fs::create_dir_all(&cfg.state_dir)?;
-        set_mode(&cfg.state_dir, 0o700)?;
+        set_mode(&cfg.state_dir, 0o711)?;
         std::fs::create_dir_all(cfg.state_dir.join("sockets"))?;
+        set_mode(&cfg.state_dir.join("sockets"), 0o711)?;
         let store = Store::open(&cfg.state_dir.join("nm.db"))?;
         let (pools, vms) = store.load()?;
         let mut t = Tables::default();

@@ -6,8 +6,10 @@
 //! |---------------|------|
 //! | `disk.img`    | sparse ext4 image of `disk_quota` bytes: the VM's writable layer, so writing past the quota fails with ENOSPC |
 //! | `disk/`       | where `disk.img` is loop-mounted (`upper/`, `work/` of the overlay) |
-//! | `rootfs/`     | overlay of the shared read-only image and `disk/upper`: the VM's `/` |
-//! | `plab/`       | node-manager-owned files, read-only at `/etc/plab` in the VM: `login`, `keys/<login>`, `bootscript`, `ssh_host_ed25519_key` (0600, see [`crate::host_key`]) |
+//! | `lower/`      | the shared read-only image, idmapped into the VM's uid range |
+//! | `rootfs/`     | overlay of `lower/` and `disk/upper`: the VM's `/` |
+//! | `plab/`       | node-manager-owned files: `login`, `keys/<login>`, `bootscript`, `ssh_host_ed25519_key` (0600, see [`crate::host_key`]) |
+//! | `etc-plab/`   | `plab/` idmapped into the VM's uid range, read-only at `/etc/plab` in the VM |
 //! | `bundle/`     | the OCI bundle (`config.json`) |
 //! | `console.log` | everything the VM's init and bootscript print |
 //!
@@ -15,12 +17,20 @@
 //! `pv<index>` joins the node bridge and whose VM end is `eth0` with the VM's address.
 //! cgroups: `/plab/<name>` with `cpu.shares` (v1) or `cpu.weight` (v2), the memory limit
 //! (swap included) and a pids limit; runc translates for cgroup v1 or v2.
+//!
+//! Users: every VM has a user namespace of its own. VM number n's ids 0..65536 are host
+//! ids `uid_base + n * 65536` onwards ([`VM_IDS`]): root in the VM is an unprivileged host
+//! uid that owns nothing outside the VM's disk. The shared image and `plab/` (written by
+//! the node manager as host root) are seen through idmapped mounts, so they appear owned
+//! by the VM's root without a file being copied or chowned; the files the VM writes land
+//! on its disk with host ids from its range. The node manager's VM number is unique among
+//! its VMs and is reused only once the VM is destroyed, and with it the range.
 
 pub mod oci;
 pub mod seccomp;
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
-use crate::host::{s, Cmd, Host, VmLink};
+use crate::host::{s, Cmd, Host, IdMap, VmLink};
 use crate::vm_type::VmType;
 use oci_spec::runtime::{ContainerState, State};
 use std::collections::BTreeMap;
@@ -32,6 +42,20 @@ use std::time::{Duration, Instant};
 
 /// Smallest disk a VM can have: ext4 needs room for its own metadata.
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
+
+/// A VM directory's mount points, the overlay first (it holds the others).
+const MOUNTS: [&str; 4] = ["rootfs", "lower", "etc-plab", "disk"];
+
+/// inotify instances a VM may hold (all its users together): Debian's per-user default.
+/// The kernel counts them per user namespace, and above it against the host uid that made
+/// the namespace (root, for every VM): see [`VserverBackend::check`].
+pub const INOTIFY_INSTANCES: u32 = 128;
+
+/// inotify watches a VM may hold.
+pub const INOTIFY_WATCHES: u32 = 65536;
+
+/// Host uids (and gids) each VM's user namespace maps: 0..65536 in the VM.
+pub const VM_IDS: u32 = 65536;
 
 /// Settings of the container backend.
 #[derive(Debug, Clone)]
@@ -52,6 +76,8 @@ pub struct VserverConfig {
     /// another's on the same host (a testbed of several nodes on one machine); empty on a
     /// host with one node manager.
     pub scope: String,
+    /// The first host uid/gid of VM ranges: VM number n maps to `uid_base + n * VM_IDS`.
+    pub uid_base: u32,
 }
 
 /// The container backend.
@@ -79,8 +105,24 @@ impl VserverBackend {
                 )));
             }
         }
-        fs::create_dir_all(&cfg.vm_dir).map_err(io(cfg.vm_dir.display().to_string()))?;
-        fs::create_dir_all(&cfg.runtime_root).map_err(io(cfg.runtime_root.display().to_string()))?;
+        // Searchable, not listable, by others: runc sets up each VM's root as the VM's
+        // root (an unprivileged host uid), which must reach its directory.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&cfg.vm_dir)
+                .map_err(io(cfg.vm_dir.display().to_string()))?;
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&cfg.runtime_root)
+                .map_err(io(cfg.runtime_root.display().to_string()))?;
+        }
         let seccomp = seccomp::load(&oci::CAPABILITIES).map_err(BackendError::Unavailable)?;
         Ok(VserverBackend { cfg, host, seccomp })
     }
@@ -91,6 +133,22 @@ impl VserverBackend {
 
     fn dir(&self, name: &str) -> PathBuf {
         self.cfg.vm_dir.join(name)
+    }
+
+    /// The VM's host uid/gid range (see the module's documentation).
+    pub fn ids(&self, spec: &VmSpec) -> Result<IdMap, BackendError> {
+        let index = spec.network.index;
+        index
+            .checked_mul(VM_IDS)
+            .and_then(|o| o.checked_add(self.cfg.uid_base))
+            .filter(|b| b.checked_add(VM_IDS).is_some())
+            .map(|host_base| IdMap { host_base, count: VM_IDS })
+            .ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "VM number {index} has no host uid range left above vm_uid_base {}",
+                    self.cfg.uid_base
+                ))
+            })
     }
 
     /// The VM's network namespace (host-wide name).
@@ -186,26 +244,62 @@ impl VserverBackend {
         set_len(quota)
     }
 
-    /// Loop-mounts the VM disk and mounts the overlay root. Idempotent.
-    fn mount(&self, name: &str) -> Result<(), BackendError> {
+    /// Loop-mounts the VM disk, mounts the image and the node manager's files idmapped
+    /// into the VM's range, and the overlay root. Idempotent.
+    fn mount(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        let (name, ids) = (&spec.name, self.ids(spec)?);
         let d = self.dir(name);
         let (img, disk, rootfs) = (d.join("disk.img"), d.join("disk"), d.join("rootfs"));
         if !self.host.is_mounted(&disk) {
             self.run("mount", &["-o", "loop,nodev,nosuid", &s(&img), &s(&disk)])?;
         }
-        for sub in ["upper", "work"] {
-            fs::create_dir_all(disk.join(sub)).map_err(io(format!("{name}: disk/{sub}")))?;
+        // The overlay's root directory is `upper`'s: the VM's root must own it. The work
+        // directory is the kernel's (it works there as the mounter, host root).
+        self.own_upper(name, &disk.join("upper"), ids)?;
+        fs::create_dir_all(disk.join("work")).map_err(io(format!("{name}: disk/work")))?;
+        for (src, dst) in [(self.cfg.image_dir.clone(), d.join("lower")), (d.join("plab"), d.join("etc-plab"))] {
+            if !self.host.is_mounted(&dst) {
+                fs::create_dir_all(&src).map_err(io(format!("{name}: {}", src.display())))?;
+                fs::create_dir_all(&dst).map_err(io(format!("{name}: {}", dst.display())))?;
+                self.host.idmapped_bind(&src, &dst, ids)?;
+            }
         }
         if !self.host.is_mounted(&rootfs) {
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
-                s(&self.cfg.image_dir),
+                s(&d.join("lower")),
                 s(&disk.join("upper")),
                 s(&disk.join("work"))
             );
             self.run("mount", &["-t", "overlay", "overlay", "-o", &opts, &s(&rootfs)])?;
         }
         Ok(())
+    }
+
+    /// Makes the overlay's upper directory (the VM's `/`) its root's. A disk whose files
+    /// belong to another range (one made before VMs had user namespaces, whose files are
+    /// host ids 0..65536, or under another `vm_uid_base`) is shifted into this one, once.
+    fn own_upper(&self, name: &str, upper: &Path, ids: IdMap) -> Result<(), BackendError> {
+        use std::os::unix::fs::MetadataExt;
+        let io_upper = |e| BackendError::Io(format!("{name}: disk/upper"), e);
+        match fs::symlink_metadata(upper) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(upper).map_err(io_upper)?;
+                self.run("chown", &[&format!("{0}:{0}", ids.host_base), &s(upper)]).map(|_| ())
+            }
+            Err(e) => Err(io_upper(e)),
+            Ok(m) if m.uid() == ids.host_base => Ok(()),
+            Ok(m) => {
+                let from = IdMap { host_base: m.uid(), count: VM_IDS };
+                tracing::info!(
+                    vm = name,
+                    from = from.host_base,
+                    to = ids.host_base,
+                    "shifting the VM's files into its uid range"
+                );
+                shift_owners(upper, from, ids).map_err(io_upper)
+            }
+        }
     }
 
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
@@ -220,14 +314,24 @@ impl VserverBackend {
             address: n.address,
             prefix_len: n.prefix_len,
             gateway: n.gateway,
-        })
+        })?;
+        // The namespace belongs to the host's user namespace, not the VM's, so the VM's
+        // root may not bind ports below 1024 in it (sshd's 22) unless they are open to
+        // every uid there: only the VM's own uids are.
+        self.host.netns_sysctl(&netns, "net.ipv4.ip_unprivileged_port_start", "0")
     }
 
     fn write_config(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let d = self.dir(&spec.name);
         let netns = PathBuf::from("/var/run/netns").join(self.netns(&spec.name));
         let cgroup = format!("/{}", self.cgroup(&spec.name));
-        let m = oci::VmMounts { rootfs: &d.join("rootfs"), plab_dir: &d.join("plab"), netns: &netns, cgroup: &cgroup };
+        let m = oci::VmMounts {
+            rootfs: &d.join("rootfs"),
+            plab_dir: &d.join("etc-plab"),
+            netns: &netns,
+            cgroup: &cgroup,
+            ids: self.ids(spec)?,
+        };
         let json = serde_json::to_string_pretty(&oci::config(spec, &m, &self.seccomp))
             .map_err(|e| BackendError::Invalid(format!("config.json: {e}")))?;
         fs::create_dir_all(d.join("bundle")).map_err(io("bundle"))?;
@@ -244,11 +348,24 @@ impl VserverBackend {
             )));
         }
         let d = self.dir(&spec.name);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(0o711).create(&d).map_err(io(format!("{}: its directory", spec.name)))?;
+        }
         for sub in ["disk", "rootfs", "bundle"] {
             fs::create_dir_all(d.join(sub)).map_err(io(format!("{}: {sub}", spec.name)))?;
         }
         let img = d.join("disk.img");
-        fs::File::create(&img).and_then(|f| f.set_len(quota)).map_err(io("disk.img"))?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&img)
+                .and_then(|f| f.set_len(quota))
+                .map_err(io("disk.img"))?;
+        }
         self.run(
             "mkfs.ext4",
             &["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "plab-vm", &s(&img)],
@@ -277,13 +394,34 @@ impl VserverBackend {
         let offset = self.console_offset(name);
         // The runtime hands its stdio to the VM's init, so stdout/stderr go straight to the
         // console log (a file, never a pipe that would keep us waiting).
-        let create = self.runtime_cmd(&["create", "--bundle", &s(&d.join("bundle")), name]);
+        let pid_file = d.join("init.pid");
+        let create =
+            self.runtime_cmd(&["create", "--bundle", &s(&d.join("bundle")), "--pid-file", &s(&pid_file), name]);
         if !self.host.run_logged(&create, &log)? {
             return Err(BackendError::Command {
                 command: format!("{} create {name}", self.cfg.runtime),
                 message: self.console_since(name, offset),
             });
         }
+        // The VM's namespaces exist and nothing of it runs yet: set its limits first.
+        let pid = fs::read_to_string(&pid_file).map_err(io(format!("{name}: init.pid")))?;
+        let pid = pid.trim();
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BackendError::Internal(format!("{} create {name} wrote no pid: {pid:?}", self.cfg.runtime)));
+        }
+        self.run(
+            "nsenter",
+            &[
+                "--target",
+                pid,
+                "--user",
+                "--",
+                "sysctl",
+                "-qw",
+                &format!("user.max_inotify_instances={INOTIFY_INSTANCES}"),
+                &format!("user.max_inotify_watches={INOTIFY_WATCHES}"),
+            ],
+        )?;
         self.runtime(&["start", name])?;
         Ok(())
     }
@@ -342,6 +480,31 @@ impl VserverBackend {
     }
 }
 
+/// Gives every file below `dir` (itself included, symbolic links not followed) owned by
+/// an id of range `from` the same id of range `to`; ids outside `from` are left alone.
+/// Set-user-ID and set-group-ID bits, which a change of owner clears, are put back.
+fn shift_owners(dir: &Path, from: IdMap, to: IdMap) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32| id.checked_sub(from.host_base).filter(|i| *i < from.count).and_then(|i| to.host_id(i));
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = fs::symlink_metadata(&p)?;
+        let (uid, gid) = (shift(m.uid()), shift(m.gid()));
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&p, uid, gid)?;
+            if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
+                fs::set_permissions(&p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            }
+        }
+        if m.is_dir() {
+            for e in fs::read_dir(&p)? {
+                todo.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The VM's files (login, keys, bootscript, config.json) are made again from the node
 /// manager's records at every start: replaced atomically, not synced.
 fn write_atomic(path: &Path, content: &str) -> Result<(), BackendError> {
@@ -364,6 +527,35 @@ impl Backend for VserverBackend {
         for tool in [("ip", "-V"), ("mkfs.ext4", "-V"), ("losetup", "--version"), ("resize2fs", "-h")] {
             if let Err(BackendError::Unavailable(m)) = self.run(tool.0, &[tool.1]) {
                 return Err(BackendError::Unavailable(m));
+            }
+        }
+        // Every VM's inotify use is also counted against host root (who made its user
+        // namespace): make room for 512 VMs at their limit besides the host's own use, so
+        // that one VM's use never starves the host or another VM.
+        for (key, want) in [
+            ("fs.inotify.max_user_instances", u64::from(INOTIFY_INSTANCES) * 512 + 1024),
+            ("fs.inotify.max_user_watches", u64::from(INOTIFY_WATCHES) * 512 + (1 << 20)),
+        ] {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            let now: u64 = fs::read_to_string(&path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            if now < want {
+                tracing::info!("raising {key} from {now} to {want} (VMs' inotify use counts against host root)");
+                self.run("sysctl", &["-qw", &format!("{key}={want}")])?;
+            }
+        }
+        // runc sets up a VM's root filesystem as the VM's root, an unprivileged host uid:
+        // every directory above the VMs' must let others through.
+        for dir in self.cfg.vm_dir.ancestors() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = fs::metadata(dir) {
+                if m.permissions().mode() & 0o001 == 0 {
+                    return Err(BackendError::Unavailable(format!(
+                        "{} is not searchable by other users (mode {:o}): container VMs' roots are unprivileged host uids that must reach {}; chmod o+x it (0711 lets them through without listing it)",
+                        dir.display(),
+                        m.permissions().mode() & 0o7777,
+                        self.cfg.vm_dir.display()
+                    )));
+                }
             }
         }
         let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -394,7 +586,7 @@ impl Backend for VserverBackend {
         // Disk and network are independent: set them up side by side.
         let (disk, net) = std::thread::scope(|sc| {
             let net = sc.spawn(|| self.network(spec));
-            let disk = self.mount(&spec.name);
+            let disk = self.mount(spec);
             (disk, net.join().unwrap_or_else(|_| Err(BackendError::Internal("network set-up panicked".into()))))
         });
         disk?;
@@ -449,7 +641,7 @@ impl Backend for VserverBackend {
                 Ok(())
             });
             let rest = (|| -> Result<(), BackendError> {
-                for m in [d.join("rootfs"), d.join("disk")] {
+                for m in MOUNTS.map(|m| d.join(m)) {
                     if self.host.is_mounted(&m) {
                         self.run("umount", &["-l", &s(&m)])?;
                     }
@@ -461,9 +653,10 @@ impl Backend for VserverBackend {
         container?;
         rest?;
         if d.exists() {
-            if self.host.is_mounted(&d.join("rootfs")) || self.host.is_mounted(&d.join("disk")) {
+            // Never remove through a mount: `lower` is the shared image.
+            if MOUNTS.iter().any(|m| self.host.is_mounted(&d.join(m))) {
                 return Err(BackendError::Internal(format!(
-                    "{name}: disk still mounted, not removing {}",
+                    "{name}: disk or image still mounted, not removing {}",
                     d.display()
                 )));
             }

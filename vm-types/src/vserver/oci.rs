@@ -1,10 +1,11 @@
 //! The OCI runtime configuration (`config.json`) of a linux-vserver-x86 VM.
 
 use crate::backend::VmSpec;
+use crate::idmap::IdMap;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -41,6 +42,8 @@ pub struct VmMounts<'a> {
     pub netns: &'a Path,
     /// Its cgroup (`/plab/<name>`, or `/plab/<scope>/<name>`).
     pub cgroup: &'a str,
+    /// Its host uid/gid range: the user namespace's mapping.
+    pub ids: IdMap,
 }
 
 fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
@@ -54,8 +57,10 @@ fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
 }
 
 /// Paths masked in every VM on top of the runtime's defaults: the RAPL power meters (a
-/// side channel on what other VMs compute).
-pub const MASKED: &[&str] = &["/sys/devices/virtual/powercap"];
+/// side channel on what other VMs compute), and the parts of the host's `/sys` (bound in,
+/// read-only, see [`config`]) that show other VMs: their cgroups and their interfaces.
+pub const MASKED: &[&str] =
+    &["/sys/devices/virtual/powercap", "/sys/fs/cgroup", "/sys/class/net", "/sys/devices/virtual/net"];
 
 /// Builds the OCI configuration for a VM, with its seccomp filter.
 pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
@@ -74,9 +79,9 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
             format!("PLAB_SLICE={}", spec.slice),
         ])
         .cwd("/")
-        // No setuid binary raises a slice's login to root (sshd drops privileges, which
-        // this does not touch).
-        .no_new_privileges(true)
+        // Setuid binaries work: the slice's login gets root in its VM through sudo (section
+        // 4.2 gives each slice root in its VM), and that root is an unprivileged host uid.
+        .no_new_privileges(false)
         .capabilities(capabilities)
         .build()
         .expect("process fields set");
@@ -91,6 +96,7 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
         .expect("resources");
 
     let namespaces = [
+        LinuxNamespaceType::User,
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
@@ -105,7 +111,15 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
     .collect::<Vec<_>>();
 
     let default_linux = oci_spec::runtime::Linux::default();
+    let ids = vec![LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(m.ids.host_base)
+        .size(m.ids.count)
+        .build()
+        .expect("id mapping")];
     let linux = LinuxBuilder::default()
+        .uid_mappings(ids.clone())
+        .gid_mappings(ids)
         .resources(resources)
         .cgroups_path(m.cgroup.to_owned())
         .namespaces(namespaces)
@@ -123,7 +137,12 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
         .build()
         .expect("linux");
 
-    let mut mounts = oci_spec::runtime::get_default_mounts();
+    // A user namespace may mount sysfs only with a network namespace of its own; the
+    // VM's belongs to the host (the node manager made it), so `/sys` is the host's,
+    // bound read-only, with what would show other VMs masked (MASKED).
+    let mut mounts: Vec<Mount> =
+        oci_spec::runtime::get_default_mounts().into_iter().filter(|m| m.destination() != Path::new("/sys")).collect();
+    mounts.push(bind(Path::new("/sys"), "/sys", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
     mounts.push(bind(m.plab_dir, "/etc/plab", &["rbind", "ro", "nosuid", "nodev"]));
     if let Some(dir) = &spec.nm_socket_dir {
         mounts.push(bind(dir, "/run/plab", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
@@ -146,6 +165,7 @@ mod tests {
     use crate::backend::VmNetwork;
     use crate::resources::{Quantity, Resources};
     use crate::{SliceName, VmType};
+    use serde_json::json;
 
     #[test]
     fn config_carries_limits_namespace_and_mounts() {
@@ -171,6 +191,7 @@ mod tests {
             plab_dir: Path::new("/s/plab"),
             netns: Path::new("/var/run/netns/plab-plc_demo"),
             cgroup: "/plab/plc_demo",
+            ids: IdMap { host_base: 1 << 30, count: 65536 },
         };
         let seccomp = crate::vserver::seccomp::load(&CAPABILITIES).unwrap();
         let json = serde_json::to_value(config(&spec, &m, &seccomp)).unwrap();
@@ -185,9 +206,18 @@ mod tests {
         assert!(plab["options"].as_array().unwrap().iter().any(|o| o == "ro"));
         assert_eq!(json["process"]["terminal"], false);
         assert_eq!(json["hostname"], "plc-demo");
-        // Hardening: no privilege gain through setuid, no raw sockets or device nodes, the
-        // power meters masked, the seccomp filter in place.
-        assert_eq!(json["process"]["noNewPrivileges"], true);
+        // Hardening: a user namespace whose root is the VM's host range, no raw sockets or
+        // device nodes, the power meters and other VMs' cgroups masked, the seccomp filter
+        // in place; sysfs is the host's, read-only.
+        assert!(ns.iter().any(|n| n["type"] == "user" && n.get("path").is_none()));
+        for map in ["uidMappings", "gidMappings"] {
+            assert_eq!(json["linux"][map], json!([{"containerID": 0, "hostID": 1u32 << 30, "size": 65536}]));
+        }
+        let sys: Vec<_> = mounts.iter().filter(|m| m["destination"] == "/sys").collect();
+        assert_eq!(sys.len(), 1);
+        assert_eq!(sys[0]["type"], "bind");
+        assert!(sys[0]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        assert!(json["linux"]["maskedPaths"].to_string().contains("\"/sys/fs/cgroup\""));
         let caps = json["process"]["capabilities"]["bounding"].to_string();
         assert!(
             !caps.contains("CAP_NET_RAW") && !caps.contains("CAP_MKNOD") && !caps.contains("CAP_SYS_ADMIN"),

@@ -26,6 +26,7 @@ fn fixture() -> Fixture {
         bridge: "plab0".into(),
         stop_timeout: Duration::from_millis(100),
         scope: String::new(),
+        uid_base: 1 << 30,
     };
     let b = VserverBackend::new(cfg, host.clone()).unwrap();
     Fixture { dir, host, b }
@@ -102,6 +103,25 @@ fn create_then_start_sets_up_disk_network_and_container_in_that_order() {
     let pos = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap_or_else(|| panic!("no {p} in {lines:?}"));
     assert!(pos("mount -o loop,nodev,nosuid") < pos("mount -t overlay"));
     assert!(pos("mount -t overlay") < pos("runc --root"), "{lines:?}");
+    // The image and the node manager's files are seen through the VM's range (VM 3:
+    // 2^30 + 3 * 65536), under the overlay; the user namespace's limits are set between
+    // create and start.
+    let image = format!(
+        "idmapped-bind {} 1073938432:65536 {}",
+        f.dir.path().join("image").display(),
+        f.vm().join("lower").display()
+    );
+    assert!(pos(&image) < pos("mount -t overlay"), "{lines:?}");
+    assert!(pos(&format!("idmapped-bind {} 1073938432:65536", f.vm().join("plab").display())) < pos("runc --root"));
+    assert!(pos("runc --root") < pos("nsenter --target 4242 --user -- sysctl -qw user.max_inotify_instances=128"));
+    assert!(
+        lines.iter().any(|l| l == "ip netns exec plab-plc_demo sysctl -qw net.ipv4.ip_unprivileged_port_start=0"),
+        "{lines:?}"
+    );
+    assert!(
+        pos(&format!("chown 1073938432:1073938432 {}", f.vm().join("disk/upper").display())) < pos("mount -t overlay"),
+        "the VM's root owns its /"
+    );
     // A new namespace: added, with the veth, in one batch.
     let batch = f.host.calls().into_iter().find(|c| c.args == ["-batch", "-"]).unwrap().input.unwrap();
     assert_eq!(
@@ -274,7 +294,7 @@ fn destroy_refuses_to_delete_a_disk_that_is_still_mounted() {
     let s = spec(100);
     f.b.create(&s).unwrap();
     f.b.start(&s).unwrap();
-    assert_eq!(f.host.mounted().len(), 2);
+    assert_eq!(f.host.mounted().len(), 4, "disk, image, the node manager's files, overlay");
     f.host.fail("umount -l", 1, "umount: target is busy");
     let e = f.b.destroy("plc_demo").unwrap_err();
     assert!(e.to_string().contains("target is busy"), "{e}");
@@ -284,6 +304,15 @@ fn destroy_refuses_to_delete_a_disk_that_is_still_mounted() {
     let e = f.b.destroy("plc_demo").unwrap_err();
     assert!(matches!(&e, BackendError::Internal(m) if m.contains("still mounted")), "{e:?}");
     assert!(f.vm().exists());
+    // Nor through the shared image, mounted in the VM's directory.
+    let f3 = fixture();
+    f3.b.create(&s).unwrap();
+    f3.b.start(&s).unwrap();
+    std::fs::write(f3.dir.path().join("image/precious"), "shared").unwrap();
+    f3.host.pin_mounted(&f3.vm().join("lower"));
+    let e = f3.b.destroy("plc_demo").unwrap_err();
+    assert!(matches!(&e, BackendError::Internal(m) if m.contains("still mounted")), "{e:?}");
+    assert!(f3.dir.path().join("image/precious").exists());
     // And when it all works, nothing is left.
     let f2 = fixture();
     f2.b.create(&s).unwrap();
