@@ -6,7 +6,7 @@ set -euo pipefail
 need=(runc debootstrap openssh-client socat e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
       libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
       dosfstools mtools kmod cpio fdisk grub-pc-bin shellcheck nftables
-      golang-github-containers-common)
+      golang-github-containers-common lxcfs)
 # Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
 # carry, and apt removes that one; the second pass installs the matching qemu-utils.
 updated=
@@ -39,6 +39,18 @@ su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='plab'\"" |
 for d in $(su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE datname LIKE 'plab_t_%'\""); do
   su postgres -c "psql -qc 'DROP DATABASE $d'" >/dev/null
 done
+# lxcfs: container VMs' /proc/meminfo, cpuinfo, uptime, ... show their own limits (no
+# systemd here to start it: start it when it is not serving).
+if ! [ -e /var/lib/lxcfs/proc/meminfo ]; then
+  umount -l /var/lib/lxcfs 2>/dev/null || true
+  mkdir -p /var/lib/lxcfs
+  # (An lxcfs still exiting holds its pid file for a moment: try again.)
+  for _ in 1 2 3; do
+    setsid -f lxcfs -l --enable-pidfd /var/lib/lxcfs </dev/null >>/var/log/lxcfs.log 2>&1
+    for _ in $(seq 30); do [ -e /var/lib/lxcfs/proc/meminfo ] && break 2; sleep 0.1; done
+  done
+  [ -e /var/lib/lxcfs/proc/meminfo ] || { echo "setup: lxcfs does not serve /var/lib/lxcfs (see /var/log/lxcfs.log)" >&2; exit 1; }
+fi
 # libvirt for linux-kvm-x86 (no systemd here: start the daemons when they are not running).
 mkdir -p /var/log/libvirt /var/run/libvirt
 # Without udev, /dev/kvm stays root:root 0600. libvirt probes QEMU as root (KVM usable),

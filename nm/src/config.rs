@@ -11,6 +11,7 @@
 //! oci_runtime = "runc"
 //! stop_timeout_secs = 30                # a clean stop may take this long before the VM is forced off
 //! vm_uid_base = 1073741824              # container VM n's root is host uid vm_uid_base + n * 65536
+//! lxcfs_dir = "/var/lib/lxcfs"          # container VMs' /proc/meminfo etc. from lxcfs ("" for none)
 //! node_cert = "/var/lib/plab/node/node-cert.pem"   # written by plab-boot at boot
 //! node_key = "/var/lib/plab/node/node.key"
 //! accelerator = "auto"                  # hypervisor VM types: auto (probe), kvm or tcg
@@ -88,6 +89,9 @@ pub struct Config {
     /// are host ids `vm_uid_base + n * 65536` onwards. Above every host user; on a host
     /// with several node managers (a testbed), give each its own.
     pub vm_uid_base: u32,
+    /// Where lxcfs is mounted: container VMs' `/proc/meminfo`, `cpuinfo`, `uptime`, ...
+    /// come from it, so they show the VM's limits and not the host's. Empty: none.
+    pub lxcfs_dir: PathBuf,
     /// The node's MA-signed certificate chain (node, MA), as plab-boot writes it.
     pub node_cert: PathBuf,
     /// The node's private key, as plab-boot writes it.
@@ -136,6 +140,7 @@ impl Default for Config {
             oci_runtime: "runc".into(),
             stop_timeout_secs: 30,
             vm_uid_base: 1 << 30,
+            lxcfs_dir: "/var/lib/lxcfs".into(),
             node_cert: "/var/lib/plab/node/node-cert.pem".into(),
             node_key: "/var/lib/plab/node/node.key".into(),
             accelerator: AcceleratorSetting::Auto,

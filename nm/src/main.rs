@@ -147,6 +147,7 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
                 stop_timeout: std::time::Duration::from_secs(cfg.stop_timeout_secs),
                 scope: cfg.instance.clone(),
                 uid_base: cfg.vm_uid_base,
+                lxcfs_dir: (!cfg.lxcfs_dir.as_os_str().is_empty()).then(|| cfg.lxcfs_dir.clone()),
             },
             vm_types::host::linux(),
         )?;
@@ -226,21 +227,22 @@ fn libvirt_backend(_: &Config, _: VmType, _: &str, _: &Path) -> anyhow::Result<A
     anyhow::bail!("this node manager was built without the libvirt feature")
 }
 
-/// Problems on this host that make hypervisor VMs slow or fail, each with its fix.
-#[cfg(feature = "libvirt")]
+/// Problems on this host that make VMs slow, fail or see the host, each with its fix.
 fn warnings(cfg: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    #[cfg(feature = "libvirt")]
     if cfg.libvirt_uri.starts_with("qemu:") {
         if let Err(e) = vm_types::libvirt::qemu_user_can_open_kvm(Path::new("/dev/kvm")) {
             w.push(e);
         }
     }
+    #[cfg(feature = "vserver")]
+    if !cfg.fake_backend {
+        if let Some(e) = vm_types::vserver::lxcfs_problem(&cfg.lxcfs_dir) {
+            w.push(e);
+        }
+    }
     w
-}
-
-#[cfg(not(feature = "libvirt"))]
-fn warnings(_: &Config) -> Vec<String> {
-    Vec::new()
 }
 
 async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {

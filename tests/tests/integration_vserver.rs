@@ -229,6 +229,13 @@ fn integration_vserver_user_namespaces_sudo_and_isolation_between_vms() {
         assert_eq!(uid.split_whitespace().nth(1), Some(base.to_string().as_str()), "{vm}'s init on the host: {uid}");
     }
 
+    // 9.4: the VM sees its own memory limit (256 MB) and its own uptime, from lxcfs.
+    let out = ssh(a, a_addr, "head -1 /proc/meminfo; free -m | sed -n 2p; cut -d. -f1 /proc/uptime");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["MemTotal:", "262144", "kB"], "{out}");
+    assert_eq!(lines[1].split_whitespace().nth(1), Some("256"), "free -m: {out}");
+    assert!(lines[2].parse::<u64>().unwrap() < 600, "the VM's uptime, not the host's: {out}");
+
     // Root in a VM, tried: every one of these is refused (mount, a new user namespace, the
     // keyrings, writing kernel settings) or shows nothing of the host or the other VMs (the
     // host's cgroups and interfaces, in the read-only /sys).

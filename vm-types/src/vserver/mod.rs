@@ -78,6 +78,38 @@ pub struct VserverConfig {
     pub scope: String,
     /// The first host uid/gid of VM ranges: VM number n maps to `uid_base + n * VM_IDS`.
     pub uid_base: u32,
+    /// Where lxcfs is mounted, if VMs are to see their own limits in `/proc`.
+    pub lxcfs_dir: Option<PathBuf>,
+}
+
+/// The files lxcfs makes per container, bound over the VM's own: memory, CPUs, load,
+/// uptime and disk statistics as the VM's limits and life make them.
+pub const LXCFS_FILES: [&str; 9] = [
+    "proc/cpuinfo",
+    "proc/diskstats",
+    "proc/loadavg",
+    "proc/meminfo",
+    "proc/slabinfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+    "sys/devices/system/cpu/online",
+];
+
+/// Why lxcfs at `dir` cannot serve VMs (with what to do), or None when it can. An empty
+/// `dir` is a choice, not a problem.
+pub fn lxcfs_problem(dir: &Path) -> Option<String> {
+    if dir.as_os_str().is_empty() {
+        return None;
+    }
+    match fs::metadata(dir.join("proc/meminfo")) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "lxcfs is not serving {} ({e}): container VMs see the host's memory, CPUs and uptime in /proc until it does; install and start it (apt-get install lxcfs; lxcfs {}), or set lxcfs_dir = \"\" to go without",
+            dir.display(),
+            dir.display()
+        )),
+    }
 }
 
 /// The container backend.
@@ -325,12 +357,21 @@ impl VserverBackend {
         let d = self.dir(&spec.name);
         let netns = PathBuf::from("/var/run/netns").join(self.netns(&spec.name));
         let cgroup = format!("/{}", self.cgroup(&spec.name));
+        // lxcfs's files, when it serves them now (a dead FUSE mount would fail the start).
+        let lxcfs = self.cfg.lxcfs_dir.as_deref().filter(|dir| match lxcfs_problem(dir) {
+            None => true,
+            Some(p) => {
+                tracing::warn!(vm = spec.name, "{p}");
+                false
+            }
+        });
         let m = oci::VmMounts {
             rootfs: &d.join("rootfs"),
             plab_dir: &d.join("etc-plab"),
             netns: &netns,
             cgroup: &cgroup,
             ids: self.ids(spec)?,
+            lxcfs,
         };
         let json = serde_json::to_string_pretty(&oci::config(spec, &m, &self.seccomp))
             .map_err(|e| BackendError::Invalid(format!("config.json: {e}")))?;

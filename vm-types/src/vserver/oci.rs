@@ -44,6 +44,8 @@ pub struct VmMounts<'a> {
     pub cgroup: &'a str,
     /// Its host uid/gid range: the user namespace's mapping.
     pub ids: IdMap,
+    /// Where lxcfs serves its files, if the VM gets them.
+    pub lxcfs: Option<&'a Path>,
 }
 
 fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
@@ -143,6 +145,11 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
     let mut mounts: Vec<Mount> =
         oci_spec::runtime::get_default_mounts().into_iter().filter(|m| m.destination() != Path::new("/sys")).collect();
     mounts.push(bind(Path::new("/sys"), "/sys", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
+    if let Some(dir) = m.lxcfs {
+        for f in super::LXCFS_FILES {
+            mounts.push(bind(&dir.join(f), &format!("/{f}"), &["bind", "ro", "nosuid", "nodev", "noexec"]));
+        }
+    }
     mounts.push(bind(m.plab_dir, "/etc/plab", &["rbind", "ro", "nosuid", "nodev"]));
     if let Some(dir) = &spec.nm_socket_dir {
         mounts.push(bind(dir, "/run/plab", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
@@ -192,6 +199,7 @@ mod tests {
             netns: Path::new("/var/run/netns/plab-plc_demo"),
             cgroup: "/plab/plc_demo",
             ids: IdMap { host_base: 1 << 30, count: 65536 },
+            lxcfs: Some(Path::new("/var/lib/lxcfs")),
         };
         let seccomp = crate::vserver::seccomp::load(&CAPABILITIES).unwrap();
         let json = serde_json::to_value(config(&spec, &m, &seccomp)).unwrap();
@@ -218,6 +226,8 @@ mod tests {
         assert_eq!(sys[0]["type"], "bind");
         assert!(sys[0]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
         assert!(json["linux"]["maskedPaths"].to_string().contains("\"/sys/fs/cgroup\""));
+        let meminfo = mounts.iter().find(|m| m["destination"] == "/proc/meminfo").unwrap();
+        assert_eq!(meminfo["source"], "/var/lib/lxcfs/proc/meminfo");
         let caps = json["process"]["capabilities"]["bounding"].to_string();
         assert!(
             !caps.contains("CAP_NET_RAW") && !caps.contains("CAP_MKNOD") && !caps.contains("CAP_SYS_ADMIN"),

@@ -27,6 +27,7 @@ fn fixture() -> Fixture {
         stop_timeout: Duration::from_millis(100),
         scope: String::new(),
         uid_base: 1 << 30,
+        lxcfs_dir: None,
     };
     let b = VserverBackend::new(cfg, host.clone()).unwrap();
     Fixture { dir, host, b }
@@ -329,4 +330,15 @@ fn leftovers_of_a_crashed_create_are_removed_first() {
     std::fs::write(f.vm().join("stale"), "x").unwrap();
     f.b.create(&spec(100)).unwrap();
     assert!(!f.vm().join("stale").exists());
+}
+
+#[test]
+fn lxcfs_that_is_not_serving_is_named_with_the_fix_and_an_empty_dir_is_a_choice() {
+    assert_eq!(lxcfs_problem(Path::new("")), None);
+    let dir = tempfile::tempdir().unwrap();
+    let p = lxcfs_problem(dir.path()).unwrap();
+    assert!(p.contains("apt-get install lxcfs") && p.contains("lxcfs_dir = \"\""), "{p}");
+    std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+    std::fs::write(dir.path().join("proc/meminfo"), "MemTotal: 1 kB\n").unwrap();
+    assert_eq!(lxcfs_problem(dir.path()), None);
 }
