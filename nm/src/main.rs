@@ -227,6 +227,9 @@ fn libvirt_backend(_: &Config, _: VmType, _: &str, _: &Path) -> anyhow::Result<A
     anyhow::bail!("this node manager was built without the libvirt feature")
 }
 
+/// Seconds between rounds of VM upkeep (console logs rotated).
+const UPKEEP_SECS: u64 = 5;
+
 /// Problems on this host that make VMs slow, fail or see the host, each with its fix.
 fn warnings(cfg: &Config) -> Vec<String> {
     let mut w = Vec::new();
@@ -266,6 +269,14 @@ async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %cfg.socket.display(), state = %cfg.state_dir.display(), "plab-nm serving");
     let serving = tokio::spawn(server::serve(nm.clone(), listener));
+    let upkeep = nm.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(UPKEEP_SECS));
+        loop {
+            every.tick().await;
+            upkeep.maintain().await;
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

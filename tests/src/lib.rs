@@ -17,6 +17,9 @@ fn require(cond: bool, what: &str) {
     assert!(cond, "integration test prerequisite missing: {what}");
 }
 
+/// A container VM's console log is rotated past this size.
+pub const CONSOLE_CAP: u64 = vm_types::vserver::CONSOLE_CAP;
+
 pub fn prerequisites() {
     require(nix::unistd::geteuid().is_root(), "run as root (make test does)");
     for (tool, pkg) in [("runc", "runc"), ("ssh", "openssh-client"), ("ip", "iproute2"), ("mkfs.ext4", "e2fsprogs")] {

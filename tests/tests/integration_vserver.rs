@@ -302,6 +302,63 @@ fn integration_vserver_user_namespaces_sudo_and_isolation_between_vms() {
 }
 
 #[test]
+fn integration_vserver_a_hostile_vm_neither_fills_the_host_nor_holds_up_others() {
+    prerequisites();
+    let node = TestNode::with_config("hostile", "stop_timeout_secs = 4\n");
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="1024"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
+    // The loud VM's bootscript prints 150 MB to its console, past its 0.1 GB disk.
+    let loud = format!(
+        r#"<VServerSlice name="plc.it.loud"><resources cpu_share="2" disk_quota="0.1" mem_limit="128"/><key>{public}</key><bootscript>yes loud | head -c 150000000; echo loud-done</bootscript></VServerSlice>"#
+    );
+    let sub = c.call_str("SplitPool", json!([root, loud]), "rcap").unwrap();
+    let vm = c.call_value("Bind", json!([sub, "plc.it.loud"])).unwrap();
+    let (loud, loud_addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+    let sub = c.call_str("SplitPool", json!([root, slice_rspec("plc.it.quiet", &public, 64, "0.05")]), "rcap").unwrap();
+    let vm = c.call_value("Bind", json!([sub, "plc.it.quiet"])).unwrap();
+    let (quiet, quiet_addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+
+    // 9.8: the console log is on the VM's own disk, so it never outgrows the VM's quota on
+    // the host, and the node manager's upkeep rotates it.
+    let dir = node.state().join("vms").join(&loud).join("disk");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        let (now, old) = (size("console.log"), size("console.log.1"));
+        assert!(now + old <= (1 << 30) / 10, "the console is held to the VM's quota: {now} + {old} bytes");
+        if old > 0 && now <= plab_tests::CONSOLE_CAP {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never rotated: {now} bytes\n{}", node.nm_log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = c.call_value("VmLog", json!([loud, 1 << 20])).unwrap()["log"].as_str().unwrap().len();
+    assert!(log <= 1 << 20, "VmLog is bounded: {log} bytes");
+    assert!(log > 0);
+
+    // 9.8: a VM whose init will not stop (root in it stops plab-init, so SIGTERM goes
+    // nowhere) holds up only its own stop, for stop_timeout_secs: the node manager answers
+    // for the other VM meanwhile, and the stop ends with the VM forced off.
+    let (code, out) =
+        node.ssh(&key, &loud, &loud_addr, "sudo -n sh -c 'kill -STOP $(cat /run/plab-init.pid)'; echo stopped=$?");
+    assert!(code == 0 && out.contains("stopped=0"), "{out}");
+    let socket = node.socket();
+    let stopping = {
+        let loud = loud.clone();
+        std::thread::spawn(move || NmClient::connect(&socket).unwrap().call_value("StopVM", json!([loud])))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let st = c.call_value("VmStatus", json!([quiet])).unwrap();
+    assert_eq!(st["state"], "running");
+    assert_eq!(node.ssh(&key, &quiet, &quiet_addr, "true").0, 0);
+    assert!(!stopping.is_finished(), "the other VM's calls did not wait for the held stop");
+    stopping.join().unwrap().unwrap();
+    assert_eq!(c.call_value("VmStatus", json!([loud])).unwrap()["state"], "stopped");
+}
+
+#[test]
 fn integration_vserver_failed_start_leaves_nothing() {
     prerequisites();
     // An OCI runtime that works for everything but `create`, as a broken runtime would.

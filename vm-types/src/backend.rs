@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync {
     fn list(&self) -> Result<Vec<String>, BackendError>;
     /// The last `max_bytes` of the VM's console output (init and bootscript output).
     fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError>;
+    /// Periodic upkeep of a VM the node manager knows (the node manager calls it every
+    /// few seconds): rotating what grows, for one. Nothing by default.
+    fn maintain(&self, name: &str) -> Result<(), BackendError> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 /// The backends a node supports, by VM type.

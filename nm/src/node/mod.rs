@@ -314,6 +314,20 @@ impl NodeManager {
         })
     }
 
+    /// Periodic upkeep of every VM's backend side (console logs rotated): what fails is
+    /// logged, and the next round tries again.
+    pub async fn maintain(&self) {
+        let vms: Vec<(String, vm_types::VmType)> =
+            self.tables().slivers.values().map(|s| (s.name.clone(), s.vm.vm_type)).collect();
+        for (name, t) in vms {
+            let Ok(b) = self.backend(t) else { continue };
+            let n = name.clone();
+            if let Err(e) = blocking(move || b.maintain(&n)).await {
+                tracing::warn!(vm = name, "upkeep: {e}");
+            }
+        }
+    }
+
     /// What a backend needs to know to make or change a sliver.
     fn spec_of(&self, s: &Sliver) -> VmSpec {
         VmSpec {

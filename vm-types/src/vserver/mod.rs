@@ -11,7 +11,7 @@
 //! | `plab/`       | node-manager-owned files: `login`, `keys/<login>`, `bootscript`, `ssh_host_ed25519_key` (0600, see [`crate::host_key`]) |
 //! | `etc-plab/`   | `plab/` idmapped into the VM's uid range, read-only at `/etc/plab` in the VM |
 //! | `bundle/`     | the OCI bundle (`config.json`) |
-//! | `console.log` | everything the VM's init and bootscript print |
+//! | `disk/console.log` | everything the VM's init and bootscript print: on the VM's own disk (outside its `/`), so it counts against its quota; past [`CONSOLE_CAP`] its last part moves to `console.log.1` ([`Backend::maintain`]) |
 //!
 //! Networking: a network namespace `plab-<name>` per VM, a veth pair whose host end
 //! `pv<index>` joins the node bridge and whose VM end is `eth0` with the VM's address.
@@ -42,6 +42,14 @@ use std::time::{Duration, Instant};
 
 /// Smallest disk a VM can have: ext4 needs room for its own metadata.
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
+
+/// A VM's console log is rotated once it is past this size: its last [`CONSOLE_KEEP`]
+/// bytes go to `console.log.1`, and the log starts again (the VM writes with O_APPEND, so
+/// it simply goes on at the new end).
+pub const CONSOLE_CAP: u64 = 4 << 20;
+
+/// What a rotation keeps of the old log.
+pub const CONSOLE_KEEP: u64 = 1 << 20;
 
 /// A VM directory's mount points, the overlay first (it holds the others).
 const MOUNTS: [&str; 4] = ["rootfs", "lower", "etc-plab", "disk"];
@@ -334,6 +342,22 @@ impl VserverBackend {
         }
     }
 
+    /// Rotates the VM's console log when it is past [`CONSOLE_CAP`]; whether it did.
+    pub fn rotate_console(&self, name: &str) -> Result<bool, BackendError> {
+        let path = self.console_path(name);
+        match fs::metadata(&path) {
+            Ok(m) if m.len() > CONSOLE_CAP => {}
+            _ => return Ok(false),
+        }
+        // Emptied before the kept part is written: a log that filled the VM's disk leaves
+        // no room for the copy otherwise.
+        let kept = tail(&path, CONSOLE_KEEP)?;
+        fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(0)).map_err(io("console.log"))?;
+        crate::files::replace(&path.with_extension("log.1"), &kept, 0o600).map_err(io("console.log.1"))?;
+        tracing::info!(vm = name, "console log rotated");
+        Ok(true)
+    }
+
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
     fn network(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let n = &spec.network;
@@ -416,13 +440,18 @@ impl VserverBackend {
         self.write_plab_files(spec)
     }
 
+    /// The VM's console log: on its disk, so that what it prints counts against its quota.
+    fn console_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("disk/console.log")
+    }
+
     fn console_offset(&self, name: &str) -> u64 {
-        fs::metadata(self.dir(name).join("console.log")).map(|m| m.len()).unwrap_or(0)
+        fs::metadata(self.console_path(name)).map(|m| m.len()).unwrap_or(0)
     }
 
     fn console_since(&self, name: &str, offset: u64) -> String {
         let mut out = String::new();
-        if let Ok(mut f) = fs::File::open(self.dir(name).join("console.log")) {
+        if let Ok(mut f) = fs::File::open(self.console_path(name)) {
             let _ = f.seek(SeekFrom::Start(offset));
             let _ = f.take(8192).read_to_string(&mut out);
         }
@@ -431,7 +460,7 @@ impl VserverBackend {
 
     fn start_container(&self, name: &str) -> Result<(), BackendError> {
         let d = self.dir(name);
-        let log = d.join("console.log");
+        let log = self.console_path(name);
         let offset = self.console_offset(name);
         // The runtime hands its stdio to the VM's init, so stdout/stderr go straight to the
         // console log (a file, never a pipe that would keep us waiting).
@@ -519,6 +548,20 @@ impl VserverBackend {
         let v2p = Path::new("/sys/fs/cgroup").join(&cg).join(v2);
         fs::read_to_string(v1p).or_else(|_| fs::read_to_string(v2p)).ok().map(|s| s.trim().to_owned())
     }
+}
+
+/// The last `max` bytes of the file at `path` (nothing when there is no file).
+fn tail(path: &Path, max: u64) -> Result<Vec<u8>, BackendError> {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(BackendError::Io(path.display().to_string(), e)),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    f.seek(SeekFrom::Start(len.saturating_sub(max))).map_err(io(path.display().to_string()))?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).map_err(io(path.display().to_string()))?;
+    Ok(buf)
 }
 
 /// Gives every file below `dir` (itself included, symbolic links not followed) owned by
@@ -780,23 +823,22 @@ impl Backend for VserverBackend {
     }
 
     fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
-        let path = self.dir(name).join("console.log");
-        let mut f = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return if self.dir(name).exists() {
-                    Ok(String::new())
-                } else {
-                    Err(BackendError::NotFound(name.into()))
-                }
-            }
-            Err(e) => return Err(BackendError::Io(path.display().to_string(), e)),
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(io("console.log"))?;
+        if !self.dir(name).exists() {
+            return Err(BackendError::NotFound(name.into()));
+        }
+        // The rotated part first, then the current log: the last `max_bytes` of both.
+        let path = self.console_path(name);
+        let mut buf = tail(&path, max_bytes)?;
+        if (buf.len() as u64) < max_bytes {
+            let mut older = tail(&path.with_extension("log.1"), max_bytes - buf.len() as u64)?;
+            older.append(&mut buf);
+            buf = older;
+        }
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn maintain(&self, name: &str) -> Result<(), BackendError> {
+        self.rotate_console(name).map(|_| ())
     }
 }
 

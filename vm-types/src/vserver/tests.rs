@@ -342,3 +342,30 @@ fn lxcfs_that_is_not_serving_is_named_with_the_fix_and_an_empty_dir_is_a_choice(
     std::fs::write(dir.path().join("proc/meminfo"), "MemTotal: 1 kB\n").unwrap();
     assert_eq!(lxcfs_problem(dir.path()), None);
 }
+
+#[test]
+fn the_console_log_is_on_the_vms_disk_and_rotated_past_its_cap() {
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.b.start(&s).unwrap();
+    let log = f.vm().join("disk/console.log");
+    assert!(!f.b.rotate_console("plc_demo").unwrap(), "nothing to rotate yet");
+    let mut big = vec![b'a'; (CONSOLE_CAP - CONSOLE_KEEP) as usize];
+    big.extend(vec![b'z'; CONSOLE_KEEP as usize + 10]);
+    std::fs::write(&log, &big).unwrap();
+    assert!(f.b.rotate_console("plc_demo").unwrap());
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "the log starts again");
+    let old = std::fs::read(f.vm().join("disk/console.log.1")).unwrap();
+    assert_eq!(old.len() as u64, CONSOLE_KEEP);
+    assert!(old.iter().all(|b| *b == b'z'), "the newest part is kept");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(f.vm().join("disk/console.log.1")).unwrap().permissions().mode() & 0o777, 0o600);
+    // Reading shows the kept part, then what came after.
+    std::fs::write(&log, "after\n").unwrap();
+    let tail = f.b.console_log("plc_demo", 10).unwrap();
+    assert_eq!(tail, "zzzzafter\n");
+    assert_eq!(f.b.console_log("plc_demo", 4).unwrap(), "ter\n");
+    f.b.maintain("plc_demo").unwrap();
+    assert!(matches!(f.b.console_log("nope", 10), Err(BackendError::NotFound(_))));
+}
