@@ -879,3 +879,36 @@ async fn a_failed_vm_update_changes_nothing() {
     assert_eq!(e.0, ErrorCode::INVALID_PARAMS, "{e:?}");
     assert!(e.1.contains("keys"), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_vms_socket_caps_its_connections_and_others_still_get_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path(), Arc::new(FakeBackend::new()));
+    bound_vm(&n, "plc.noisy", 64).await;
+    bound_vm(&n, "plc.calm", 64).await;
+    let (noisy, calm) = (dir.path().join("sockets/plc_noisy/nm.sock"), dir.path().join("sockets/plc_calm/nm.sock"));
+    tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        // A VM opens every connection it may and then one more: that one is told why
+        // and closed; the other VM's socket answers all the while.
+        let held: Vec<_> = (0..plab_nm::api::MAX_CONNECTIONS_PER_CALLER)
+            .map(|_| std::os::unix::net::UnixStream::connect(&noisy).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut one_more = BufReader::new(std::os::unix::net::UnixStream::connect(&noisy).unwrap());
+        let mut line = String::new();
+        one_more.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], 11, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("too many connections"), "{v}");
+        let mut c = NmClient::connect(&calm).unwrap();
+        let rcaps = c.call_value("GetRcap", json!({})).unwrap();
+        assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 2, "the calm VM is served (its pool and the VM's): {rcaps}");
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = NmClient::connect(&noisy).unwrap();
+        assert!(c.call_value("GetRcap", json!({})).is_ok(), "slots come back when connections close");
+    })
+    .await
+    .unwrap();
+}
