@@ -214,7 +214,20 @@ pub struct Authority {
     pub(crate) changed: tokio::sync::watch::Sender<i64>,
     /// Trusted roots for client chains.
     pub roots: Vec<Cert>,
+    /// Anonymous registrations per source address.
+    pub(crate) registrations: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
+
+/// Anonymous `RegisterPrincipal` calls one address may make: this many at once, then one
+/// more every [`REGISTRATION_EVERY_SECS`].
+pub const REGISTRATION_BURST: u32 = 5;
+
+/// Seconds between further registrations from one address.
+pub const REGISTRATION_EVERY_SECS: u64 = 60;
+
+/// Registrations waiting for approval the authority holds at most (from every address
+/// together): past it, anonymous registration waits until an admin approves or removes some.
+pub const MAX_PENDING_REGISTRATIONS: i64 = 10_000;
 
 /// What the transport knows about a request: where it comes from and the TLS client
 /// chain it presented.
@@ -243,7 +256,31 @@ impl Authority {
             generation: AtomicI64::new(gen),
             changed,
             roots,
+            registrations: governor::RateLimiter::keyed(
+                governor::Quota::with_period(std::time::Duration::from_secs(REGISTRATION_EVERY_SECS))
+                    .ok_or_else(|| anyhow::anyhow!("registration period is zero"))?
+                    .allow_burst(std::num::NonZeroU32::new(REGISTRATION_BURST).unwrap_or(std::num::NonZeroU32::MIN)),
+            ),
         })
+    }
+
+    /// Whether an anonymous registration from `ip` may go ahead: a few per address, then
+    /// one a minute; and never past [`MAX_PENDING_REGISTRATIONS`] waiting in all.
+    async fn admit_registration(&self, ip: IpAddr) -> Result<(), AuthError> {
+        if self.registrations.check_key(&ip).is_err() {
+            return Err(AuthError::Unavailable(format!(
+                "RegisterPrincipal: too many registrations from {ip}: {REGISTRATION_BURST} at once, then one every {REGISTRATION_EVERY_SECS} s; try again later"
+            )));
+        }
+        let (pending,): (i64,) = sqlx::query_as(&self.db.q("SELECT COUNT(*) FROM principals WHERE approved = 0"))
+            .fetch_one(self.db.pool())
+            .await?;
+        if pending >= MAX_PENDING_REGISTRATIONS {
+            return Err(AuthError::Unavailable(format!(
+                "RegisterPrincipal: {pending} registrations wait for approval already; try again once an admin has dealt with them"
+            )));
+        }
+        Ok(())
     }
 
     /// The current generation, as this server last saw it.
@@ -365,6 +402,9 @@ impl Authority {
             );
         }
         let req = Request::decode(method, rest)?;
+        if matches!(req, Request::RegisterPrincipal(_)) && matches!(caller, Caller::Anonymous) {
+            self.admit_registration(peer.ip).await?;
+        }
         self.dispatch(&caller, req, now).await
     }
 

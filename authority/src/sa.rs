@@ -719,6 +719,8 @@ impl Authority {
             if let Err(e) = self.sessions.purge_expired(&self.db, credentials::now()).await {
                 tracing::warn!("purging expired sessions: {e}");
             }
+            // Addresses whose registration allowance is full again are forgotten.
+            self.registrations.retain_recent();
             if let Err(e) = self.refresh_generation().await {
                 tracing::warn!("reading the generation: {e}");
             }

@@ -394,3 +394,23 @@ fn expired_sessions_are_purged() {
     assert!(code(&e) == 2 && !e.to_string().contains("expired"), "gone, not merely expired: {e}");
     live.call("GetOrgs", vec![]).unwrap();
 }
+
+#[test]
+fn anonymous_registration_is_rate_limited_per_address_and_the_refused_one_changes_nothing() {
+    let h = Harness::start(Backend::Sqlite);
+    let (mut op, _, _) = setup(&h);
+    let register = |name: &str| {
+        let k = credentials::pki::KeyPair::generate();
+        h.client(None).call(
+            "RegisterPrincipal",
+            vec![json!({"name": name, "email": "r@x.test", "org": "princeton", "public_key": k.public_key_pem()})],
+        )
+    };
+    for i in 0..plab_authority::api::REGISTRATION_BURST {
+        register(&format!("reg{i}")).unwrap();
+    }
+    let e = register("one-too-many").unwrap_err();
+    assert!(e.to_string().contains("too many registrations from 127.0.0.1"), "{e}");
+    let names = op.call("GetPrincipals", vec![]).unwrap().to_string();
+    assert!(names.contains("reg0") && !names.contains("one-too-many"), "{names}");
+}

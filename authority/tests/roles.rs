@@ -155,7 +155,10 @@ fn every_method_by_every_caller() {
             .unwrap();
         let pending = format!("pending{i}");
         let k = credentials::pki::KeyPair::generate();
-        h.client(None)
+        // From an address of its own: anonymous registrations are rate-limited per address.
+        let from = format!("127.0.2.{}", i + 1).parse().unwrap();
+        AuthorityClient::new(&h.url, &h.root, None, Some(from))
+            .unwrap()
             .call(
                 "RegisterPrincipal",
                 vec![

@@ -903,7 +903,11 @@ async fn a_vms_socket_caps_its_connections_and_others_still_get_answers() {
         assert!(v["error"]["message"].as_str().unwrap().contains("too many connections"), "{v}");
         let mut c = NmClient::connect(&calm).unwrap();
         let rcaps = c.call_value("GetRcap", json!({})).unwrap();
-        assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 2, "the calm VM is served (its pool and the VM's): {rcaps}");
+        assert_eq!(
+            rcaps["rcaps"].as_array().unwrap().len(),
+            2,
+            "the calm VM is served (its pool and the VM's): {rcaps}"
+        );
         drop(held);
         std::thread::sleep(Duration::from_millis(200));
         let mut c = NmClient::connect(&noisy).unwrap();

@@ -8,13 +8,8 @@
 //! writes) and let go once the mount holds it. Written by hand on `libc::syscall`: neither
 //! `nix` nor `rustix` wraps `mount_setattr`, and runc 1.1 cannot idmap the root filesystem.
 
-use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+#[cfg(feature = "netlink")]
+pub use syscalls::{bind, user_namespace};
 
 /// A contiguous mapping: ids `0..count` of a tree (or of a VM) are host ids
 /// `host_base..host_base + count`.
@@ -38,101 +33,114 @@ impl IdMap {
     }
 }
 
-// Constants of <linux/mount.h>: part of the kernel's ABI.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+/// The system calls (with the `netlink` feature, which brings `libc` and `nix`).
+#[cfg(feature = "netlink")]
+mod syscalls {
+    use super::IdMap;
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
 
-/// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+    // Constants of <linux/mount.h>: part of the kernel's ABI.
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: NUL in path", p.display())))
-}
+    /// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
 
-/// A user namespace with `map` for uids and gids, as a file descriptor.
-pub fn user_namespace(map: IdMap) -> io::Result<OwnedFd> {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("60").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: runs in the forked child before exec; unshare(2) is async-signal-safe and
-    // the closure touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io::Error::from));
+    fn cstr(p: &Path) -> io::Result<CString> {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: NUL in path", p.display())))
     }
-    // `spawn` returns once the child has exec'd, so its namespace exists by then.
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let made = (|| {
-        std::fs::write(format!("/proc/{pid}/uid_map"), map.proc_line())?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), map.proc_line())?;
-        std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    made
-}
 
-/// Mounts at `dst` (an existing directory) a read-only clone of the tree at `src` whose
-/// files' owners appear through `map` (owner n of the tree appears as `map.host_base + n`).
-/// Read-only: through it, host root could otherwise delete the tree (an `rm -rf` of a VM's
-/// directory would empty the shared image).
-pub fn bind(src: &Path, dst: &Path, map: IdMap) -> io::Result<()> {
-    let userns = user_namespace(map)?;
-    let (src, dst) = (cstr(src)?, cstr(dst)?);
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    // SAFETY: `src` is a NUL-terminated string that outlives the call; the result is a
-    // new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    /// A user namespace with `map` for uids and gids, as a file descriptor.
+    pub fn user_namespace(map: IdMap) -> io::Result<OwnedFd> {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: runs in the forked child before exec; unshare(2) is async-signal-safe and
+        // the closure touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io::Error::from));
+        }
+        // `spawn` returns once the child has exec'd, so its namespace exists by then.
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let made = (|| {
+            std::fs::write(format!("/proc/{pid}/uid_map"), map.proc_line())?;
+            std::fs::write(format!("/proc/{pid}/gid_map"), map.proc_line())?;
+            std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        made
     }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("open_tree returned no descriptor"))?;
-    // SAFETY: `fd` was just returned by open_tree and nothing else owns it.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: `attr` and the empty path live for the call, and the size passed is
-    // `attr`'s.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+
+    /// Mounts at `dst` (an existing directory) a read-only clone of the tree at `src` whose
+    /// files' owners appear through `map` (owner n of the tree appears as `map.host_base + n`).
+    /// Read-only: through it, host root could otherwise delete the tree (an `rm -rf` of a VM's
+    /// directory would empty the shared image).
+    pub fn bind(src: &Path, dst: &Path, map: IdMap) -> io::Result<()> {
+        let userns = user_namespace(map)?;
+        let (src, dst) = (cstr(src)?, cstr(dst)?);
+        let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+        // SAFETY: `src` is a NUL-terminated string that outlives the call; the result is a
+        // new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::other("open_tree returned no descriptor"))?;
+        // SAFETY: `fd` was just returned by open_tree and nothing else owns it.
+        let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        // SAFETY: `attr` and the empty path live for the call, and the size passed is
+        // `attr`'s.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the empty path and `dst` are NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
-    // SAFETY: the empty path and `dst` are NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ pub mod fake;
 pub mod files;
 pub mod host;
 pub mod host_key;
-#[cfg(feature = "netlink")]
 pub mod idmap;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
