@@ -262,3 +262,38 @@ pub async fn resolve(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cached(s: &Sessions) -> Vec<String> {
+        let mut v: Vec<String> = s.cache.lock().unwrap().values().map(|(i, _)| i.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// The in-memory cache follows the database: a node's rekey forgets its services'
+    /// sessions and nobody else's; purging forgets what expired, to the second.
+    #[tokio::test]
+    async fn the_session_cache_forgets_exactly_what_the_database_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("a.db").display())).await.unwrap();
+        let s = Sessions::default();
+        let svc = |node| Identity::Service { slice: vm_types::SliceName::parse("plc.scs").unwrap(), node };
+        let now = 1_000_000;
+        s.create(&db, "a", &svc(1), now + 100).await.unwrap();
+        s.create(&db, "b", &svc(2), now + 100).await.unwrap();
+        s.create(&db, "c", &Identity::Node(1), now + 100).await.unwrap();
+        s.create(&db, "d", &Identity::Principal("x1".into()), now + 100).await.unwrap();
+        s.forget_node_services(&db, 1).await.unwrap();
+        assert_eq!(cached(&s), ["node:1", "principal:x1", "service:plc.scs@2"]);
+
+        let t = Sessions::default();
+        t.create(&db, "e", &Identity::Principal("gone".into()), now).await.unwrap();
+        t.create(&db, "f", &Identity::Principal("stays".into()), now + 1).await.unwrap();
+        assert_eq!(t.purge_expired(&db, now).await.unwrap(), 1);
+        assert_eq!(cached(&t), ["principal:stays"]);
+    }
+}
