@@ -2,7 +2,7 @@
 //! run, printed with ratios. Needs root, runc and the image, like the integration tests.
 //!
 //! 1. Container VM lifecycle, alternating: NM `Bind` + `DestroyVM`; against the same VM
-//!    made by hand with the same tools (sparse image and `mkfs.ext4`, loop and overlay
+//!    made by hand with the same tools (sparse image and `mkfs.ext4`, loop, idmapped and overlay
 //!    mounts, `ip` for the namespace, veth, address and route, `runc create`/`start`/
 //!    `delete`, unmounts, `ip netns del`, `rm`); and against `runc create`/`start`/
 //!    `delete` alone on a prepared bundle (the container start, without the VM's disk and
@@ -32,15 +32,20 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn runc(root: &std::path::Path, args: &[&str]) {
+    let mut err = tempfile::NamedTempFile::new().unwrap();
     let st = Command::new("runc")
         .arg("--root")
         .arg(root)
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // A file, not a pipe: `create` hands its stdio on to the container's init, and a
+        // pipe would never reach its end.
+        .stderr(err.reopen().unwrap())
         .status()
         .unwrap();
-    assert!(st.success(), "runc {args:?} failed");
+    let mut why = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut why);
+    assert!(st.success(), "runc {args:?} failed: {why}");
 }
 
 fn slice_rspec(slice: &str, key: &str, mem: u32, disk: &str) -> String {
@@ -269,6 +274,8 @@ struct HandMade {
     image: String,
     netns_of_node: String,
     template: String,
+    /// The template's first host uid (its VM's root).
+    uid_base: u32,
 }
 
 impl HandMade {
@@ -277,7 +284,9 @@ impl HandMade {
         let runc_root = dir.join("runc");
         std::fs::create_dir_all(&runc_root).unwrap();
         let image = std::env::var("PLAB_IMAGE_DIR").unwrap_or_else(|_| plab_tests::IMAGE.into());
-        HandMade { dir, runc_root, image, netns_of_node: node.netns.clone(), template: template.to_owned() }
+        let config: serde_json::Value = serde_json::from_str(template).unwrap();
+        let uid_base = config["linux"]["uidMappings"][0]["hostID"].as_u64().unwrap() as u32;
+        HandMade { dir, runc_root, image, netns_of_node: node.netns.clone(), template: template.to_owned(), uid_base }
     }
 
     fn sh(&self, cmd: &str) {
@@ -304,9 +313,17 @@ impl HandMade {
         self.sh(&format!("mount -o loop,nodev,nosuid {} {}", img.display(), disk.display()));
         std::fs::create_dir_all(disk.join("upper")).unwrap();
         std::fs::create_dir_all(disk.join("work")).unwrap();
+        // The VM's root owns its `/` (the user namespace's range; the template's), and
+        // sees the image through an idmapped mount: util-linux 2.38 has no command for
+        // one, so this step calls the same library function the node manager does.
+        self.sh(&format!("chown {0}:{0} {1}", self.uid_base, disk.join("upper").display()));
+        let lower = d.join("lower");
+        std::fs::create_dir_all(&lower).unwrap();
+        let ids = vm_types::idmap::IdMap { host_base: self.uid_base, count: 65536 };
+        vm_types::idmap::bind(std::path::Path::new(&self.image), &lower, ids).unwrap();
         self.sh(&format!(
             "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
-            self.image,
+            lower.display(),
             disk.join("upper").display(),
             disk.join("work").display(),
             rootfs.display()
@@ -314,7 +331,8 @@ impl HandMade {
         self.sh(&format!(
             "ip netns add {ns}; ip netns exec {node_ns} ip link add pvhand type veth peer name eth0 address 02:00:0a:d5:02:02 netns {ns}; \
              ip -n {node_ns} link set pvhand master plab0 up; ip -n {ns} link set lo up; \
-             ip -n {ns} addr replace 10.213.2.2/16 dev eth0; ip -n {ns} link set eth0 up; ip -n {ns} route replace default via 10.213.0.1"
+             ip -n {ns} addr replace 10.213.2.2/16 dev eth0; ip -n {ns} link set eth0 up; ip -n {ns} route replace default via 10.213.0.1; \
+             ip netns exec {ns} sysctl -qw net.ipv4.ip_unprivileged_port_start=0"
         ));
         let config = self
             .template
@@ -322,10 +340,23 @@ impl HandMade {
             .replace("/var/run/netns/plab-plc_bench_raw", &format!("/var/run/netns/{ns}"));
         let config = config.replace("\"/plab/plc_bench_raw\"", &format!("\"/plab/{name}\""));
         std::fs::write(bundle.join("config.json"), config).unwrap();
-        runc(&self.runc_root, &["create", "--bundle", &bundle.to_string_lossy(), name]);
+        let pid_file = d.join("init.pid");
+        runc(
+            &self.runc_root,
+            &["create", "--bundle", &bundle.to_string_lossy(), "--pid-file", &pid_file.to_string_lossy(), name],
+        );
+        self.sh(&format!(
+            "nsenter --target $(cat {}) --user -- sysctl -qw user.max_inotify_instances=128 user.max_inotify_watches=65536",
+            pid_file.display()
+        ));
         runc(&self.runc_root, &["start", name]);
         runc(&self.runc_root, &["delete", "--force", name]);
-        self.sh(&format!("umount -l {}; umount -l {}; ip netns del {ns}", rootfs.display(), disk.display()));
+        self.sh(&format!(
+            "umount -l {}; umount -l {}; umount -l {}; ip netns del {ns}",
+            rootfs.display(),
+            lower.display(),
+            disk.display()
+        ));
         std::fs::remove_dir_all(&d).unwrap();
         ms(t.elapsed())
     }
