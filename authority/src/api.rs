@@ -222,6 +222,19 @@ pub struct Authority {
 /// more every [`REGISTRATION_EVERY_SECS`].
 pub const REGISTRATION_BURST: u32 = 5;
 
+/// Whose allowance a registration from `ip` spends: an IPv4 address (IPv4-mapped IPv6
+/// included) is one; an IPv6 address counts as its /64, which one client usually holds
+/// whole.
+pub fn registration_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// Seconds between further registrations from one address.
 pub const REGISTRATION_EVERY_SECS: u64 = 60;
 
@@ -267,7 +280,7 @@ impl Authority {
     /// Whether an anonymous registration from `ip` may go ahead: a few per address, then
     /// one a minute; and never past [`MAX_PENDING_REGISTRATIONS`] waiting in all.
     async fn admit_registration(&self, ip: IpAddr) -> Result<(), AuthError> {
-        if self.registrations.check_key(&ip).is_err() {
+        if self.registrations.check_key(&registration_key(ip)).is_err() {
             return Err(AuthError::Unavailable(format!(
                 "RegisterPrincipal: too many registrations from {ip}: {REGISTRATION_BURST} at once, then one every {REGISTRATION_EVERY_SECS} s; try again later"
             )));
@@ -466,5 +479,20 @@ impl jsonrpc::server::Handler for Authority {
     type Caller = Peer;
     async fn call(&self, peer: &Peer, method: &str, params: Value) -> Result<Value, RpcError> {
         Authority::call(self, method, params, peer).await
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::registration_key;
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64_and_a_mapped_ipv4_its_address() {
+        let k = |s: &str| registration_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
     }
 }

@@ -117,6 +117,15 @@ impl Store {
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| StoreError::File(format!("{}: {e}", path.display())))?;
+            // A database an older node manager made is 0644 (with its -wal and -shm):
+            // private from now on.
+            use std::os::unix::fs::PermissionsExt;
+            for f in [path.to_path_buf(), path.with_extension("db-wal"), path.with_extension("db-shm")] {
+                if std::fs::metadata(&f).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| StoreError::File(format!("{}: {e}", f.display())))?;
+                }
+            }
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -297,6 +306,23 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The rcaps are capabilities: the database is private when made, and one an older
+    /// node manager left readable by all is made private.
+    #[test]
+    fn the_database_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.db");
+        drop(Store::open(&fresh).unwrap());
+        assert_eq!(mode(&fresh), 0o600);
+        let old = dir.path().join("nm.db");
+        drop(Store::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&old).unwrap());
+        assert_eq!(mode(&old), 0o600);
+    }
 
     #[test]
     fn changes_persist_across_reopen() {

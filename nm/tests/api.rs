@@ -886,7 +886,8 @@ async fn a_vms_socket_caps_its_connections_and_others_still_get_answers() {
     let n = node(dir.path(), Arc::new(FakeBackend::new()));
     bound_vm(&n, "plc.noisy", 64).await;
     bound_vm(&n, "plc.calm", 64).await;
-    let (noisy, calm) = (dir.path().join("sockets/plc_noisy/nm.sock"), dir.path().join("sockets/plc_calm/nm.sock"));
+    let (noisy, calm) =
+        (dir.path().join("sockets/plc_noisy/run/nm.sock"), dir.path().join("sockets/plc_calm/run/nm.sock"));
     tokio::task::spawn_blocking(move || {
         use std::io::{BufRead, BufReader};
         // A VM opens every connection it may and then one more: that one is told why

@@ -164,7 +164,7 @@ fn integration_vserver_vm_lifecycle_ssh_limits_and_restart() {
     assert_eq!(st["details"]["pid"], pid.as_str(), "the same container, not a restarted one");
     assert!(c.call_str("GetRSpec", json!([sub]), "rspec").unwrap().contains("plc.it.demo"));
     // The VM's own socket identifies the caller as its slice, and only that.
-    let mut inside = NmClient::connect(&node.state().join("sockets").join(&name).join("nm.sock")).unwrap();
+    let mut inside = NmClient::connect(&node.state().join("sockets").join(&name).join("run/nm.sock")).unwrap();
     let rcaps = inside.call_value("GetRcap", json!({})).unwrap();
     assert_eq!(rcaps["rcaps"].as_array().unwrap().len(), 2);
     let e = inside.call_value("CreatePool", json!([pool, "plc.it.demo"])).unwrap_err();
@@ -277,6 +277,22 @@ fn integration_vserver_user_namespaces_sudo_and_isolation_between_vms() {
         .unwrap();
     assert!(!escaped.status.success(), "A's host uid read B's secret");
     assert!(String::from_utf8_lossy(&escaped.stderr).contains("Permission denied"), "{escaped:?}");
+    // Nor can any other host user (here B's root, escaped) reach A's root filesystem or
+    // A's node manager socket (which would speak as A's slice).
+    let as_b = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", &base_b.to_string(), "--regid", &base_b.to_string(), "--clear-groups"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let a_hostname = node.state().join("vms").join(a).join("rootfs/etc/hostname");
+    let o = as_b(&["cat", &a_hostname.to_string_lossy()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{o:?}");
+    let a_socket = node.state().join("sockets").join(a).join("run/nm.sock");
+    let connect = format!("import socket; socket.socket(socket.AF_UNIX).connect({:?})", a_socket.to_string_lossy());
+    let o = as_b(&["/usr/bin/python3", "-c", &connect]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("PermissionError"), "{o:?}");
     let out = ssh(a, a_addr, "sudo -n grep -rls b-secret /root /home /etc /var /tmp; echo found=$?");
     assert!(out.lines().any(|l| l == "found=1") && !out.contains("/secret"), "{out}");
 

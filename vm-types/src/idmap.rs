@@ -21,6 +21,19 @@ pub struct IdMap {
     pub count: u32,
 }
 
+/// Host uids (and gids) each VM's user namespace maps: 0..65536 in the VM.
+pub const VM_IDS: u32 = 65536;
+
+/// VM number `index`'s host uid/gid range under `uid_base` ([`VM_IDS`] ids from
+/// `uid_base + index * VM_IDS`), if it fits below the last uid.
+pub fn host_ids(uid_base: u32, index: u32) -> Option<IdMap> {
+    index
+        .checked_mul(VM_IDS)
+        .and_then(|o| o.checked_add(uid_base))
+        .filter(|b| b.checked_add(VM_IDS).is_some())
+        .map(|host_base| IdMap { host_base, count: VM_IDS })
+}
+
 impl IdMap {
     /// The line `/proc/PID/uid_map` (and `gid_map`) takes.
     pub fn proc_line(&self) -> String {

@@ -226,7 +226,7 @@ impl NodeManager {
             BindPlan::New(sliver) => {
                 let spec = self.spec_of(&sliver);
                 let started = std::time::Instant::now();
-                let result = match self.open_vm_socket(&name, slice.clone()) {
+                let result = match self.open_vm_socket(&name, slice.clone(), spec.network.index) {
                     Ok(()) => {
                         let b = backend.clone();
                         let s = spec.clone();

@@ -414,5 +414,5 @@ pub(crate) fn set_mode(p: &std::path::Path, mode: u32) -> std::io::Result<()> {
 
 /// The directory holding a VM's own socket.
 pub fn vm_socket_dir(state_dir: &std::path::Path, vm: &str) -> PathBuf {
-    state_dir.join("sockets").join(vm)
+    state_dir.join("sockets").join(vm).join("run")
 }

@@ -64,7 +64,7 @@ impl NodeManager {
                 }
                 continue;
             }
-            if let Err(e) = self.open_vm_socket(&name, slice) {
+            if let Err(e) = self.open_vm_socket(&name, slice, spec.network.index) {
                 report.push(Repair::Failed(format!("{name}: VM socket: {e}")));
             }
             let b2 = b.clone();

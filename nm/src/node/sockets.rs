@@ -1,5 +1,7 @@
-//! Each VM's own socket: `<state>/sockets/<vm>/nm.sock`, bind-mounted read-only at
-//! `/run/plab/nm.sock` inside the VM. Every caller on it is the VM's slice, so a process
+//! Each VM's own socket: `<state>/sockets/<vm>/run/nm.sock`, `run/` bind-mounted
+//! read-only at `/run/plab` inside the VM. `<state>/sockets/<vm>` (0710, group the VM's
+//! root's host gid) lets only root and runc, setting the VM up as its root, through: no
+//! other host user or VM reaches the socket and speaks as the slice. Every caller on it is the VM's slice, so a process
 //! in a VM can claim no other identity.
 
 use super::NodeManager;
@@ -23,9 +25,25 @@ impl VmSockets {
 }
 
 impl NodeManager {
-    /// Opens VM `name`'s own socket; every caller on it is `slice`.
-    pub(crate) fn open_vm_socket(self: &Arc<Self>, name: &str, slice: SliceName) -> std::io::Result<()> {
+    /// Opens VM `name` (number `index`)'s own socket; every caller on it is `slice`.
+    pub(crate) fn open_vm_socket(self: &Arc<Self>, name: &str, slice: SliceName, index: u32) -> std::io::Result<()> {
         let dir = self.sockets.dir(&self.cfg.state_dir, name);
+        let gate = self.cfg.state_dir.join("sockets").join(name);
+        let gid = vm_types::idmap::host_ids(self.cfg.vm_uid_base, index).map(|ids| ids.host_base).ok_or_else(|| {
+            std::io::Error::other(format!("VM number {index} has no host uid range above vm_uid_base"))
+        })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o710).create(&gate) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        // (A node manager not running as root has no container VMs to gate for.)
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&gate, Some(0), Some(gid))?;
+        }
+        super::set_mode(&gate, 0o710)?;
         std::fs::create_dir_all(&dir)?;
         super::set_mode(&dir, 0o755)?;
         // Only one node manager runs per state directory (the node socket guarantees it),
@@ -65,6 +83,6 @@ impl NodeManager {
         if let Some(h) = self.sockets.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
             h.abort();
         }
-        let _ = std::fs::remove_dir_all(self.sockets.dir(&self.cfg.state_dir, name));
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("sockets").join(name));
     }
 }

@@ -62,8 +62,7 @@ pub const INOTIFY_INSTANCES: u32 = 128;
 /// inotify watches a VM may hold.
 pub const INOTIFY_WATCHES: u32 = 65536;
 
-/// Host uids (and gids) each VM's user namespace maps: 0..65536 in the VM.
-pub const VM_IDS: u32 = 65536;
+pub use crate::idmap::{host_ids, VM_IDS};
 
 /// Settings of the container backend.
 #[derive(Debug, Clone)]
@@ -178,17 +177,12 @@ impl VserverBackend {
     /// The VM's host uid/gid range (see the module's documentation).
     pub fn ids(&self, spec: &VmSpec) -> Result<IdMap, BackendError> {
         let index = spec.network.index;
-        index
-            .checked_mul(VM_IDS)
-            .and_then(|o| o.checked_add(self.cfg.uid_base))
-            .filter(|b| b.checked_add(VM_IDS).is_some())
-            .map(|host_base| IdMap { host_base, count: VM_IDS })
-            .ok_or_else(|| {
-                BackendError::Invalid(format!(
-                    "VM number {index} has no host uid range left above vm_uid_base {}",
-                    self.cfg.uid_base
-                ))
-            })
+        host_ids(self.cfg.uid_base, index).ok_or_else(|| {
+            BackendError::Invalid(format!(
+                "VM number {index} has no host uid range left above vm_uid_base {}",
+                self.cfg.uid_base
+            ))
+        })
     }
 
     /// The VM's network namespace (host-wide name).
@@ -286,16 +280,17 @@ impl VserverBackend {
 
     /// Loop-mounts the VM disk, mounts the image and the node manager's files idmapped
     /// into the VM's range, and the overlay root. Idempotent.
-    fn mount(&self, spec: &VmSpec) -> Result<(), BackendError> {
+    fn mount(&self, spec: &VmSpec, running: bool) -> Result<(), BackendError> {
         let (name, ids) = (&spec.name, self.ids(spec)?);
         let d = self.dir(name);
         let (img, disk, rootfs) = (d.join("disk.img"), d.join("disk"), d.join("rootfs"));
+        self.gate(name, &d, ids)?;
         if !self.host.is_mounted(&disk) {
             self.run("mount", &["-o", "loop,nodev,nosuid", &s(&img), &s(&disk)])?;
         }
         // The overlay's root directory is `upper`'s: the VM's root must own it. The work
         // directory is the kernel's (it works there as the mounter, host root).
-        self.own_upper(name, &disk.join("upper"), ids)?;
+        self.own_upper(name, &disk.join("upper"), ids, running)?;
         fs::create_dir_all(disk.join("work")).map_err(io(format!("{name}: disk/work")))?;
         for (src, dst) in [(self.cfg.image_dir.clone(), d.join("lower")), (d.join("plab"), d.join("etc-plab"))] {
             if !self.host.is_mounted(&dst) {
@@ -319,7 +314,11 @@ impl VserverBackend {
     /// Makes the overlay's upper directory (the VM's `/`) its root's. A disk whose files
     /// belong to another range (one made before VMs had user namespaces, whose files are
     /// host ids 0..65536, or under another `vm_uid_base`) is shifted into this one, once.
-    fn own_upper(&self, name: &str, upper: &Path, ids: IdMap) -> Result<(), BackendError> {
+    ///
+    /// Never while the VM runs: its root could swap what the walk is about to change for a
+    /// symbolic link to a host file. (A VM cannot give its `/` an owner outside its own
+    /// range, so only a disk from before, not the VM, asks for a shift.)
+    fn own_upper(&self, name: &str, upper: &Path, ids: IdMap, running: bool) -> Result<(), BackendError> {
         use std::os::unix::fs::MetadataExt;
         let io_upper = |e| BackendError::Io(format!("{name}: disk/upper"), e);
         match fs::symlink_metadata(upper) {
@@ -328,7 +327,15 @@ impl VserverBackend {
                 self.run("chown", &[&format!("{0}:{0}", ids.host_base), &s(upper)]).map(|_| ())
             }
             Err(e) => Err(io_upper(e)),
-            Ok(m) if m.uid() == ids.host_base => Ok(()),
+            Ok(m) if m.uid().checked_sub(ids.host_base).is_some_and(|i| i < ids.count) => Ok(()),
+            Ok(m) if running => {
+                tracing::warn!(
+                    vm = name,
+                    owner = m.uid(),
+                    "the VM's files are of another range: shifted at its next start"
+                );
+                Ok(())
+            }
             Ok(m) => {
                 let from = IdMap { host_base: m.uid(), count: VM_IDS };
                 tracing::info!(
@@ -356,6 +363,29 @@ impl VserverBackend {
         crate::files::replace(&path.with_extension("log.1"), &kept, 0o600).map_err(io("console.log.1"))?;
         tracing::info!(vm = name, "console log rotated");
         Ok(true)
+    }
+
+    /// The VM's directory lets only root and the VM's root through (runc, setting up the
+    /// VM as its root, must): 0710, group the VM's. Another host user, or another VM's
+    /// root, cannot reach its root filesystem. Files made before this was so (disk image
+    /// and console log readable by all) are made private or removed.
+    fn gate(&self, name: &str, d: &Path, ids: IdMap) -> Result<(), BackendError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = fs::metadata(d).map_err(io(format!("{name}: its directory")))?;
+        if m.gid() != ids.host_base {
+            self.run("chown", &[&format!("0:{}", ids.host_base), &s(d)])?;
+        }
+        if m.mode() & 0o7777 != 0o710 {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o710)).map_err(io(format!("{name}: its directory")))?;
+        }
+        let img = d.join("disk.img");
+        if fs::metadata(&img).is_ok_and(|m| m.mode() & 0o077 != 0) {
+            fs::set_permissions(&img, fs::Permissions::from_mode(0o600)).map_err(io("disk.img"))?;
+        }
+        match fs::remove_file(d.join("console.log")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BackendError::Io("old console.log".into(), e)),
+            _ => Ok(()),
+        }
     }
 
     /// Creates the VM's network namespace and veth pair and addresses it. Idempotent.
@@ -415,7 +445,7 @@ impl VserverBackend {
         let d = self.dir(&spec.name);
         {
             use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new().mode(0o711).create(&d).map_err(io(format!("{}: its directory", spec.name)))?;
+            fs::DirBuilder::new().mode(0o710).create(&d).map_err(io(format!("{}: its directory", spec.name)))?;
         }
         for sub in ["disk", "rootfs", "bundle"] {
             fs::create_dir_all(d.join(sub)).map_err(io(format!("{}: {sub}", spec.name)))?;
@@ -664,13 +694,14 @@ impl Backend for VserverBackend {
         if !self.dir(&spec.name).join("disk.img").exists() {
             return Err(BackendError::NotFound(spec.name.clone()));
         }
-        if !self.is_running(&spec.name)? {
+        let running = self.is_running(&spec.name)?;
+        if !running {
             self.grow_pending(&spec.name, spec.resources.disk_quota_bytes())?;
         }
         // Disk and network are independent: set them up side by side.
         let (disk, net) = std::thread::scope(|sc| {
             let net = sc.spawn(|| self.network(spec));
-            let disk = self.mount(spec);
+            let disk = self.mount(spec, running);
             (disk, net.join().unwrap_or_else(|_| Err(BackendError::Internal("network set-up panicked".into()))))
         });
         disk?;

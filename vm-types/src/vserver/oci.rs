@@ -59,10 +59,21 @@ fn bind(source: &Path, destination: &str, options: &[&str]) -> Mount {
 }
 
 /// Paths masked in every VM on top of the runtime's defaults: the RAPL power meters (a
-/// side channel on what other VMs compute), and the parts of the host's `/sys` (bound in,
-/// read-only, see [`config`]) that show other VMs: their cgroups and their interfaces.
-pub const MASKED: &[&str] =
-    &["/sys/devices/virtual/powercap", "/sys/fs/cgroup", "/sys/class/net", "/sys/devices/virtual/net"];
+/// side channel on what other VMs compute, as are the hardware sensors), and the parts of
+/// the host's `/sys` (bound in, read-only, see [`config`]) that show other VMs or hold the
+/// kernel's own controls: cgroups, interfaces, block devices (their backing files name
+/// other VMs), `/sys/kernel` (tracing, debugfs, securityfs) and `/sys/fs` (bpf, fuse, pstore).
+pub const MASKED: &[&str] = &[
+    "/sys/devices/virtual/powercap",
+    "/sys/class/hwmon",
+    "/sys/fs",
+    "/sys/kernel",
+    "/sys/class/net",
+    "/sys/devices/virtual/net",
+    "/sys/block",
+    "/sys/class/block",
+    "/sys/devices/virtual/block",
+];
 
 /// Builds the OCI configuration for a VM, with its seccomp filter.
 pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
@@ -144,7 +155,8 @@ pub fn config(spec: &VmSpec, m: &VmMounts<'_>, seccomp: &LinuxSeccomp) -> Spec {
     // bound read-only, with what would show other VMs masked (MASKED).
     let mut mounts: Vec<Mount> =
         oci_spec::runtime::get_default_mounts().into_iter().filter(|m| m.destination() != Path::new("/sys")).collect();
-    mounts.push(bind(Path::new("/sys"), "/sys", &["rbind", "ro", "nosuid", "nodev", "noexec"]));
+    // `rro`: read-only all the way down (runc 1.1, Linux 5.12), not only the top mount.
+    mounts.push(bind(Path::new("/sys"), "/sys", &["rbind", "rro", "nosuid", "nodev", "noexec"]));
     if let Some(dir) = m.lxcfs {
         for f in super::LXCFS_FILES {
             mounts.push(bind(&dir.join(f), &format!("/{f}"), &["bind", "ro", "nosuid", "nodev", "noexec"]));
@@ -224,8 +236,8 @@ mod tests {
         let sys: Vec<_> = mounts.iter().filter(|m| m["destination"] == "/sys").collect();
         assert_eq!(sys.len(), 1);
         assert_eq!(sys[0]["type"], "bind");
-        assert!(sys[0]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
-        assert!(json["linux"]["maskedPaths"].to_string().contains("\"/sys/fs/cgroup\""));
+        assert!(sys[0]["options"].as_array().unwrap().iter().any(|o| o == "rro"));
+        assert!(json["linux"]["maskedPaths"].to_string().contains("\"/sys/kernel\""));
         let meminfo = mounts.iter().find(|m| m["destination"] == "/proc/meminfo").unwrap();
         assert_eq!(meminfo["source"], "/var/lib/lxcfs/proc/meminfo");
         let caps = json["process"]["capabilities"]["bounding"].to_string();

@@ -369,3 +369,34 @@ fn the_console_log_is_on_the_vms_disk_and_rotated_past_its_cap() {
     f.b.maintain("plc_demo").unwrap();
     assert!(matches!(f.b.console_log("nope", 10), Err(BackendError::NotFound(_))));
 }
+
+/// A disk from before user namespaces (files of host ids 0..65536) is shifted into the
+/// VM's range at a start, but never while the VM runs: its root could swap the walk's
+/// next step for a link to a host file.
+#[test]
+fn an_old_disk_is_shifted_into_the_vms_range_only_while_the_vm_is_stopped() {
+    use std::os::unix::fs::MetadataExt;
+    assert!(nix::unistd::geteuid().is_root(), "changing owners needs root: run as root (make test does)");
+    let f = fixture();
+    let s = spec(100);
+    f.b.create(&s).unwrap();
+    f.b.start(&s).unwrap();
+    let upper = f.vm().join("disk/upper");
+    // (The recording host only logs the chown of a new upper: it is root's, as on an old disk.)
+    std::fs::create_dir_all(upper.join("home/u")).unwrap();
+    std::os::unix::fs::chown(upper.join("home/u"), Some(1000), Some(1000)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", upper.join("home/link")).unwrap();
+    let base = 1073938432; // VM 3
+    f.runc_says("running");
+    f.b.start(&s).unwrap();
+    assert_eq!(std::fs::metadata(upper.join("home/u")).unwrap().uid(), 1000, "not while it runs");
+    f.runc_says("stopped");
+    f.b.start(&s).unwrap();
+    assert_eq!(std::fs::metadata(&upper).unwrap().uid(), base);
+    assert_eq!(std::fs::metadata(upper.join("home/u")).unwrap().uid(), base + 1000);
+    assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0, "links are not followed");
+    assert_eq!(std::fs::symlink_metadata(upper.join("home/link")).unwrap().uid(), base);
+    // The VM's directory lets only root and the VM's root group through.
+    let m = std::fs::metadata(f.vm()).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o710);
+}
