@@ -175,6 +175,9 @@ enum NmCmd {
         /// How many bytes from the end.
         #[arg(long, default_value_t = 65536)]
         bytes: u64,
+        /// Then print what the VM prints, as it comes (until interrupted).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Node facts: VM types supported, networking.
     Info,
@@ -453,9 +456,26 @@ fn nm(socket: &Path, cmd: NmCmd, as_json: bool) -> anyhow::Result<()> {
             }
         }
         NmCmd::Destroy { vm } => println!("destroyed {}", show!(nm.call::<c::DestroyVM>(&VmParams { vm })?).vm),
-        NmCmd::Log { vm, bytes } => {
-            let v = show!(nm.call::<c::VmLog>(&VmLogParams { vm, bytes: Some(bytes) })?);
+        NmCmd::Log { vm, bytes, follow } => {
+            let v = show!(nm.call::<c::VmLog>(&VmLogParams { vm: vm.clone(), bytes: Some(bytes), from: None })?);
             print!("{}", printable(&v.log));
+            if follow {
+                let Some(mut next) = v.next else {
+                    anyhow::bail!("{vm}: this VM type's console cannot be followed");
+                };
+                loop {
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let p = VmLogParams { vm: vm.clone(), bytes: Some(1 << 20), from: Some(next) };
+                    let v = nm.call::<c::VmLog>(&p)?;
+                    if let Some(s) = v.skipped.filter(|s| *s > 0) {
+                        eprintln!("[{s} bytes rotated away before they could be shown]");
+                    }
+                    print!("{}", printable(&v.log));
+                    next = v.next.unwrap_or(next);
+                }
+            }
         }
         NmCmd::Info => {
             let v = show!(nm.call::<c::NodeInfo>(&jsonrpc::NoParams {})?);

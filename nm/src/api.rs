@@ -88,8 +88,13 @@ jsonrpc::params! {
     pub struct VmLogParams {
         /// The VM's name.
         pub vm: String,
-        /// How many bytes from the end (64 KiB by default, at most 1 MiB).
+        /// How many bytes from the end (64 KiB by default, at most 1 MiB); with `from`,
+        /// how many bytes from there.
         pub bytes: Option<u64>,
+        /// Read from this position (a previous answer's `next`) instead of the end: for
+        /// following the log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub from: Option<u64>,
     }
 
     /// `UpdateVM(vm, keys, bootscript)`.
@@ -245,8 +250,15 @@ pub struct DestroyedResult {
 pub struct VmLogResult {
     /// The VM.
     pub vm: String,
-    /// The last bytes of its console.
+    /// The last bytes of its console (or those from `from`).
     pub log: String,
+    /// The position after them, to ask `from` next time (when the VM type's console can
+    /// be followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+    /// Bytes between `from` and the oldest still kept: rotated away before they were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
 }
 
 /// Facts about the node.

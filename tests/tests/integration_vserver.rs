@@ -323,7 +323,7 @@ fn integration_vserver_a_hostile_vm_neither_fills_the_host_nor_holds_up_others()
     let node = TestNode::with_config("hostile", "stop_timeout_secs = 4\n");
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();
-    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="4" disk_quota="1" mem_limit="1024"/></PoolRSpec>"#;
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="8" disk_quota="1" mem_limit="1024"/></PoolRSpec>"#;
     let root = c.call_str("CreatePool", json!([pool, "plc.it"]), "rcap").unwrap();
     // The loud VM's bootscript prints 150 MB to its console, past its 0.1 GB disk.
     let loud = format!(
@@ -353,6 +353,47 @@ fn integration_vserver_a_hostile_vm_neither_fills_the_host_nor_holds_up_others()
     let log = c.call_value("VmLog", json!([loud, 1 << 20])).unwrap()["log"].as_str().unwrap().len();
     assert!(log <= 1 << 20, "VmLog is bounded: {log} bytes");
     assert!(log > 0);
+    // Following the log: positions count every byte printed, across the rotation; a
+    // reader from the start learns how much went before it could read it.
+    let first = c.call_value("VmLog", json!({"vm": loud, "bytes": 1000, "from": 0})).unwrap();
+    assert!(first["skipped"].as_u64().unwrap() > 50_000_000, "the start was rotated away: {first}");
+    assert_eq!(first["log"].as_str().unwrap().len(), 1000);
+    assert!(
+        first["log"].as_str().unwrap().starts_with("loud\n") || first["log"].as_str().unwrap().starts_with("oud"),
+        "{first}"
+    );
+    let end = c.call_value("VmLog", json!({"vm": loud, "bytes": 10})).unwrap()["next"].as_u64().unwrap();
+    assert!(end > 50_000_000 && end >= first["next"].as_u64().unwrap(), "{end}");
+    let after = c.call_value("VmLog", json!({"vm": loud, "from": end})).unwrap();
+    assert!(after["next"].as_u64().unwrap() >= end && after["skipped"] == 0, "{after}");
+
+    // `plab nm log --follow` shows what a VM prints as it comes.
+    let ticker = format!(
+        r#"<VServerSlice name="plc.it.ticker"><resources cpu_share="1" disk_quota="0.05" mem_limit="64"/><key>{public}</key><bootscript>i=0; while [ $i -lt 300 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done</bootscript></VServerSlice>"#
+    );
+    let sub = c.call_str("SplitPool", json!([root, ticker]), "rcap").unwrap();
+    c.call_value("Bind", json!([sub, "plc.it.ticker"])).unwrap();
+    let mut follow = Command::new(plab_tests::bin("plab"))
+        .args(["nm", "--socket"])
+        .arg(node.socket())
+        .args(["log", "--follow", "plc_it_ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        let done = line == "tick 40";
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen.last().map(String::as_str), Some("tick 40"), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "tick 39"), "nothing lost between reads: {seen:?}");
 
     // 9.8: a VM whose init will not stop (root in it stops plab-init, so SIGTERM goes
     // nowhere) holds up only its own stop, for stop_timeout_secs: the node manager answers

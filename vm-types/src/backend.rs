@@ -159,6 +159,17 @@ pub trait Backend: Send + Sync {
     fn list(&self) -> Result<Vec<String>, BackendError>;
     /// The last `max_bytes` of the VM's console output (init and bootscript output).
     fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError>;
+    /// The VM's console from position `from` (bytes since the VM's console began, across
+    /// rotations), at most `max_bytes`: for following the log.
+    fn console_from(
+        &self,
+        name: &str,
+        from: u64,
+        max_bytes: u64,
+    ) -> Result<crate::console::ConsoleChunk, BackendError> {
+        let _ = (name, from, max_bytes);
+        Err(BackendError::Unavailable(format!("{}: its console cannot be followed", self.vm_type())))
+    }
     /// Periodic upkeep of a VM the node manager knows (the node manager calls it every
     /// few seconds): rotating what grows, for one. Nothing by default.
     fn maintain(&self, name: &str) -> Result<(), BackendError> {

@@ -11,6 +11,7 @@
 #[cfg(feature = "kvm-probe")]
 pub mod accel;
 pub mod backend;
+pub mod console;
 pub mod fake;
 pub mod files;
 pub mod host;

@@ -366,7 +366,7 @@ impl NodeManager {
             Request::StartVM(p) => reply::<c::StartVM>(r(self.start_vm(caller, &p.vm).await)),
             Request::StopVM(p) => reply::<c::StopVM>(r(self.stop_vm(caller, &p.vm).await)),
             Request::DestroyVM(p) => reply::<c::DestroyVM>(r(self.destroy_vm(caller, &p.vm).await)),
-            Request::VmLog(p) => reply::<c::VmLog>(r(self.vm_log(caller, &p.vm, p.bytes).await)),
+            Request::VmLog(p) => reply::<c::VmLog>(r(self.vm_log(caller, &p.vm, p.bytes, p.from).await)),
             Request::NodeInfo(_) => reply::<c::NodeInfo>(Ok(self.node_info())),
             Request::Orphans(_) => reply::<c::Orphans>(r(self.orphans_for(caller).await)),
             Request::CleanOrphans(_) => reply::<c::CleanOrphans>(r(self.clean_orphans(caller).await)),

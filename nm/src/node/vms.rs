@@ -144,12 +144,34 @@ impl NodeManager {
         self.vm_info(caller, name, None)
     }
 
-    pub(crate) async fn vm_log(&self, caller: &Caller, name: &str, bytes: Option<u64>) -> Result<VmLogResult, NmError> {
+    pub(crate) async fn vm_log(
+        &self,
+        caller: &Caller,
+        name: &str,
+        bytes: Option<u64>,
+        from: Option<u64>,
+    ) -> Result<VmLogResult, NmError> {
         let (_, b) = self.vm_for(caller, name)?;
         let n = name.to_owned();
         let bytes = bytes.unwrap_or(64 * 1024).min(MAX_LOG_BYTES);
-        let log = blocking(move || b.console_log(&n, bytes)).await.map_err(NmError::backend("VmLog"))?;
-        Ok(VmLogResult { vm: name.to_owned(), log })
+        if let Some(from) = from {
+            let c = blocking(move || b.console_from(&n, from, bytes)).await.map_err(NmError::backend("VmLog"))?;
+            return Ok(VmLogResult {
+                vm: name.to_owned(),
+                log: String::from_utf8_lossy(&c.bytes).into_owned(),
+                next: Some(c.next),
+                skipped: Some(c.skipped),
+            });
+        }
+        let (log, next) = blocking(move || {
+            let log = b.console_log(&n, bytes)?;
+            // Where the log ends, for a reader that follows it (when it can be followed).
+            let next = b.console_from(&n, u64::MAX, 0).ok().map(|c| c.next);
+            Ok((log, next))
+        })
+        .await
+        .map_err(NmError::backend("VmLog"))?;
+        Ok(VmLogResult { vm: name.to_owned(), log, next, skipped: None })
     }
 
     pub(crate) fn node_info(&self) -> NodeInfoResult {

@@ -346,6 +346,19 @@ impl Backend for LibvirtBackend {
         Ok(names)
     }
 
+    fn console_from(
+        &self,
+        name: &str,
+        from: u64,
+        max_bytes: u64,
+    ) -> Result<crate::console::ConsoleChunk, BackendError> {
+        let path = self.cfg.vm_dir.join(name).join("console.log");
+        if !path.exists() && self.domain(name).is_none() {
+            return Err(BackendError::NotFound(name.into()));
+        }
+        crate::console::chunk(&path, None, 0, from, max_bytes)
+    }
+
     fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.cfg.vm_dir.join(name).join("console.log");

@@ -349,6 +349,14 @@ impl VserverBackend {
         }
     }
 
+    /// Bytes of the VM's console rotated away so far (`disk/console.rotated`).
+    fn console_rotated(&self, name: &str) -> u64 {
+        fs::read_to_string(self.console_path(name).with_extension("rotated"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Rotates the VM's console log when it is past [`CONSOLE_CAP`]; whether it did.
     pub fn rotate_console(&self, name: &str) -> Result<bool, BackendError> {
         let path = self.console_path(name);
@@ -359,7 +367,12 @@ impl VserverBackend {
         // Emptied before the kept part is written: a log that filled the VM's disk leaves
         // no room for the copy otherwise.
         let kept = tail(&path, CONSOLE_KEEP)?;
+        // Positions run on across the rotation (`console_from`): what goes is counted.
+        let len = fs::metadata(&path).map(|m| m.len()).map_err(io("console.log"))?;
+        let rotated = self.console_rotated(name) + len;
         fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(0)).map_err(io("console.log"))?;
+        crate::files::replace(&path.with_extension("rotated"), rotated.to_string().as_bytes(), 0o600)
+            .map_err(io("console.rotated"))?;
         crate::files::replace(&path.with_extension("log.1"), &kept, 0o600).map_err(io("console.log.1"))?;
         tracing::info!(vm = name, "console log rotated");
         Ok(true)
@@ -866,6 +879,20 @@ impl Backend for VserverBackend {
             buf = older;
         }
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn console_from(
+        &self,
+        name: &str,
+        from: u64,
+        max_bytes: u64,
+    ) -> Result<crate::console::ConsoleChunk, BackendError> {
+        if !self.dir(name).exists() {
+            return Err(BackendError::NotFound(name.into()));
+        }
+        let path = self.console_path(name);
+        let old = path.with_extension("log.1");
+        crate::console::chunk(&path, Some(&old), self.console_rotated(name), from, max_bytes)
     }
 
     fn maintain(&self, name: &str) -> Result<(), BackendError> {
