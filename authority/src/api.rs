@@ -180,6 +180,9 @@ pub struct Settings {
     /// Seconds between sweeps for expired slices (which also read the generation other
     /// servers on the database moved).
     pub sweep_secs: u64,
+    /// Seconds an anonymous registration may wait for approval before the sweep removes
+    /// it (30 days), so that waiting ones cannot pile up to the cap for good.
+    pub registration_ttl: i64,
 }
 
 impl Default for Settings {
@@ -194,6 +197,7 @@ impl Default for Settings {
             max_wait: 60,
             node_services: vec![],
             sweep_secs: 2,
+            registration_ttl: 30 * 86400,
         }
     }
 }

@@ -708,6 +708,27 @@ impl Authority {
         Ok(n)
     }
 
+    /// Removes registrations that waited for approval longer than `registration_ttl`
+    /// (and that nothing refers to: no slice, no site). Returns how many went.
+    pub async fn sweep_registrations(&self, now: i64) -> Result<u64, AuthError> {
+        let stale = "SELECT id FROM principals WHERE approved = 0 AND created <= ? \
+             AND id NOT IN (SELECT principal_id FROM slice_principals) \
+             AND id NOT IN (SELECT tech_id FROM sites WHERE tech_id IS NOT NULL)";
+        let before = now - self.settings.registration_ttl;
+        let mut tx = self.db.begin().await?;
+        sqlx::query(&self.db.q(&format!("DELETE FROM ssh_keys WHERE principal_id IN ({stale})")))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query(&self.db.q(&format!("DELETE FROM principals WHERE id IN ({stale})")))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Sweeps expired slices every `every`, for the life of the server, and reads the
     /// generation other servers on the database may have moved (on PostgreSQL LISTEN
     /// brings it sooner; this is the fallback, and all there is on SQLite).
@@ -721,6 +742,11 @@ impl Authority {
             }
             // Addresses whose registration allowance is full again are forgotten.
             self.registrations.retain_recent();
+            match self.sweep_registrations(credentials::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} registrations that waited too long for approval"),
+                Err(e) => tracing::warn!("sweeping old registrations: {e}"),
+            }
             if let Err(e) = self.refresh_generation().await {
                 tracing::warn!("reading the generation: {e}");
             }

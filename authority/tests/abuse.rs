@@ -414,3 +414,34 @@ fn anonymous_registration_is_rate_limited_per_address_and_the_refused_one_change
     let names = op.call("GetPrincipals", vec![]).unwrap().to_string();
     assert!(names.contains("reg0") && !names.contains("one-too-many"), "{names}");
 }
+
+#[test]
+fn registrations_that_wait_too_long_are_swept_and_approved_ones_stay() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        swept_on(backend);
+    }
+}
+
+fn swept_on(backend: Backend) {
+    let h = Harness::start(backend);
+    let (mut op, _, _) = setup(&h);
+    let k = credentials::pki::KeyPair::generate();
+    let register = |name: &str| {
+        h.client(None).call(
+            "RegisterPrincipal",
+            vec![json!({"name": name, "email": "w@x.test", "org": "princeton", "public_key": k.public_key_pem()})],
+        )
+    };
+    register("waits").unwrap();
+    register("approved").unwrap();
+    op.call("ApprovePrincipal", vec![json!("approved")]).unwrap();
+    let a = &h.authority;
+    let now = credentials::now();
+    assert_eq!(h.rt.block_on(a.sweep_registrations(now)).unwrap(), 0, "not yet");
+    let later = now + a.settings.registration_ttl + 1;
+    assert_eq!(h.rt.block_on(a.sweep_registrations(later)).unwrap(), 1);
+    let names = op.call("GetPrincipals", vec![]).unwrap().to_string();
+    assert!(!names.contains("\"waits\"") && names.contains("\"approved\""), "{names}");
+    // The name is free again.
+    register("waits").unwrap();
+}
