@@ -157,8 +157,13 @@ pub trait Backend: Send + Sync {
     /// Names of every VM this backend holds on the node, including ones the node manager
     /// has no record of.
     fn list(&self) -> Result<Vec<String>, BackendError>;
-    /// The last `max_bytes` of the VM's console output (init and bootscript output).
-    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError>;
+    /// The last `max_bytes` of the VM's console output (init and bootscript output),
+    /// rotated part included.
+    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
+        let end = self.console_from(name, u64::MAX, 0)?.next;
+        let c = self.console_from(name, end.saturating_sub(max_bytes), max_bytes)?;
+        Ok(String::from_utf8_lossy(&c.bytes).into_owned())
+    }
     /// The VM's console from position `from` (bytes since the VM's console began, across
     /// rotations), at most `max_bytes`: for following the log.
     fn console_from(

@@ -52,6 +52,12 @@ pub fn chunk(
     Ok(ConsoleChunk { bytes, next: pos, skipped })
 }
 
+/// The last `max` bytes of the file at `path` (nothing when there is no file).
+pub fn tail(path: &Path, max: u64) -> Result<Vec<u8>, BackendError> {
+    let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    read_at(path, len.saturating_sub(max), max)
+}
+
 fn read_at(path: &Path, offset: u64, max: u64) -> Result<Vec<u8>, BackendError> {
     let io = |e| BackendError::Io(path.display().to_string(), e);
     let mut f = match fs::File::open(path) {

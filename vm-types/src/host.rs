@@ -92,10 +92,10 @@ pub trait Host: Send + Sync {
         Ok(())
     }
 
-    /// Mounts at `dst` a read-only clone of the tree at `src` whose owners appear shifted by `map`
-    /// (an idmapped mount, see [`crate::idmap`]).
-    fn idmapped_bind(&self, src: &Path, dst: &Path, map: IdMap) -> Result<(), BackendError> {
-        let _ = (src, dst, map);
+    /// For each `(src, dst)`, mounts at `dst` a read-only clone of the tree at `src` whose
+    /// owners appear shifted by `map` (idmapped mounts, see [`crate::idmap`]).
+    fn idmapped_binds(&self, pairs: &[(&Path, &Path)], map: IdMap) -> Result<(), BackendError> {
+        let _ = (pairs, map);
         Err(BackendError::Unavailable("this host cannot make idmapped mounts".into()))
     }
 
@@ -270,12 +270,12 @@ impl Host for LinuxHost {
     }
 
     #[cfg(feature = "netlink")]
-    fn idmapped_bind(&self, src: &Path, dst: &Path, map: IdMap) -> Result<(), BackendError> {
-        crate::idmap::bind(src, dst, map).map_err(|e| {
+    fn idmapped_binds(&self, pairs: &[(&Path, &Path)], map: IdMap) -> Result<(), BackendError> {
+        crate::idmap::bind(pairs, map).map_err(|e| {
+            let what: Vec<String> = pairs.iter().map(|(s, d)| format!("{} at {}", s.display(), d.display())).collect();
             BackendError::Unavailable(format!(
-                "idmapped mount of {} at {}: {e} (needs Linux 5.12 or later and a filesystem that supports idmapped mounts, such as ext4, xfs, btrfs or, from Linux 6.3, tmpfs)",
-                src.display(),
-                dst.display()
+                "idmapped mount of {}: {e} (needs Linux 5.12 or later and a filesystem that supports idmapped mounts, such as ext4, xfs, btrfs or, from Linux 6.3, tmpfs)",
+                what.join(", ")
             ))
         })
     }
@@ -506,10 +506,12 @@ pub mod recording {
             self.lock().mounted.contains(path)
         }
 
-        fn idmapped_bind(&self, src: &Path, dst: &Path, map: super::IdMap) -> Result<(), BackendError> {
-            let cmd = Cmd::new("idmapped-bind").arg(src).arg(format!("{}:{}", map.host_base, map.count)).arg(dst);
-            self.run(&cmd).map(|_| ())?;
-            self.lock().mounted.insert(dst.to_path_buf());
+        fn idmapped_binds(&self, pairs: &[(&Path, &Path)], map: super::IdMap) -> Result<(), BackendError> {
+            for (src, dst) in pairs {
+                let cmd = Cmd::new("idmapped-bind").arg(src).arg(format!("{}:{}", map.host_base, map.count)).arg(dst);
+                self.run(&cmd).map(|_| ())?;
+                self.lock().mounted.insert(dst.to_path_buf());
+            }
             Ok(())
         }
 

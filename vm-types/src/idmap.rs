@@ -100,12 +100,21 @@ mod syscalls {
         made
     }
 
-    /// Mounts at `dst` (an existing directory) a read-only clone of the tree at `src` whose
-    /// files' owners appear through `map` (owner n of the tree appears as `map.host_base + n`).
+    /// For each `(src, dst)`, mounts at `dst` (an existing directory) a read-only clone of
+    /// the tree at `src` whose files' owners appear through `map` (owner n of the tree
+    /// appears as `map.host_base + n`).
     /// Read-only: through it, host root could otherwise delete the tree (an `rm -rf` of a VM's
     /// directory would empty the shared image).
-    pub fn bind(src: &Path, dst: &Path, map: IdMap) -> io::Result<()> {
+    pub fn bind(pairs: &[(&Path, &Path)], map: IdMap) -> io::Result<()> {
+        // One user namespace serves every mount of the call.
         let userns = user_namespace(map)?;
+        for (src, dst) in pairs {
+            bind_one(src, dst, &userns)?;
+        }
+        Ok(())
+    }
+
+    fn bind_one(src: &Path, dst: &Path, userns: &OwnedFd) -> io::Result<()> {
         let (src, dst) = (cstr(src)?, cstr(dst)?);
         let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
         // SAFETY: `src` is a NUL-terminated string that outlives the call; the result is a

@@ -320,7 +320,7 @@ impl HandMade {
         let lower = d.join("lower");
         std::fs::create_dir_all(&lower).unwrap();
         let ids = vm_types::idmap::IdMap { host_base: self.uid_base, count: 65536 };
-        vm_types::idmap::bind(std::path::Path::new(&self.image), &lower, ids).unwrap();
+        vm_types::idmap::bind(&[(std::path::Path::new(&self.image), lower.as_path())], ids).unwrap();
         self.sh(&format!(
             "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
             lower.display(),

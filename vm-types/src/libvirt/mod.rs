@@ -358,21 +358,4 @@ impl Backend for LibvirtBackend {
         }
         crate::console::chunk(&path, None, 0, from, max_bytes)
     }
-
-    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
-        use std::io::{Read, Seek, SeekFrom};
-        let path = self.cfg.vm_dir.join(name).join("console.log");
-        let Ok(mut f) = fs::File::open(&path) else {
-            return if self.domain(name).is_some() {
-                Ok(String::new())
-            } else {
-                Err(BackendError::NotFound(name.into()))
-            };
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(io("console.log"))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(io("console.log"))?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    }
 }

@@ -35,7 +35,6 @@ use crate::vm_type::VmType;
 use oci_spec::runtime::{ContainerState, State};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -292,12 +291,17 @@ impl VserverBackend {
         // directory is the kernel's (it works there as the mounter, host root).
         self.own_upper(name, &disk.join("upper"), ids, running)?;
         fs::create_dir_all(disk.join("work")).map_err(io(format!("{name}: disk/work")))?;
-        for (src, dst) in [(self.cfg.image_dir.clone(), d.join("lower")), (d.join("plab"), d.join("etc-plab"))] {
-            if !self.host.is_mounted(&dst) {
-                fs::create_dir_all(&src).map_err(io(format!("{name}: {}", src.display())))?;
-                fs::create_dir_all(&dst).map_err(io(format!("{name}: {}", dst.display())))?;
-                self.host.idmapped_bind(&src, &dst, ids)?;
+        let wanted = [(self.cfg.image_dir.clone(), d.join("lower")), (d.join("plab"), d.join("etc-plab"))];
+        let mut todo = Vec::new();
+        for (src, dst) in &wanted {
+            if !self.host.is_mounted(dst) {
+                fs::create_dir_all(src).map_err(io(format!("{name}: {}", src.display())))?;
+                fs::create_dir_all(dst).map_err(io(format!("{name}: {}", dst.display())))?;
+                todo.push((src.as_path(), dst.as_path()));
             }
+        }
+        if !todo.is_empty() {
+            self.host.idmapped_binds(&todo, ids)?;
         }
         if !self.host.is_mounted(&rootfs) {
             let opts = format!(
@@ -366,7 +370,7 @@ impl VserverBackend {
         }
         // Emptied before the kept part is written: a log that filled the VM's disk leaves
         // no room for the copy otherwise.
-        let kept = tail(&path, CONSOLE_KEEP)?;
+        let kept = crate::console::tail(&path, CONSOLE_KEEP)?;
         // Positions run on across the rotation (`console_from`): what goes is counted.
         let len = fs::metadata(&path).map(|m| m.len()).map_err(io("console.log"))?;
         let rotated = self.console_rotated(name) + len;
@@ -493,12 +497,8 @@ impl VserverBackend {
     }
 
     fn console_since(&self, name: &str, offset: u64) -> String {
-        let mut out = String::new();
-        if let Ok(mut f) = fs::File::open(self.console_path(name)) {
-            let _ = f.seek(SeekFrom::Start(offset));
-            let _ = f.take(8192).read_to_string(&mut out);
-        }
-        out.trim().to_owned()
+        let c = crate::console::chunk(&self.console_path(name), None, 0, offset, 8192);
+        c.map(|c| String::from_utf8_lossy(&c.bytes).trim().to_owned()).unwrap_or_default()
     }
 
     fn start_container(&self, name: &str) -> Result<(), BackendError> {
@@ -591,20 +591,6 @@ impl VserverBackend {
         let v2p = Path::new("/sys/fs/cgroup").join(&cg).join(v2);
         fs::read_to_string(v1p).or_else(|_| fs::read_to_string(v2p)).ok().map(|s| s.trim().to_owned())
     }
-}
-
-/// The last `max` bytes of the file at `path` (nothing when there is no file).
-fn tail(path: &Path, max: u64) -> Result<Vec<u8>, BackendError> {
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(BackendError::Io(path.display().to_string(), e)),
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    f.seek(SeekFrom::Start(len.saturating_sub(max))).map_err(io(path.display().to_string()))?;
-    let mut buf = Vec::new();
-    f.take(max).read_to_end(&mut buf).map_err(io(path.display().to_string()))?;
-    Ok(buf)
 }
 
 /// Gives every file below `dir` (itself included, symbolic links not followed) owned by
@@ -864,21 +850,6 @@ impl Backend for VserverBackend {
         }
         names.sort();
         Ok(names)
-    }
-
-    fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {
-        if !self.dir(name).exists() {
-            return Err(BackendError::NotFound(name.into()));
-        }
-        // The rotated part first, then the current log: the last `max_bytes` of both.
-        let path = self.console_path(name);
-        let mut buf = tail(&path, max_bytes)?;
-        if (buf.len() as u64) < max_bytes {
-            let mut older = tail(&path.with_extension("log.1"), max_bytes - buf.len() as u64)?;
-            older.append(&mut buf);
-            buf = older;
-        }
-        Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
     fn console_from(
