@@ -177,6 +177,10 @@ pub struct VmInfo {
     /// has one (`public_address`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// The source ports (`first-last`) VM's outbound connections leave the node's public
+    /// address from (ICMP ids too): every port in the block is this VM's and no other's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ports: Option<String>,
     /// The command that logs in from elsewhere: `ssh -p PORT login@PUBLIC` through the
     /// node's forward, or `ssh login@address` on a node without one.
     #[serde(default)]

@@ -20,6 +20,13 @@
 //! guest_dir = "/var/lib/plab/guests"    # guest disks and seeds (QEMU's user must traverse it)
 //! public_address = "192.0.2.10"         # the node's address: VM n's ssh is forwarded from port
 //! ssh_port_base = 22000                 #   ssh_port_base + n there (unset: no forwarding)
+//! nat_port_base = 32768                 # VM n's outbound traffic leaves from the public address
+//! nat_ports_per_vm = 256                #   with source ports nat_port_base + n * nat_ports_per_vm ..
+//! vm_host_tcp_ports = []                # node services VMs may reach (TCP); anything else is dropped
+//! sustained_window_secs = 86400         # sustained_rate is an average over this window (bwmon)
+//! default_burst_rate = 100              # Mbps: the ceiling of a VM whose RSpec has no burst_rate
+//! node_rate = 1000                      # Mbps the node's VMs share (each in each direction):
+//!                                       #   base rates are guaranteed out of it
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -113,6 +120,25 @@ pub struct Config {
     pub public_address: Option<Ipv4Addr>,
     /// The first port of the ssh forwards (VM number n gets `ssh_port_base + n`).
     pub ssh_port_base: u16,
+    /// The first source port of the outbound NAT blocks: VM number n's connections leave
+    /// the public address from ports `nat_port_base + n * nat_ports_per_vm` up to the next
+    /// block, so an (address, port) seen outside names one VM without a log.
+    pub nat_port_base: u16,
+    /// Source ports per VM in the outbound NAT.
+    pub nat_ports_per_vm: u16,
+    /// TCP ports of the node's own services that VMs may reach on the bridge address; ping
+    /// and replies to the node's own connections always pass, anything else is dropped.
+    pub vm_host_tcp_ports: Vec<u16>,
+    /// The window over which a VM's `sustained_rate` is an average: once a VM has sent (or
+    /// received) `sustained_rate × window` in a window, its ceiling drops from `burst_rate`
+    /// to `sustained_rate` until the window ends (PlanetLab's bwmon).
+    pub sustained_window_secs: u64,
+    /// The ceiling, in Mbps, of a VM whose resources carry no `burst_rate` (the
+    /// specification's default RSpec has 100).
+    pub default_burst_rate: u64,
+    /// What the node's VMs share, in Mbps, in each direction: the root of the HTB trees,
+    /// out of which each VM's `base_rate` is guaranteed and up to its `burst_rate` lent.
+    pub node_rate: u64,
     /// Sets this node manager's host-wide names (VM network namespaces, cgroups, libvirt
     /// domains) apart from another's on the same host: for several nodes on one machine
     /// (a testbed). Empty on a normal node.
@@ -149,6 +175,12 @@ impl Default for Config {
             guest_dir: "/var/lib/plab/guests".into(),
             public_address: None,
             ssh_port_base: 22000,
+            nat_port_base: 32768,
+            nat_ports_per_vm: 256,
+            vm_host_tcp_ports: vec![],
+            sustained_window_secs: 86400,
+            default_burst_rate: 100,
+            node_rate: 1000,
             fake_backend: false,
             instance: String::new(),
         }
@@ -240,14 +272,57 @@ impl Config {
                 self.ssh_port_base
             );
         }
+        if self.nat_ports_per_vm < 16 {
+            anyhow::bail!("nat_ports_per_vm: {} must be 16 or more", self.nat_ports_per_vm);
+        }
+        if self.nat_port_base < 1024 || self.nat_vm_slots() == 0 {
+            anyhow::bail!(
+                "nat_port_base: {} must be 1024 or more and leave room for one block of {} ports below 65536",
+                self.nat_port_base,
+                self.nat_ports_per_vm
+            );
+        }
+        if self.ssh_port_base >= self.nat_port_base {
+            anyhow::bail!(
+                "ssh_port_base: {} must lie below nat_port_base ({}): forwards and NAT blocks are kept apart",
+                self.ssh_port_base,
+                self.nat_port_base
+            );
+        }
+        if self.default_burst_rate == 0 || self.default_burst_rate > 100_000 {
+            anyhow::bail!("default_burst_rate: {} must be 1 to 100000 (Mbps)", self.default_burst_rate);
+        }
+        if self.node_rate == 0 || self.node_rate > 100_000 {
+            anyhow::bail!("node_rate: {} must be 1 to 100000 (Mbps)", self.node_rate);
+        }
+        if self.sustained_window_secs == 0 {
+            anyhow::bail!("sustained_window_secs: must be 1 or more");
+        }
         Ok(())
     }
 
+    /// How many VMs get an outbound NAT block.
+    pub fn nat_vm_slots(&self) -> u32 {
+        (65536 - u32::from(self.nat_port_base)) / u32::from(self.nat_ports_per_vm.max(1))
+    }
+
     /// The public port that forwards to VM number `index`'s ssh, when the node has a public
-    /// address and the port exists.
+    /// address and the port lies below the NAT blocks.
     pub fn ssh_port(&self, index: u32) -> Option<u16> {
         self.public_address?;
-        u16::try_from(u32::from(self.ssh_port_base) + index).ok()
+        u16::try_from(u32::from(self.ssh_port_base) + index).ok().filter(|p| *p < self.nat_port_base)
+    }
+
+    /// VM number `index`'s outbound source ports on the public address (first, last), when
+    /// the node has one and the block exists.
+    pub fn nat_ports(&self, index: u32) -> Option<(u16, u16)> {
+        self.public_address?;
+        if index >= self.nat_vm_slots() {
+            return None;
+        }
+        let first = u32::from(self.nat_port_base) + index * u32::from(self.nat_ports_per_vm);
+        let last = first + u32::from(self.nat_ports_per_vm) - 1;
+        Some((u16::try_from(first).ok()?, u16::try_from(last).ok()?))
     }
 }
 
@@ -283,5 +358,28 @@ mod tests {
         assert!(bad.to_string().contains("accelerator"), "{bad}");
         let bad = toml::from_str::<Config>("vm_prefix = \"10.0.0.0/31\"").unwrap_err();
         assert!(bad.to_string().contains("between 8 and 30"), "{bad}");
+    }
+
+    #[test]
+    fn nat_blocks_are_disjoint_and_lie_above_the_ssh_forwards() {
+        let mut c = Config { public_address: Some(Ipv4Addr::new(192, 0, 2, 10)), ..Config::default() };
+        c.validate().unwrap();
+        assert_eq!(c.nat_ports(0), Some((32768, 33023)));
+        assert_eq!(c.nat_ports(1), Some((33024, 33279)));
+        assert_eq!(c.nat_vm_slots(), 128);
+        assert_eq!(c.nat_ports(127), Some((65280, 65535)));
+        assert_eq!(c.nat_ports(128), None);
+        assert_eq!(c.ssh_port(5), Some(22005));
+        assert_eq!(c.ssh_port(10768), None, "a forward never lands in the NAT blocks");
+        c.ssh_port_base = 40000;
+        assert!(c.validate().unwrap_err().to_string().contains("ssh_port_base"));
+        c.ssh_port_base = 22000;
+        c.nat_ports_per_vm = 8;
+        assert!(c.validate().unwrap_err().to_string().contains("nat_ports_per_vm"));
+        c.nat_ports_per_vm = 256;
+        c.nat_port_base = 65500;
+        assert!(c.validate().unwrap_err().to_string().contains("nat_port_base"));
+        c.public_address = None;
+        assert_eq!(c.nat_ports(0), None, "no public address, no NAT");
     }
 }

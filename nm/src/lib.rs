@@ -9,10 +9,11 @@
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod forward;
+pub mod network;
 pub mod node;
 pub mod rcap;
 pub mod server;
+pub mod shaping;
 pub mod store;
 pub mod wire;
 

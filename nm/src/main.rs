@@ -262,7 +262,8 @@ async fn serve(cfg: Config, host_netns: PathBuf) -> anyhow::Result<()> {
     let mode = if cfg.slice_uids.is_empty() { 0o600 } else { 0o666 };
     let listener =
         server::bind_socket(&cfg.socket, mode).with_context(|| format!("socket {}", cfg.socket.display()))?;
-    let nm = NodeManager::open(cfg.clone(), reg)?;
+    let host = (!cfg.fake_backend).then(vm_types::host::linux);
+    let nm = NodeManager::open_with_network(cfg.clone(), reg, host)?;
     nm.set_facts(NodeFacts { accelerator: Some((accel, why)), warnings });
     for line in nm.reconcile().await {
         tracing::warn!("reconcile: {line}");

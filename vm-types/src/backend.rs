@@ -175,6 +175,13 @@ pub trait Backend: Send + Sync {
         let _ = (name, from, max_bytes);
         Err(BackendError::Unavailable(format!("{}: its console cannot be followed", self.vm_type())))
     }
+    /// The host-side network interface that carries VM `network`'s traffic on the node
+    /// bridge (a veth end, a tap), when the backend makes one: the node manager filters,
+    /// shapes and captures there. It need not exist while the VM is stopped.
+    fn host_interface(&self, network: &VmNetwork) -> Option<String> {
+        let _ = network;
+        None
+    }
     /// Periodic upkeep of a VM the node manager knows (the node manager calls it every
     /// few seconds): rotating what grows, for one. Nothing by default.
     fn maintain(&self, name: &str) -> Result<(), BackendError> {

@@ -220,24 +220,32 @@ impl NodeManager {
                     }
                     return Err(e.into());
                 }
+                if let Err(e) = self.shape_vm(&name) {
+                    tracing::error!(vm = %name, "Bind: the new rates are recorded but not applied: {e}");
+                }
                 tracing::info!(vm = %name, "Bind: resources added");
                 Ok(self.vm_info(&Caller::Owner, &name, None)?)
             }
             BindPlan::New(sliver) => {
                 let spec = self.spec_of(&sliver);
                 let started = std::time::Instant::now();
-                let result = match self.open_vm_socket(&name, slice.clone(), spec.network.index) {
+                let result = match self.attach_vm(&sliver).and_then(|()| {
+                    self.open_vm_socket(&name, slice.clone(), spec.network.index)
+                        .map_err(|e| NmError::Internal(format!("VM socket: {e}")))
+                }) {
                     Ok(()) => {
                         let b = backend.clone();
                         let s = spec.clone();
-                        blocking(move || b.create(&s).and_then(|_| b.start(&s))).await.map_err(NmError::backend("Bind"))
+                        blocking(move || b.create(&s).and_then(|_| b.start(&s)))
+                            .await
+                            .map_err(NmError::backend("Bind"))
+                            .and_then(|()| self.shape_vm(&name))
                     }
-                    Err(e) => Err(NmError::Internal(format!("VM socket: {e}"))),
+                    Err(e) => Err(e),
                 };
                 match result {
                     Ok(()) => {
                         self.set_wanted(&name, Wanted::Running)?;
-                        self.forward_vm(&sliver);
                         tracing::info!(vm = %name, ms = started.elapsed().as_millis() as u64, "Bind: VM created and started");
                         Ok(self.vm_info(&Caller::Owner, &name, None)?)
                     }
@@ -277,7 +285,7 @@ impl NodeManager {
             index
         };
         if let Some(i) = index {
-            self.unforward_vm(i);
+            self.detach_vm(i);
         }
         self.close_vm_socket(name);
         Ok(())

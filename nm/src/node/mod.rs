@@ -10,6 +10,7 @@
 //! | [`blacklist`] | `Blacklist`, `Unblacklist`, `GetBlacklist` (section 3: the owner's veto) |
 //! | [`certify`] | `SignCertificate` (section 5.5) |
 //! | [`locks`] | one lifecycle lock per VM |
+//! | [`net`] | each VM's place in the wire policy, NAT and bandwidth |
 //! | [`sockets`] | each VM's own socket |
 //!
 //! Locking: `tables` (a std mutex, never held across an await or a backend call) guards
@@ -23,6 +24,7 @@ pub mod blacklist;
 pub mod certify;
 pub mod error;
 pub mod locks;
+pub mod net;
 pub mod pools;
 pub mod reconcile;
 pub mod sockets;
@@ -194,7 +196,7 @@ pub struct NodeManager {
     locks: locks::VmLocks,
     sockets: sockets::VmSockets,
     facts: Mutex<NodeFacts>,
-    forward: Option<crate::forward::SshForward>,
+    network: Option<net::Network>,
 }
 
 /// What the daemon found out about the node at start, for `NodeInfo`.
@@ -207,9 +209,20 @@ pub struct NodeFacts {
 }
 
 impl NodeManager {
-    /// Opens the state directory and loads the tables. Does not touch VMs: call
-    /// [`NodeManager::reconcile`] for that.
+    /// Opens the state directory and loads the tables, for VMs that have no node network
+    /// (fake backends in tests). Does not touch VMs: call [`NodeManager::reconcile`] for
+    /// that.
     pub fn open(cfg: Config, registry: Registry) -> anyhow::Result<Arc<NodeManager>> {
+        NodeManager::open_with_network(cfg, registry, None)
+    }
+
+    /// As [`NodeManager::open`], with the node's network policy, NAT and bandwidth
+    /// shaping worked through `host` when given.
+    pub fn open_with_network(
+        cfg: Config,
+        registry: Registry,
+        host: Option<Arc<dyn vm_types::host::Host>>,
+    ) -> anyhow::Result<Arc<NodeManager>> {
         cfg.validate()?;
         // Searchable but not listable by others: container VMs' roots are unprivileged
         // host uids, and runc, working as one, must reach the VM's directory and socket
@@ -250,10 +263,9 @@ impl NodeManager {
             };
             t.slivers.insert(v.name, sliver);
         }
-        let forward =
-            cfg.public_address.map(|a| crate::forward::SshForward::new(vm_types::host::linux(), a, &cfg.bridge));
+        let network = host.map(|h| net::Network::new(h, &cfg));
         Ok(Arc::new(NodeManager {
-            forward,
+            network,
             cfg,
             store,
             registry,
@@ -262,33 +274,6 @@ impl NodeManager {
             sockets: sockets::VmSockets::default(),
             facts: Mutex::new(NodeFacts::default()),
         }))
-    }
-
-    /// Writes the node's ssh forwards for every VM (at start; no-op without a
-    /// `public_address`).
-    pub fn install_forwards(&self) -> Result<(), BackendError> {
-        let Some(f) = &self.forward else { return Ok(()) };
-        let forwards: Vec<(u16, Ipv4Addr)> =
-            self.tables().slivers.values().filter_map(|s| self.cfg.ssh_port(s.index).map(|p| (p, s.address))).collect();
-        f.install(&forwards)
-    }
-
-    /// Forwards VM `s`'s ssh port; a failure is logged (the VM itself is fine).
-    fn forward_vm(&self, s: &Sliver) {
-        if let (Some(f), Some(port)) = (&self.forward, self.cfg.ssh_port(s.index)) {
-            if let Err(e) = f.add(port, s.address) {
-                tracing::error!(vm = %s.name, port, "ssh forward: {e}");
-            }
-        }
-    }
-
-    /// Stops forwarding to VM number `index`.
-    fn unforward_vm(&self, index: u32) {
-        if let (Some(f), Some(port)) = (&self.forward, self.cfg.ssh_port(index)) {
-            if let Err(e) = f.remove(port) {
-                tracing::error!(port, "ssh forward removal: {e}");
-            }
-        }
     }
 
     /// Records what the daemon found out about the node, for `NodeInfo`.
@@ -326,6 +311,7 @@ impl NodeManager {
                 tracing::warn!(vm = name, "upkeep: {e}");
             }
         }
+        self.meter_round();
     }
 
     /// What a backend needs to know to make or change a sliver.

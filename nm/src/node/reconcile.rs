@@ -41,8 +41,8 @@ impl NodeManager {
     /// stopped, per-VM sockets are opened, and orphans are reported.
     pub async fn reconcile(self: &Arc<Self>) -> Vec<Repair> {
         let mut report = Vec::new();
-        if let Err(e) = self.install_forwards() {
-            report.push(Repair::Failed(format!("ssh forwards (nftables): {e}")));
+        if let Err(e) = self.install_network() {
+            report.push(Repair::Failed(format!("network policy, NAT and ssh forwards (nftables): {e}")));
         }
         let slivers: Vec<_> =
             self.tables().slivers.values().map(|s| (s.name.clone(), s.slice.clone(), s.wanted)).collect();
@@ -71,8 +71,17 @@ impl NodeManager {
             let n = name.clone();
             let state = blocking(move || b2.status(&n)).await.map(|s| s.state);
             match (wanted, state) {
-                (Wanted::Running, Ok(VmState::Running)) | (Wanted::Stopped, Ok(VmState::Stopped)) => {}
-                (Wanted::Running, _) => match blocking(move || b.start(&spec)).await {
+                (Wanted::Running, Ok(VmState::Running)) => {
+                    if let Err(e) = self.shape_vm(&name) {
+                        report.push(Repair::Failed(format!("{name}: bandwidth: {e}")));
+                    }
+                }
+                (Wanted::Stopped, Ok(VmState::Stopped)) => {}
+                (Wanted::Running, _) => match blocking(move || b.start(&spec))
+                    .await
+                    .map_err(NmError::backend("start"))
+                    .and_then(|()| self.shape_vm(&name))
+                {
                     Ok(()) => report.push(Repair::Restarted(name)),
                     Err(e) => report.push(Repair::Failed(format!("{name}: should run but failed to start: {e}"))),
                 },

@@ -23,6 +23,7 @@ impl NodeManager {
             None => (None, None),
         };
         let ssh_port = self.cfg.ssh_port(s.index);
+        let nat_ports = self.cfg.nat_ports(s.index).map(|(first, last)| format!("{first}-{last}"));
         let ssh_command = match (ssh_port, self.cfg.public_address) {
             (Some(port), Some(public)) => format!("ssh -p {port} {login}@{public}"),
             _ => format!("ssh {login}@{}", s.address),
@@ -33,6 +34,7 @@ impl NodeManager {
             ssh: format!("{login}@{}", s.address),
             ssh_port,
             ssh_command,
+            nat_ports,
             rspec: s.rspec().to_xml(),
             login,
             vm_type: s.vm.vm_type,
@@ -55,10 +57,14 @@ impl NodeManager {
 
     pub(crate) async fn live(&self, name: &str, backend: Arc<dyn Backend>) -> Live {
         let n = name.to_owned();
-        match blocking(move || backend.status(&n)).await {
+        let (state, mut details) = match blocking(move || backend.status(&n)).await {
             Ok(s) => (s.state, s.details),
             Err(e) => (VmState::Missing, [("error".to_string(), e.to_string())].into_iter().collect()),
+        };
+        if state == VmState::Running {
+            details.extend(self.network_details(name));
         }
+        (state, details)
     }
 
     pub(crate) async fn list_vms(&self, caller: &Caller) -> VmsResult {
@@ -91,6 +97,7 @@ impl NodeManager {
         let (spec, b) = self.vm_for(caller, name)?;
         blocking(move || b.start(&spec)).await.map_err(NmError::backend("StartVM"))?;
         self.set_wanted(name, Wanted::Running)?;
+        self.shape_vm(name)?;
         self.vm_info(caller, name, None)
     }
 

@@ -346,6 +346,10 @@ impl Backend for LibvirtBackend {
         Ok(names)
     }
 
+    fn host_interface(&self, network: &crate::backend::VmNetwork) -> Option<String> {
+        Some(tap_name(network.index))
+    }
+
     fn console_from(
         &self,
         name: &str,

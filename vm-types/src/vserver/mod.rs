@@ -852,6 +852,10 @@ impl Backend for VserverBackend {
         Ok(names)
     }
 
+    fn host_interface(&self, network: &crate::backend::VmNetwork) -> Option<String> {
+        Some(format!("pv{}", network.index))
+    }
+
     fn console_from(
         &self,
         name: &str,

@@ -1,0 +1,227 @@
+//! Integration test of the node network (issue 10, items 1 and 2): a real node manager in
+//! a network namespace this test creates, with a public side towards an "outside"
+//! namespace the test also creates, and real container VMs.
+//!
+//! - Outbound NAT: each VM's connections leave the public address from the ports of its
+//!   own block, so the outside can tell the VM from the source port alone.
+//! - Inbound: a VM's ssh is reachable on its forward port and nowhere else; the outside
+//!   cannot route to a VM.
+//! - Isolation on the wire (section 4.2): from VM A's network namespace, as host root
+//!   (which can do everything root in the VM can, and more: a container's root may not even
+//!   change its MAC), `plab-wire` tries ARP poisoning, MAC theft, IP spoofing, sniffing,
+//!   a router advertisement, a DHCP answer and sending to VM B directly. Every attack has a
+//!   control that succeeds, so the test fails if the tool, not the node, stopped it.
+//!
+//! Needs root, runc, OpenSSH, nft, socat and the image (`make test` sets them up).
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use plab_tests::{keypair, prerequisites, TestNode};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WIRE: &str = env!("CARGO_BIN_EXE_plab-wire");
+
+/// Runs `cmd` with `sh -c` in network namespace `ns`: (exit code, output).
+fn sh_in(ns: &str, cmd: &str) -> (i32, String) {
+    let o = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+    )
+}
+
+fn must(ns: &str, cmd: &str) -> String {
+    let (code, out) = sh_in(ns, cmd);
+    assert_eq!(code, 0, "{cmd} in {ns}: {out}");
+    out
+}
+
+/// Processes and a namespace to clean up.
+struct Cleanup(Vec<Child>, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.1]).status();
+    }
+}
+
+fn spawn_in(ns: &str, cmd: &str) -> Child {
+    Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+/// Starts `plab-wire DEV sniff SECS` in `ns`; returns once it listens.
+fn sniffer(ns: &str, dev: &str, secs: u64) -> Child {
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ns, WIRE, dev, "sniff", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "sniffing");
+    c
+}
+
+fn sniffed(c: Child) -> String {
+    String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned()
+}
+
+fn wire(ns: &str, args: &str) {
+    must(ns, &format!("{WIRE} eth0 {args}"));
+}
+
+fn nat_block(vm: &Value) -> (u16, u16) {
+    let s = vm["nat_ports"].as_str().unwrap_or_else(|| panic!("no nat_ports: {vm}"));
+    let (a, b) = s.split_once('-').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+#[test]
+fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
+    prerequisites();
+    for (tool, pkg) in [("nft", "nftables"), ("socat", "socat"), ("tc", "iproute2")] {
+        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().unwrap();
+        assert!(ok.success(), "`{tool}` is missing: apt-get install {pkg}");
+    }
+    let node = TestNode::with_config("net", "public_address = \"10.77.0.1\"\nvm_host_tcp_ports = [7007]\n");
+    let outside = format!("plab-net-out-{}", std::process::id());
+    let mut cleanup = Cleanup(vec![], outside.clone());
+    let _ = Command::new("ip").args(["netns", "del", &outside]).stderr(Stdio::null()).status();
+    let n = &node.netns;
+    let ip = |args: String| {
+        let o = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
+        assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    ip(format!("netns add {outside}"));
+    ip(format!("-n {n} link add pub type veth peer name eth0 netns {outside}"));
+    must(n, "ip addr add 10.77.0.1/24 dev pub && ip link set pub up");
+    must(&outside, "ip link set lo up && ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up");
+    // The outside knows the way to the VMs, so only the node's rules can keep it out.
+    must(&outside, "ip route add 10.213.0.0/16 via 10.77.0.1");
+
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="8" disk_quota="1" mem_limit="1024"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.net"]), "rcap").unwrap();
+    let mut vms = Vec::new();
+    for s in ["plc.net.a", "plc.net.b"] {
+        let r = format!(
+            r#"<VServerSlice name="{s}"><resources cpu_share="2" disk_quota="0.05" mem_limit="64"/><key>{public}</key></VServerSlice>"#
+        );
+        let sub = c.call_str("SplitPool", json!([root, r]), "rcap").unwrap();
+        let vm = c.call_value("Bind", json!([sub, s])).unwrap();
+        let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+        let (code, out) = node.ssh_wait(&key, &name, &addr, Duration::from_secs(60));
+        assert_eq!(code, 0, "{out}");
+        vms.push(c.call_value("VmStatus", json!([name])).unwrap());
+    }
+    let (a, b) = (&vms[0], &vms[1]);
+    let (a_name, b_name) = (a["vm"].as_str().unwrap(), b["vm"].as_str().unwrap());
+    let (a_addr, b_addr) = (a["address"].as_str().unwrap(), b["address"].as_str().unwrap());
+    let (a_ns, b_ns) = (format!("plab-{a_name}"), format!("plab-{b_name}"));
+    let a_mac = vm_types::vm_mac(a_addr.parse().unwrap());
+    let b_mac = vm_types::vm_mac(b_addr.parse().unwrap());
+    let b_if = b["details"]["interface"].as_str().unwrap().to_owned();
+    let bridge_mac = must(n, "cat /sys/class/net/plab0/address").trim().to_owned();
+
+    // 1. Outbound NAT: the outside sees the node's public address and a port of the
+    // sender's own block, for TCP and for UDP.
+    cleanup.0.push(spawn_in(
+        &outside,
+        "exec socat TCP-LISTEN:8080,reuseaddr,fork 'SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT'",
+    ));
+    cleanup.0.push(spawn_in(
+        &outside,
+        "exec socat UDP-RECVFROM:8081,reuseaddr,fork 'SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT'",
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    for vm in [a, b] {
+        let (first, last) = nat_block(vm);
+        let name = vm["vm"].as_str().unwrap();
+        for (proto, port) in [("TCP", 8080), ("UDP", 8081)] {
+            let out =
+                must(&format!("plab-{name}"), &format!("echo x | timeout 5 socat -T2 - {proto}:10.77.0.2:{port}"));
+            let mut words = out.split_whitespace();
+            assert_eq!(words.next(), Some("10.77.0.1"), "{name} {proto}: {out}");
+            let p: u16 = words.next().unwrap().parse().unwrap();
+            assert!((first..=last).contains(&p), "{name} {proto}: source port {p} outside its block {first}-{last}");
+        }
+    }
+    assert_ne!(nat_block(a), nat_block(b));
+
+    // 2. Inbound: the forward port reaches A's sshd; the outside cannot route to a VM.
+    let a_port = a["ssh_port"].as_u64().unwrap();
+    let banner = must(&outside, &format!("timeout 5 socat -T2 - TCP:10.77.0.1:{a_port} </dev/null | head -c 4"));
+    assert_eq!(banner, "SSH-", "the forward reaches the VM's sshd");
+    let (code, _) = sh_in(&outside, &format!("timeout 5 socat -T2 - TCP:{a_addr}:22,connect-timeout=2 </dev/null"));
+    assert_ne!(code, 0, "the outside reached a VM's port without a forward");
+
+    // 3. The node's own services: only vm_host_tcp_ports, and a refusal is immediate.
+    cleanup.0.push(spawn_in(n, "exec socat TCP-LISTEN:7007,bind=10.213.0.1,reuseaddr,fork SYSTEM:'echo open'"));
+    cleanup.0.push(spawn_in(n, "exec socat TCP-LISTEN:7008,bind=10.213.0.1,reuseaddr,fork SYSTEM:'echo closed'"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(must(&a_ns, "timeout 5 socat -T2 - TCP:10.213.0.1:7007 </dev/null").trim(), "open");
+    let t = Instant::now();
+    let (code, out) = sh_in(&a_ns, "timeout 10 socat -T2 - TCP:10.213.0.1:7008,connect-timeout=8 </dev/null");
+    assert!(code != 0 && !out.contains("closed"), "a VM reached a node service it may not: {out}");
+    assert!(t.elapsed() < Duration::from_secs(8), "the refusal came only as a timeout: {out}");
+
+    // 4. Isolation on the wire. What passes the bridge's checks shows on the node's side
+    // of the bridge.
+    let node_sniff = sniffer(n, "plab0", 2);
+    // Control: A's own frame (its MAC, its address) reaches the node.
+    wire(&a_ns, &format!("udp {a_mac} {bridge_mac} {a_addr} 10.213.0.1 9999 from-a"));
+    // IP spoofing: A's MAC with B's address.
+    wire(&a_ns, &format!("udp {a_mac} {bridge_mac} {b_addr} 10.213.0.1 9999 spoofed-ip"));
+    // MAC theft: B's MAC and B's address, from A's port.
+    wire(&a_ns, &format!("udp {b_mac} {bridge_mac} {b_addr} 10.213.0.1 9999 stolen-mac"));
+    let got = sniffed(node_sniff);
+    assert!(got.contains("from-a"), "the control frame did not arrive, so the test proves nothing: {got:?}");
+    assert!(!got.contains("spoofed-ip"), "a spoofed source address reached the node");
+    assert!(!got.contains("stolen-mac"), "a stolen MAC reached the node");
+    let fdb = must(n, &format!("bridge fdb show br plab0 | grep -i {b_mac} || true"));
+    assert!(
+        !fdb.contains(&format!("dev {}", a["details"]["interface"].as_str().unwrap())),
+        "the bridge learned B's MAC on A's port: {fdb}"
+    );
+
+    // ARP poisoning: A claims B's address, to the node and to everyone.
+    must(n, &format!("echo hello | socat -u - UDP:{b_addr}:9 && sleep 0.2"));
+    wire(&a_ns, &format!("arp reply {a_mac} {b_addr} 10.213.0.1 {bridge_mac}"));
+    wire(&a_ns, &format!("arp request {a_mac} {b_addr} {b_addr} ff:ff:ff:ff:ff:ff"));
+    // Control: A may announce itself.
+    wire(&a_ns, &format!("arp reply {a_mac} {a_addr} 10.213.0.1 {bridge_mac}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let neigh = must(n, &format!("ip neigh show {b_addr}"));
+    assert!(neigh.contains(&b_mac) && !neigh.contains(&a_mac), "the node's ARP entry for B was poisoned: {neigh}");
+    let neigh = must(n, &format!("ip neigh show {a_addr}"));
+    assert!(neigh.contains(&a_mac), "A's own announcement should stand: {neigh}");
+
+    // Sniffing, router advertisement, DHCP answer and frames straight to B. B sniffs too,
+    // as the control: what the node sends B does arrive there.
+    let a_sniff = sniffer(&a_ns, "eth0", 3);
+    let b_sniff = sniffer(&b_ns, "eth0", 3);
+    // The node forgets where B's MAC lives, so its next frame to B is flooded.
+    let _ = sh_in(n, &format!("bridge fdb del {b_mac} dev {b_if} master"));
+    must(n, &format!("echo for-b-flooded | socat -u - UDP:{b_addr}:9"));
+    must(n, &format!("echo for-b-known | socat -u - UDP:{b_addr}:9"));
+    must(n, &format!("echo for-a | socat -u - UDP:{a_addr}:9"));
+    wire(&a_ns, &format!("ra {a_mac}"));
+    wire(&a_ns, &format!("dhcp-offer {a_mac} {a_addr}"));
+    wire(&a_ns, &format!("udp {a_mac} {b_mac} {a_addr} {b_addr} 9 a-to-b-direct"));
+    wire(&a_ns, &format!("udp {a_mac} ff:ff:ff:ff:ff:ff {a_addr} 255.255.255.255 9 a-broadcast"));
+    let (seen_a, seen_b) = (sniffed(a_sniff), sniffed(b_sniff));
+    assert!(seen_a.contains("for-a"), "A's sniffer saw not even A's own traffic, so it proves nothing:\n{seen_a}");
+    assert!(!seen_a.contains("for-b"), "A sniffed B's unicast:\n{seen_a}");
+    assert!(seen_b.contains("for-b-flooded") && seen_b.contains("for-b-known"), "B missed its own traffic:\n{seen_b}");
+    for bad in ["86dd", "udp 67 > 68", "a-to-b-direct", "a-broadcast"] {
+        assert!(!seen_b.contains(bad), "B received {bad} from A:\n{seen_b}");
+    }
+    drop(cleanup);
+    drop(node);
+}
