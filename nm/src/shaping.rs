@@ -7,7 +7,7 @@
 //! - Two IFB devices carry the trees: `plabup` (what VMs send) and `plabdn` (what they
 //!   receive). Each VM's host interface (veth end or tap) gets a `clsact` qdisc whose
 //!   ingress and egress filters redirect everything to them (a `u32` match-all filter;
-//!   this kernel has no `matchall` classifier). Shaping happens on the host, outside
+//!   this kernel has neither `matchall` nor `basic`). Shaping happens on the host, outside
 //!   anything the VM controls, and is the same for containers and guests.
 //! - On each IFB, a `u32` filter per VM (item `800::<index+1>`, so at most 4095 VMs)
 //!   sends the VM's address (source upwards, destination downwards) to its class
@@ -90,6 +90,16 @@ fn class_line(dev: &str, parent: &str, id: &str, c: Class, verb: &str) -> String
 pub fn qdisc_kinds(json: &str) -> Vec<String> {
     let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
     v.iter().filter_map(|q| q["kind"].as_str().map(str::to_owned)).collect()
+}
+
+/// Does `tc -j filter show` output hold a redirect to `ifb`?
+pub fn redirects_to(json: &str, ifb: &str) -> bool {
+    let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    v.iter().any(|f| {
+        f["options"]["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["to_dev"] == ifb && a["kind"] == "mirred"))
+    })
 }
 
 /// Per-class counters from `tc -s class show dev X`: class id → sent bytes.
@@ -194,16 +204,26 @@ impl Shaper {
     }
 
     /// Sends everything VM interface `dev` carries through the node's trees (after each
-    /// start: a tap is made anew). Idempotent.
+    /// start: a tap is made anew). Idempotent: what is there already is kept. (The
+    /// redirects carry no handle: u32 handles are shared by the ingress and egress sides
+    /// of one qdisc, so a fixed one would make either side replace the other.)
     pub fn attach(&self, dev: &str) -> Result<(), BackendError> {
         let mut b = String::new();
-        if !self.kinds(dev)?.iter().any(|k| k == "clsact") {
+        let fresh = !self.kinds(dev)?.iter().any(|k| k == "clsact");
+        if fresh {
             b += &format!("qdisc add dev {dev} clsact\n");
         }
         for (hook, ifb) in [("ingress", UP), ("egress", DOWN)] {
-            b += &format!(
-                "filter replace dev {dev} {hook} prio 1 handle 800::1 protocol all u32 match u32 0 0 action mirred egress redirect dev {ifb}\n"
-            );
+            let there = !fresh
+                && redirects_to(&self.host.run(&Cmd::new("tc").args(["-j", "filter", "show", "dev", dev, hook]))?, ifb);
+            if !there {
+                b += &format!(
+                    "filter add dev {dev} {hook} prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev {ifb}\n"
+                );
+            }
+        }
+        if b.is_empty() {
+            return Ok(());
         }
         self.tc(b)
     }
@@ -338,12 +358,26 @@ mod tests {
         s.attach("pv3").unwrap();
         let text = host.calls()[1].input.clone().unwrap_or_default();
         assert!(text.starts_with("qdisc add dev pv3 clsact\n"), "{text}");
-        assert!(text.contains("pv3 ingress prio 1 handle 800::1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabup"), "{text}");
-        assert!(text.contains("pv3 egress prio 1 handle 800::1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn"), "{text}");
+        assert!(text.contains("filter add dev pv3 ingress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabup"), "{text}");
+        assert!(text.contains("filter add dev pv3 egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn"), "{text}");
+        // Again, with everything in place: nothing is written.
         host.clear();
         host.reply("tc -j qdisc show dev pv3", r#"[{"kind":"noqueue"},{"kind":"clsact"}]"#);
+        let filter = |ifb: &str| {
+            format!(
+                r#"[{{"kind":"u32"}},{{"kind":"u32","options":{{"actions":[{{"kind":"mirred","to_dev":"{ifb}"}}]}}}}]"#
+            )
+        };
+        host.reply("tc -j filter show dev pv3 ingress", &filter("plabup"));
+        host.reply("tc -j filter show dev pv3 egress", &filter("plabdn"));
         s.attach("pv3").unwrap();
-        assert!(!host.calls()[1].input.clone().unwrap_or_default().contains("qdisc"), "clsact is added once");
+        assert_eq!(host.lines().len(), 3, "{:?}", host.lines());
+        // Only the missing side is added.
+        host.clear();
+        host.reply("tc -j filter show dev pv3 egress", "[]");
+        s.attach("pv3").unwrap();
+        let text = host.calls()[3].input.clone().unwrap_or_default();
+        assert_eq!(text.lines().collect::<Vec<_>>(), ["filter add dev pv3 egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn"]);
         assert!(s
             .set(MAX_SHAPED, "10.213.0.4".parse().unwrap(), up, down)
             .unwrap_err()

@@ -225,3 +225,152 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     drop(cleanup);
     drop(node);
 }
+
+/// Runs `f` on a thread that has joined network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// Bits per second that a TCP sender in `from` gets through to a sink in `to` (listening on
+/// `addr:port`) in `secs` seconds, measured at the sink after the first half second.
+fn throughput(from: &str, to: &str, addr: &str, port: u16, secs: f64) -> f64 {
+    use std::io::{Read, Write};
+    let target = format!("{addr}:{port}");
+    let bind_to = target.clone();
+    let listener = in_ns(to, move || std::net::TcpListener::bind(bind_to).unwrap()).join().unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        let (mut counted, mut since) = (0u64, None);
+        while start.elapsed() < Duration::from_secs_f64(secs) {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if start.elapsed() >= Duration::from_millis(500) => {
+                    since.get_or_insert_with(Instant::now);
+                    counted += n as u64;
+                }
+                _ => {}
+            }
+        }
+        let took = since.map(|s: Instant| s.elapsed().as_secs_f64()).unwrap_or(1.0);
+        counted as f64 * 8.0 / took
+    });
+    let sender = in_ns(from, move || {
+        let mut s = std::net::TcpStream::connect(&target).unwrap();
+        let chunk = vec![0u8; 16384];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs_f64(secs + 0.5) {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let bps = sink.join().unwrap();
+    sender.join().unwrap();
+    bps
+}
+
+fn details(c: &mut plab_nm::NmClient, vm: &str) -> Value {
+    c.call_value("VmStatus", json!([vm])).unwrap()["details"].clone()
+}
+
+fn bps(d: &Value, key: &str) -> u64 {
+    d[key].as_str().unwrap_or_else(|| panic!("no {key}: {d}")).parse().unwrap()
+}
+
+#[test]
+fn integration_network_bandwidth_base_burst_and_sustained_rates_hold() {
+    prerequisites();
+    let node = TestNode::with_config(
+        "bw",
+        "node_rate = 20\nsustained_window_secs = 20\nvm_host_tcp_ports = [7101, 7102, 7110, 7111, 7112, 7113, 7114, 7115, 7116, 7117]\n",
+    );
+    let n = node.netns.clone();
+    let (_, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec vm_type="linux-vserver-x86"><resources cpu_share="8" disk_quota="1" mem_limit="1024" base_rate="30000" burst_rate="100" sustained_rate="40"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.bw"]), "rcap").unwrap();
+    let bind = |c: &mut plab_nm::NmClient, slice: &str, rates: &str| {
+        let r = format!(
+            r#"<VServerSlice name="{slice}"><resources cpu_share="2" disk_quota="0.05" mem_limit="64" {rates}/><key>{public}</key></VServerSlice>"#
+        );
+        let sub = c.call_str("SplitPool", json!([root, r]), "rcap").unwrap();
+        c.call_value("Bind", json!([sub, slice])).unwrap()["vm"].as_str().unwrap().to_owned()
+    };
+    // A: 200 Kbps guaranteed, 1.5 Mbps ceiling, 0.5 Mbps sustained over 20 s (a budget of
+    // 1.25 MB per direction).
+    let a = bind(&mut c, "plc.bw.a", r#"base_rate="200" burst_rate="1.5" sustained_rate="0.5""#);
+    let a_ns = format!("plab-{a}");
+    let a_addr = c.call_value("VmStatus", json!([a])).unwrap()["address"].as_str().unwrap().to_owned();
+
+    // The classes in force, read back from the kernel, are the RSpec's.
+    let d = details(&mut c, &a);
+    assert_eq!((bps(&d, "rate_up_bps"), bps(&d, "ceil_up_bps")), (200_000, 1_500_000), "{d}");
+    assert_eq!((bps(&d, "rate_down_bps"), bps(&d, "ceil_down_bps")), (200_000, 1_500_000), "{d}");
+
+    // What A sends and what it receives is held to its ceiling. (Slowness can only lower
+    // what is measured; the upper bound is what the test is about.)
+    let up = throughput(&a_ns, &n, "10.213.0.1", 7101, 3.0);
+    assert!(
+        up < 1_500_000.0 * 1.15 && up > 1_500_000.0 * 0.3,
+        "A sent at {up:.0} bit/s against a ceiling of 1.5 Mbit/s\n{}\n{}",
+        sh_in(&n, "tc -s class show dev plabup; tc filter show dev plabup; tc filter show dev pv1 ingress").1,
+        node.nm_log()
+    );
+    let down = throughput(&n, &a_ns, &a_addr, 7102, 3.0);
+    assert!(down < 1_500_000.0 * 1.15 && down > 1_500_000.0 * 0.3, "A received at {down:.0} bit/s against 1.5 Mbit/s");
+
+    // While A keeps sending, it spends its window's 1.25 MB within about 7 s: its upward
+    // ceiling drops to its sustained rate at the next upkeep (every 5 s), which leaves
+    // the window at least 8 s to run, and comes back with the next window.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut d = details(&mut c, &a);
+    while bps(&d, "ceil_up_bps") != 500_000 {
+        assert!(Instant::now() < deadline, "the ceiling never dropped to the sustained rate: {d}\n{}", node.nm_log());
+        throughput(&a_ns, &n, "10.213.0.1", 7101, 1.0);
+        d = details(&mut c, &a);
+    }
+    assert!(d["sustained_capped"].as_str().unwrap().contains("up=true"), "{d}");
+    let capped = throughput(&a_ns, &n, "10.213.0.1", 7101, 2.0);
+    assert!(capped < 500_000.0 * 1.15, "capped at 0.5 Mbit/s, A sent at {capped:.0} bit/s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bps(&d, "ceil_up_bps") != 1_500_000 {
+        assert!(Instant::now() < deadline, "the ceiling never came back with a new window: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+        d = details(&mut c, &a);
+    }
+
+    // Rates change live when the RSpec does: binding a pool with 1.5 Mbps more burst rate
+    // raises the ceiling of the running VM.
+    let more = r#"<VServerSlice name="plc.bw.a"><resources burst_rate="1.5"/></VServerSlice>"#;
+    let sub = c.call_str("SplitPool", json!([root, more]), "rcap").unwrap();
+    c.call_value("Bind", json!([sub, "plc.bw.a"])).unwrap();
+    let d = details(&mut c, &a);
+    assert_eq!(bps(&d, "ceil_up_bps"), 3_000_000, "{d}");
+    assert_eq!(c.call_value("VmStatus", json!([a])).unwrap()["state"], "running");
+
+    // A flooding VM cannot take a neighbour's base rate: the node has 20 Mbit/s; F is
+    // guaranteed 15 and may borrow all 20, G is guaranteed 5 and asks for all 20 too. (Were
+    // G's guarantee lower, F would take its 15 and half of what is left.)
+    let f = bind(&mut c, "plc.bw.f", r#"base_rate="15000" burst_rate="20""#);
+    let g = bind(&mut c, "plc.bw.g", r#"base_rate="5000" burst_rate="20""#);
+    let (f_ns, g_ns) = (format!("plab-{f}"), format!("plab-{g}"));
+    // F floods with 8 connections.
+    let floods: Vec<_> = (0..8u16)
+        .map(|i| {
+            let (n, f_ns) = (n.clone(), f_ns.clone());
+            std::thread::spawn(move || throughput(&f_ns, &n, "10.213.0.1", 7110 + i, 6.0))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let neighbour = throughput(&g_ns, &n, "10.213.0.1", 7101, 3.0);
+    let flooded: f64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
+    println!("flooding VM (8 connections): {flooded:.0} bit/s; neighbour with a 5 Mbit/s base: {neighbour:.0} bit/s");
+    assert!(neighbour > 5_000_000.0 * 0.9, "the neighbour got {neighbour:.0} bit/s, below its base rate");
+}

@@ -116,6 +116,14 @@ impl NodeManager {
         if let Some(dev) = self.interface_of(&s).filter(|d| n.net.link_exists(d)) {
             n.shaper.attach(&dev).map_err(NmError::backend("bandwidth"))?;
         }
+        // The sustained-rate window opens when the VM first runs.
+        if !n.meters().contains_key(&s.index) {
+            let id = crate::shaping::classid(s.index);
+            if let Ok([up, down]) = n.shaper.counters() {
+                let bytes = [up.get(&id).copied().unwrap_or(0), down.get(&id).copied().unwrap_or(0)];
+                n.meters().entry(s.index).or_insert_with(|| Meter::new(n.window, Instant::now(), bytes));
+            }
+        }
         Ok(())
     }
 
