@@ -232,7 +232,13 @@ pub fn mounts_under(p: &Path) -> usize {
 pub fn ssh_in(netns: &str, key: &Path, target: &str, options: &[&str], cmd: &str) -> std::process::Output {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", netns, "ssh", "-i"]).arg(key);
-    for o in options.iter().chain(&["BatchMode=yes", "ConnectTimeout=5", "LogLevel=ERROR"]) {
+    for o in options.iter().chain(&[
+        "BatchMode=yes",
+        "ConnectTimeout=5",
+        "ServerAliveInterval=5",
+        "ServerAliveCountMax=3",
+        "LogLevel=ERROR",
+    ]) {
         c.args(["-o", o]);
     }
     c.arg(target).arg(cmd).output().unwrap()

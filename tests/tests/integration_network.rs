@@ -374,3 +374,113 @@ fn integration_network_bandwidth_base_burst_and_sustained_rates_hold() {
     println!("flooding VM (8 connections): {flooded:.0} bit/s; neighbour with a 5 Mbit/s base: {neighbour:.0} bit/s");
     assert!(neighbour > 5_000_000.0 * 0.9, "the neighbour got {neighbour:.0} bit/s, below its base rate");
 }
+
+#[test]
+fn integration_network_root_in_a_kvm_guest_cannot_spoof_poison_or_sniff() {
+    prerequisites();
+    let up = Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().map(|o| o.status.success());
+    assert!(up.unwrap_or(false), "libvirtd is not running: `make test` starts it (ci/setup.sh)");
+    let node = TestNode::with_config("netkvm", "");
+    let n = node.netns.clone();
+    let (key, public) = keypair(node.dir.path());
+    let mut c = node.client();
+    let pool = r#"<PoolRSpec><resources cpu_share="4" disk_quota="2" mem_limit="1024"/></PoolRSpec>"#;
+    let root = c.call_str("CreatePool", json!([pool, "plc.nk"]), "rcap").unwrap();
+    let mut vms = Vec::new();
+    for (kind, slice, disk) in [("KvmSlice", "plc.nk.guest", "1"), ("VServerSlice", "plc.nk.b", "0.05")] {
+        let r = format!(
+            r#"<{kind} name="{slice}"><resources cpu_share="1" disk_quota="{disk}" mem_limit="256"/><key>{public}</key></{kind}>"#
+        );
+        let sub = c.call_str("SplitPool", json!([root, r]), "rcap").unwrap();
+        let vm = c.call_value("Bind", json!([sub, slice])).unwrap();
+        let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
+        let (code, out) = node.ssh_wait(&key, &name, &addr, Duration::from_secs(120));
+        assert_eq!(code, 0, "{name}: {out}\n{}", node.nm_log());
+        vms.push((name, addr));
+    }
+    let ((a, a_addr), (b, b_addr)) = (vms[0].clone(), vms[1].clone());
+    let (a_mac, b_mac) = (vm_types::vm_mac(a_addr.parse().unwrap()), vm_types::vm_mac(b_addr.parse().unwrap()));
+    let bridge_mac = must(&n, "cat /sys/class/net/plab0/address").trim().to_owned();
+
+    // The attack tool goes into the guest; its root runs it through sudo.
+    let copy = Command::new("ip")
+        .args(["netns", "exec", &n, "ssh", "-i"])
+        .arg(&key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .arg(format!("{a}@{a_addr}"))
+        .arg("cat > /tmp/plab-wire && chmod +x /tmp/plab-wire && ls /sys/class/net | grep -v '^lo$' | head -n1")
+        .stdin(std::fs::File::open(WIRE).unwrap())
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&copy.stdout).trim().to_owned();
+    assert!(copy.status.success() && !dev.is_empty(), "{}", String::from_utf8_lossy(&copy.stderr));
+    let guest = |cmd: &str| node.ssh(&key, &a, &a_addr, &format!("sudo -n /tmp/plab-wire {dev} {cmd}"));
+
+    // Spoofed address, stolen MAC and a poisoned ARP entry, with the guest's own frame as
+    // the control; and the guest taking B's MAC for its own interface.
+    must(&n, &format!("echo hello | socat -u - UDP:{b_addr}:9 && sleep 0.2"));
+    let node_sniff = sniffer(&n, "plab0", 4);
+    for cmd in [
+        format!("udp {a_mac} {bridge_mac} {a_addr} 10.213.0.1 9999 guest-own"),
+        format!("udp {a_mac} {bridge_mac} {b_addr} 10.213.0.1 9999 guest-spoofed-ip"),
+        format!("udp {b_mac} {bridge_mac} {b_addr} 10.213.0.1 9999 guest-stolen-mac"),
+        format!("arp reply {a_mac} {b_addr} 10.213.0.1 {bridge_mac}"),
+        format!("arp request {a_mac} {b_addr} {b_addr} ff:ff:ff:ff:ff:ff"),
+        format!("ra {a_mac}"),
+        format!("dhcp-offer {a_mac} {a_addr}"),
+    ] {
+        let (code, out) = guest(&cmd);
+        assert_eq!(code, 0, "{cmd}: {out}");
+    }
+    // Root in the guest takes B's MAC for its interface and sends, then takes its own back
+    // (in the background: while it wears B's MAC, its own ssh session is cut off too).
+    let theft = format!(
+        "sudo -n sh -c '(ip link set dev {dev} address {b_mac} && /tmp/plab-wire {dev} udp {b_mac} {bridge_mac} {a_addr} 10.213.0.1 9999 guest-with-b-mac; \
+         sleep 0.5; ip link set dev {dev} address {a_mac}) >/tmp/theft.log 2>&1 &' && echo started"
+    );
+    let (code, out) = node.ssh(&key, &a, &a_addr, &theft);
+    assert!(code == 0 && out.contains("started"), "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    let got = sniffed(node_sniff);
+    assert!(got.contains("guest-own"), "the guest's own frame did not arrive, so the test proves nothing:\n{got}");
+    for bad in ["guest-spoofed-ip", "guest-stolen-mac", "guest-with-b-mac", "86dd", "udp 67 > 68"] {
+        assert!(!got.contains(bad), "{bad} from the guest reached the node:\n{got}");
+    }
+    let neigh = must(&n, &format!("ip neigh show {b_addr}"));
+    assert!(neigh.contains(&b_mac) && !neigh.contains(&a_mac), "the node's ARP entry for B was poisoned: {neigh}");
+    let fdb = must(&n, &format!("bridge fdb show br plab0 | grep -i {b_mac} || true"));
+    assert!(!fdb.contains("pvt"), "the bridge learned B's MAC on the guest's tap: {fdb}");
+    // Back to its own MAC, the guest sniffs while the node talks to B (flooded, then
+    // known) and to the guest itself.
+    let (code, out) = node.ssh_wait(&key, &a, &a_addr, Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = node.ssh(&key, &a, &a_addr, &format!("cat /tmp/theft.log; cat /sys/class/net/{dev}/address"));
+    assert!(
+        out.contains("sent") && out.trim().ends_with(&a_mac),
+        "the guest sent with B's MAC and took its own back: {out}"
+    );
+    let sniff = {
+        let (key, a, a_addr, dev, n) = (key.clone(), a.clone(), a_addr.clone(), dev.clone(), n.clone());
+        std::thread::spawn(move || {
+            plab_tests::ssh_in(
+                &n,
+                &key,
+                &format!("{a}@{a_addr}"),
+                &plab_tests::ANY_HOST_KEY,
+                &format!("sudo -n /tmp/plab-wire {dev} sniff 6"),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let b_if = c.call_value("VmStatus", json!([b])).unwrap()["details"]["interface"].as_str().unwrap().to_owned();
+    let _ = sh_in(&n, &format!("bridge fdb del {b_mac} dev {b_if} master"));
+    must(&n, &format!("echo for-b-flooded | socat -u - UDP:{b_addr}:9"));
+    must(&n, &format!("echo for-b-known | socat -u - UDP:{b_addr}:9"));
+    must(&n, &format!("echo for-guest | socat -u - UDP:{a_addr}:9"));
+    let seen = String::from_utf8_lossy(&sniff.join().unwrap().stdout).into_owned();
+    assert!(seen.contains("for-guest"), "the guest's sniffer saw not even its own traffic:\n{seen}");
+    assert!(!seen.contains("for-b"), "the guest sniffed B's unicast:\n{seen}");
+    for vm in [&a, &b] {
+        c.call_value("DestroyVM", json!([vm])).unwrap();
+    }
+}
