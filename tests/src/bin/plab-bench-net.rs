@@ -1,0 +1,147 @@
+//! `plab-bench-net`: how exactly the node manager's bandwidth shaping holds a VM to its
+//! rate, against a hand-written `tc` HTB on the same veth, in one run (alternating).
+//!
+//! Two network namespaces made here ("node" and "VM", joined by a veth pair). For each
+//! rate, a TCP sender in the node namespace sends to a sink in the VM's as fast as it can;
+//! the rate is what the VM's interface received (its kernel byte counter, so Ethernet
+//! headers count, as HTB counts them) over `PLAB_BENCH_SECS` seconds (default 5) after a
+//! second of warm-up.
+//!
+//! - node manager: `plab_nm::shaping::Shaper` (the IFB trees, a class for the VM, the
+//!   redirect on its interface), exactly what `plab-nm` writes;
+//! - by hand: `tc qdisc add dev pv1 root handle 1: htb default 10` and one class.
+//!
+//! Needs root, iproute2 and ethtool. Traffic stays inside the two namespaces.
+#![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap is a failed run.
+
+use plab_nm::shaping::{Class, Shaper};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ip(args: &str) {
+    let o = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
+    assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn rx_bytes(ns: &str) -> u64 {
+    in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("eth0:").map(|r| r.split_whitespace().next().unwrap().parse().unwrap()))
+        .unwrap()
+}
+
+/// Bits per second the VM's interface received while the node sent for `secs`, over
+/// one TCP connection or as UDP datagrams of 1472 bytes (full frames) sent as fast as
+/// the socket takes them.
+fn measure(node: &str, vm: &str, secs: f64, udp: bool) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = if udp {
+        std::thread::spawn(|| {})
+    } else {
+        let listener = in_ns(vm, || std::net::TcpListener::bind("10.99.0.2:7000").unwrap());
+        std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 65536];
+            while c.read(&mut buf).unwrap_or(0) > 0 {}
+        })
+    };
+    let sender = {
+        let (node, stop) = (node.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            in_ns(&node, || {
+                let go = || !stop.load(std::sync::atomic::Ordering::Relaxed);
+                if udp {
+                    let s = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+                    let datagram = vec![0u8; 1472];
+                    while go() {
+                        let _ = s.send_to(&datagram, "10.99.0.2:7001");
+                    }
+                } else {
+                    let mut s = std::net::TcpStream::connect("10.99.0.2:7000").unwrap();
+                    let chunk = vec![0u8; 16384];
+                    while go() && s.write_all(&chunk).is_ok() {}
+                }
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (b0, t0) = (rx_bytes(vm), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (b1, t1) = (rx_bytes(vm), Instant::now());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    sink.join().unwrap();
+    (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()
+}
+
+fn main() {
+    let secs: f64 = std::env::var("PLAB_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5.0);
+    let rounds: usize = std::env::var("PLAB_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let p = std::process::id();
+    let (node, vm) = (format!("pbn-node-{p}"), format!("pbn-vm-{p}"));
+    for ns in [&node, &vm] {
+        ip(&format!("netns add {ns}"));
+        ip(&format!("-n {ns} link set lo up"));
+    }
+    ip(&format!("-n {node} link add pv1 type veth peer name eth0 netns {vm}"));
+    ip(&format!("-n {node} addr add 10.99.0.1/24 dev pv1"));
+    ip(&format!("-n {node} link set pv1 up"));
+    ip(&format!("-n {vm} addr add 10.99.0.2/24 dev eth0"));
+    ip(&format!("-n {vm} link set eth0 up"));
+    // Frames as a wire carries them: with segmentation offload, a 64 kB TCP packet crosses
+    // the veth whole, HTB counts the headers of every segment it stands for, and the
+    // receiver's byte counter does not.
+    let o =
+        Command::new("ip").args(["netns", "exec", &node, "ethtool", "-K", "pv1", "tso", "off", "gso", "off"]).output();
+    assert!(o.is_ok_and(|o| o.status.success()), "ethtool -K failed: apt-get install ethtool");
+    let tc = |args: &str| {
+        let o = Command::new("ip").args(["netns", "exec", &node, "sh", "-c", &format!("tc {args}")]).output().unwrap();
+        assert!(o.status.success(), "tc {args}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    println!("bandwidth towards a VM: {rounds} rounds of {secs} s each, node manager and hand-written tc alternating");
+    for (rate, udp) in [(1_500_000u64, false), (1_500_000, true), (50_000_000, false), (50_000_000, true)] {
+        let (mut nm, mut hand) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            in_ns(&node, || {
+                let s = Shaper::new(vm_types::host::linux(), 1_000_000_000);
+                s.install().unwrap();
+                let c = Class { rate, ceil: rate };
+                s.set(1, "10.99.0.2".parse().unwrap(), c, c).unwrap();
+                s.attach("pv1").unwrap();
+            });
+            nm.push(measure(&node, &vm, secs, udp));
+            tc("qdisc del dev pv1 clsact");
+            tc(&format!("qdisc add dev pv1 root handle 1: htb default 10 && tc class add dev pv1 parent 1: classid 1:10 htb rate {rate}bit ceil {rate}bit"));
+            hand.push(measure(&node, &vm, secs, udp));
+            tc("qdisc del dev pv1 root");
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (n, h) = (mean(&nm), mean(&hand));
+        let r = rate as f64;
+        println!("  held to {:>5.1} Mbit/s, {}:", r / 1e6, if udp { "UDP flood" } else { "one TCP connection" });
+        println!(
+            "    node manager  {:>8.3} Mbit/s  ({:+.2}% of the rate; rounds {:?})",
+            n / 1e6,
+            (n / r - 1.0) * 100.0,
+            nm.iter().map(|x| (x / 1e4).round() / 100.0).collect::<Vec<_>>()
+        );
+        println!("    by hand (tc)  {:>8.3} Mbit/s  ({:+.2}% of the rate)", h / 1e6, (h / r - 1.0) * 100.0);
+        println!("    ratio node manager / by hand  {:.4}   (target within 1%; accuracy target ±2%)", n / h);
+    }
+    for ns in [&node, &vm] {
+        ip(&format!("netns del {ns}"));
+    }
+}
