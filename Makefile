@@ -34,6 +34,7 @@ bench: setup
 	target/release/plab-bench-kvm
 	target/release/plab-bench-authority
 	target/release/plab-bench-testbed
+	target/release/plab-bench-net
 
 setup:
 	bash ci/setup.sh
