@@ -391,3 +391,66 @@ pub fn virsh_domid(domain: &str) -> String {
     let o = Command::new("virsh").args(["-c", "qemu:///system", "domid", domain]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
+
+/// An "outside" network namespace joined to a node's namespace: the node gets `pub` with
+/// 10.77.0.1/24 (its public address in tests), the outside `eth0` with 10.77.0.2/24 and a
+/// route to the VMs (so only the node's rules keep it out). Removed on drop.
+pub struct Outside {
+    /// The namespace.
+    pub netns: String,
+}
+
+impl Outside {
+    /// Joins a new outside namespace to `node_netns`.
+    pub fn new(node_netns: &str, tag: &str) -> Outside {
+        let netns = format!("plab-out-{tag}-{}", std::process::id());
+        let ip = |args: String| {
+            let o = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
+            assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
+        ip(format!("netns add {netns}"));
+        ip(format!("-n {node_netns} link add pub type veth peer name eth0 netns {netns}"));
+        ip(format!("-n {node_netns} addr add 10.77.0.1/24 dev pub"));
+        ip(format!("-n {node_netns} link set pub up"));
+        ip(format!("-n {netns} link set lo up"));
+        ip(format!("-n {netns} addr add 10.77.0.2/24 dev eth0"));
+        ip(format!("-n {netns} link set eth0 up"));
+        ip(format!("-n {netns} route add 10.213.0.0/16 via 10.77.0.1"));
+        Outside { netns }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`, and waits for it.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A plain HTTP GET from network namespace `ns`: (status, body).
+pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    in_netns(ns, || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    })
+}

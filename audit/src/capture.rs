@@ -1,0 +1,134 @@
+//! Capture on VM interfaces: one thread per interface reads packets with libpcap
+//! (TPACKET_V3 ring, immediate mode, non-blocking with a poll(2) timeout, headers only), counts them into flows and hands
+//! finished flows to the writer. An interface that disappears mid-capture has its flows
+//! flushed and its thread ends; the service goes on.
+
+use crate::flow::{decode, FlowTable};
+use crate::store::{FlowRecord, VmMeta};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Bytes of each packet captured: link, IP and transport headers.
+pub const SNAPLEN: i32 = 128;
+/// How long a read waits for packets before the thread looks at its timers.
+pub const READ_TIMEOUT_MS: i32 = 200;
+
+/// Flow timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A flow with no packet for this long has ended.
+    pub idle_ms: i64,
+    /// A flow running this long is reported and counted anew.
+    pub active_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One running capture.
+pub struct Capture {
+    /// Set to end the capture (its flows are flushed).
+    pub stop: Arc<AtomicBool>,
+    /// Who the interface's flows belong to (updated when the VM's records change).
+    pub meta: Arc<Mutex<VmMeta>>,
+    /// Packets seen, and packets the kernel dropped (libpcap's counters).
+    pub packets: Arc<AtomicU64>,
+    /// Drops reported by libpcap.
+    pub drops: Arc<AtomicU64>,
+    /// The thread.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl Capture {
+    /// Whether the capture has ended (its interface went away).
+    pub fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+fn send(out: &Sender<Vec<FlowRecord>>, flows: Vec<crate::flow::Flow>, meta: &Mutex<VmMeta>) {
+    if flows.is_empty() {
+        return;
+    }
+    let m = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let _ = out.send(flows.iter().map(|f| FlowRecord::new(f, &m)).collect());
+}
+
+/// Starts capturing on interface `meta.iface`.
+pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<Capture, pcap::Error> {
+    let dev = meta.iface.clone();
+    let mut cap = pcap::Capture::from_device(dev.as_str())?
+        .immediate_mode(true)
+        .snaplen(SNAPLEN)
+        .timeout(READ_TIMEOUT_MS)
+        .buffer_size(8 << 20)
+        .open()?
+        .setnonblock()?;
+    let (stop, meta) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(meta)));
+    let (packets, drops) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let thread = {
+        let (stop, meta, packets, drops) = (stop.clone(), meta.clone(), packets.clone(), drops.clone());
+        std::thread::Builder::new()
+            .name(format!("capture {dev}"))
+            .spawn(move || {
+                let mut table = FlowTable::default();
+                let mut next_expiry = now_ms() + 1000;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match cap.next_packet() {
+                        Ok(p) => {
+                            packets.fetch_add(1, Ordering::Relaxed);
+                            if let Some(pkt) = decode(p.data) {
+                                let ts = p.header.ts;
+                                table.add(&pkt, ts.tv_sec * 1000 + ts.tv_usec / 1000);
+                            }
+                        }
+                        Err(pcap::Error::TimeoutExpired) => {
+                            // Nothing waiting: sleep in poll(2) until a packet or the
+                            // read timeout, so timers and the stop flag are seen even
+                            // on an idle interface (libpcap's immediate mode ignores
+                            // its own timeout).
+                            use std::os::fd::{AsRawFd, BorrowedFd};
+                            // SAFETY: the descriptor belongs to `cap`, which outlives this borrow.
+                            let fd = unsafe { BorrowedFd::borrow_raw(cap.as_raw_fd()) };
+                            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(READ_TIMEOUT_MS as u16));
+                        }
+                        Err(e) => {
+                            tracing::info!(iface = %dev, "capture ended: {e}");
+                            break;
+                        }
+                    }
+                    let now = now_ms();
+                    if now >= next_expiry {
+                        next_expiry = now + 1000;
+                        send(&out, table.expire(now, t.idle_ms, t.active_ms), &meta);
+                        if let Ok(s) = cap.stats() {
+                            drops.store(u64::from(s.dropped) + u64::from(s.if_dropped), Ordering::Relaxed);
+                        }
+                    }
+                }
+                send(&out, table.drain(), &meta);
+            })
+            .map_err(|e| pcap::Error::IoError(e.kind()))?
+    };
+    Ok(Capture { stop, meta, packets, drops, thread })
+}
+
+/// Stops a capture and waits until its flows are handed on.
+pub fn stop(c: Capture) {
+    c.stop.store(true, Ordering::Relaxed);
+    let _ = c.thread.join();
+}
+
+/// How long the capture manager waits between looks at the node's VMs.
+pub const REFRESH: Duration = Duration::from_secs(2);

@@ -1,0 +1,15 @@
+//! The plab auditing service (section 4.6 of the PlanetLab architecture overview).
+//!
+//! `plab-audit serve` captures on every VM interface of its node ([`capture`]), counts
+//! packets into flows ([`flow`]), stores finished flows with the slice and people
+//! responsible ([`store`]) and answers the public question "which slice sent this?" over
+//! HTTP ([`http`], [`query`]).
+#![warn(missing_docs)]
+
+pub mod capture;
+pub mod config;
+pub mod flow;
+pub mod http;
+pub mod query;
+pub mod store;
+pub mod vms;

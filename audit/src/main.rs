@@ -1,0 +1,194 @@
+//! `plab-audit serve`: the node's auditing service. See the crate documentation.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use plab_audit::capture::{self, Capture, Timeouts};
+use plab_audit::config::Config;
+use plab_audit::store::{FlowRecord, Store};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "plab-audit", version, about = "The node's auditing service: flows per VM and the public query")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Captures on every VM interface and serves the public query.
+    Serve {
+        /// Settings file (TOML; every key optional).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `nm_socket`.
+        #[arg(long)]
+        nm_socket: Option<PathBuf>,
+        /// Overrides `db`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLAB_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let Cmd::Serve { config, nm_socket, db, listen } = Cli::parse().cmd;
+    let mut cfg = match config {
+        Some(p) => Config::load(&p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = nm_socket {
+        cfg.nm_socket = v;
+    }
+    if let Some(v) = db {
+        cfg.db = v;
+    }
+    if let Some(v) = listen {
+        cfg.listen = v;
+    }
+    cfg.validate()?;
+    // The node manager says where the node's networking lives; join it while still
+    // single-threaded, so every capture and the public listener are there.
+    let info = plab_nm::NmClient::connect(&cfg.nm_socket)
+        .with_context(|| format!("nm_socket: no node manager at {}", cfg.nm_socket.display()))?
+        .call_value("NodeInfo", serde_json::json!({}))
+        .context("NodeInfo")?;
+    let public: Option<Ipv4Addr> = info["public_address"].as_str().and_then(|a| a.parse().ok());
+    if let Some(ns) = info["node_netns"].as_str() {
+        let path = PathBuf::from("/var/run/netns").join(ns);
+        let f = std::fs::File::open(&path).with_context(|| format!("the node's namespace {}", path.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("setns into the node's namespace (run as root)")?;
+    }
+    if let Some(dir) = cfg.db.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("db: {}", dir.display()))?;
+    }
+    let store = Arc::new(Mutex::new(Store::open(&cfg.db).with_context(|| format!("db: {}", cfg.db.display()))?));
+    let (tx, rx) = mpsc::channel::<Vec<FlowRecord>>();
+    let writer = {
+        let store = store.clone();
+        let retention_ms = i64::try_from(cfg.retention_days * 86_400_000).unwrap_or(i64::MAX);
+        std::thread::spawn(move || write_flows(&store, &rx, retention_ms))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let manager = {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        let t = Timeouts {
+            idle_ms: i64::try_from(cfg.idle_timeout_secs * 1000).unwrap_or(15_000),
+            active_ms: i64::try_from(cfg.active_timeout_secs * 1000).unwrap_or(60_000),
+        };
+        std::thread::spawn(move || manage(&cfg, public, t, &tx, &stop))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listen: {}", cfg.listen))?;
+        tracing::info!(listen = %cfg.listen, db = %cfg.db.display(), "plab-audit serving");
+        let server = tokio::spawn(plab_audit::http::serve(listener, store.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    // Every flow being counted is stored before the service ends.
+    stop.store(true, Ordering::Relaxed);
+    let _ = manager.join();
+    let _ = writer.join();
+    tracing::info!("plab-audit stopped, flows stored");
+    Ok(())
+}
+
+/// Stores what the captures hand on; sweeps old flows every hour. Ends when every
+/// capture (and the manager) has gone.
+fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, retention_ms: i64) {
+    let mut swept = Instant::now() - Duration::from_secs(3600);
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(flows) => {
+                if let Err(e) = store.lock().unwrap_or_else(|p| p.into_inner()).insert(&flows) {
+                    tracing::error!("storing {} flows failed: {e:#}", flows.len());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if swept.elapsed() >= Duration::from_secs(3600) {
+            swept = Instant::now();
+            match store.lock().unwrap_or_else(|p| p.into_inner()).sweep(capture::now_ms() - retention_ms) {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "retention"),
+                Err(e) => tracing::error!("retention sweep: {e:#}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Keeps one capture per running VM's interface, following the node manager's records.
+fn manage(cfg: &Config, public: Option<Ipv4Addr>, t: Timeouts, tx: &mpsc::Sender<Vec<FlowRecord>>, stop: &AtomicBool) {
+    let mut captures: HashMap<String, Capture> = HashMap::new();
+    let mut nm: Option<plab_nm::NmClient> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if nm.is_none() {
+            nm = plab_nm::NmClient::connect(&cfg.nm_socket).ok();
+        }
+        let list = nm.as_mut().map(|c| c.call_value("ListVMs", serde_json::json!({})));
+        match list {
+            Some(Ok(list)) => {
+                let vms = plab_audit::vms::from_list(&list, public);
+                // Ended captures (their interface went away) and VMs no longer running.
+                let live: Vec<&str> = vms.iter().map(|v| v.iface.as_str()).collect();
+                let gone: Vec<String> = captures
+                    .iter()
+                    .filter(|(i, c)| c.ended() || !live.contains(&i.as_str()))
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                for i in gone {
+                    if let Some(c) = captures.remove(&i) {
+                        capture::stop(c);
+                    }
+                }
+                for v in vms {
+                    match captures.get(&v.iface) {
+                        Some(c) => *c.meta.lock().unwrap_or_else(|p| p.into_inner()) = v,
+                        None => {
+                            let iface = v.iface.clone();
+                            match capture::start(v, t, tx.clone()) {
+                                Ok(c) => {
+                                    tracing::info!(%iface, "capturing");
+                                    captures.insert(iface, c);
+                                }
+                                Err(e) => tracing::warn!(%iface, "cannot capture: {e}"),
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!("node manager: {e}");
+                nm = None;
+            }
+            None => tracing::warn!(socket = %cfg.nm_socket.display(), "the node manager does not answer"),
+        }
+        let until = Instant::now() + capture::REFRESH;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (_, c) in captures.drain() {
+        capture::stop(c);
+    }
+}

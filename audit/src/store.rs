@@ -1,0 +1,331 @@
+//! Finished flows in SQLite, each with the VM, slice and people responsible for it and
+//! the VM's place behind the node's NAT, kept for `retention_days`.
+
+use crate::flow::{Flow, FlowKey};
+use crate::query::{Endpoint, Query};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// Who a VM's flows belong to, and where the VM sits behind the node's NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmMeta {
+    /// The VM's name on the node.
+    pub vm: String,
+    /// Its slice.
+    pub slice: String,
+    /// The people responsible for the slice.
+    pub users: Vec<String>,
+    /// The host interface captured.
+    pub iface: String,
+    /// The VM's node-private address.
+    pub vm_addr: Ipv4Addr,
+    /// The node's public address, when it has one.
+    pub public_addr: Option<Ipv4Addr>,
+    /// The VM's block of NAT source ports on the public address.
+    pub nat_ports: Option<(u16, u16)>,
+}
+
+/// A stored flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// Protocol number.
+    pub proto: u8,
+    /// Source as seen on the VM's interface.
+    pub src: Ipv4Addr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination as seen on the VM's interface.
+    pub dst: Ipv4Addr,
+    /// Destination port.
+    pub dport: u16,
+    /// First packet, ms since the epoch.
+    pub first_ms: i64,
+    /// Last packet.
+    pub last_ms: i64,
+    /// IP bytes.
+    pub bytes: u64,
+    /// Packets.
+    pub packets: u64,
+    /// OR of TCP flags.
+    pub tcp_flags: u8,
+    /// The source as the outside saw it (after NAT), when the VM sent the flow out.
+    pub post_nat_src: Option<String>,
+    /// Whose it is.
+    pub meta: VmMeta,
+}
+
+impl FlowRecord {
+    /// A finished flow of a VM.
+    pub fn new(f: &Flow, meta: &VmMeta) -> FlowRecord {
+        let FlowKey { proto, src, sport, dst, dport } = f.key;
+        let outbound = src == meta.vm_addr && !is_private(dst);
+        let post_nat_src = match (outbound, meta.public_addr, meta.nat_ports) {
+            (true, Some(p), Some((a, b))) => Some(format!("{p}:{a}-{b}")),
+            _ => None,
+        };
+        FlowRecord {
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            first_ms: f.first_ms,
+            last_ms: f.last_ms,
+            bytes: f.bytes,
+            packets: f.packets,
+            tcp_flags: f.tcp_flags,
+            post_nat_src,
+            meta: meta.clone(),
+        }
+    }
+
+    /// Does endpoint `e` name the VM's side of this flow, whose address and port on the
+    /// VM's interface are `addr`:`port`?
+    fn vm_side(&self, e: &Endpoint, addr: Ipv4Addr, port: u16) -> bool {
+        if addr != self.meta.vm_addr {
+            return false;
+        }
+        let inside = e.addr == addr && e.port.is_none_or(|p| p == port);
+        let outside = Some(e.addr) == self.meta.public_addr
+            && match (e.port, self.meta.nat_ports) {
+                (None, _) => true,
+                (Some(p), Some((a, b))) => (a..=b).contains(&p),
+                (Some(_), None) => false,
+            };
+        inside || outside
+    }
+
+    fn side(&self, e: &Endpoint, addr: Ipv4Addr, port: u16) -> bool {
+        self.vm_side(e, addr, port) || (e.addr == addr && e.port.is_none_or(|p| p == port))
+    }
+
+    /// Does this flow answer query `q`?
+    pub fn matches(&self, q: &Query) -> bool {
+        self.first_ms <= q.to_ms
+            && self.last_ms >= q.from_ms
+            && self.side(&q.src, self.src, self.sport)
+            && q.dst.as_ref().is_none_or(|d| self.side(d, self.dst, self.dport))
+    }
+}
+
+/// RFC 1918 and link-local space: what the node's NAT does not translate towards.
+fn is_private(a: Ipv4Addr) -> bool {
+    a.is_private() || a.is_link_local() || a.is_loopback()
+}
+
+/// The flow database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating, owner-only) the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS flows (
+                id INTEGER PRIMARY KEY,
+                proto INTEGER NOT NULL, src TEXT NOT NULL, sport INTEGER NOT NULL,
+                dst TEXT NOT NULL, dport INTEGER NOT NULL,
+                first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+                bytes INTEGER NOT NULL, packets INTEGER NOT NULL, tcp_flags INTEGER NOT NULL,
+                post_nat_src TEXT, meta TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS flows_last ON flows(last_ms);
+             CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ms);",
+        )?;
+        Ok(Store { conn })
+    }
+
+    /// Stores finished flows, all or none.
+    pub fn insert(&mut self, flows: &[FlowRecord]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO flows (proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for f in flows {
+                st.execute(params![
+                    f.proto,
+                    f.src.to_string(),
+                    f.sport,
+                    f.dst.to_string(),
+                    f.dport,
+                    f.first_ms,
+                    f.last_ms,
+                    i64::try_from(f.bytes).unwrap_or(i64::MAX),
+                    i64::try_from(f.packets).unwrap_or(i64::MAX),
+                    f.tcp_flags,
+                    f.post_nat_src,
+                    serde_json::to_string(&f.meta)?,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes flows that ended before `before_ms`; how many.
+    pub fn sweep(&self, before_ms: i64) -> anyhow::Result<usize> {
+        Ok(self.conn.execute("DELETE FROM flows WHERE last_ms < ?1", params![before_ms])?)
+    }
+
+    /// How many flows are stored.
+    pub fn count(&self) -> anyhow::Result<i64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM flows", [], |r| r.get(0))?)
+    }
+
+    /// The flows that answer `q`, at most `limit`, earliest first.
+    pub fn query(&self, q: &Query, limit: usize) -> anyhow::Result<Vec<FlowRecord>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta
+             FROM flows WHERE first_ms <= ?1 AND last_ms >= ?2 ORDER BY first_ms",
+        )?;
+        let rows = st.query_map(params![q.to_ms, q.from_ms], |r| {
+            Ok((
+                r.get::<_, u8>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u16>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u16>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, u8>(9)?,
+                r.get::<_, Option<String>>(10)?,
+                r.get::<_, String>(11)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta) =
+                row?;
+            let meta: StoredMeta = serde_json::from_str(&meta)?;
+            let rec = FlowRecord {
+                proto,
+                src: src.parse()?,
+                sport,
+                dst: dst.parse()?,
+                dport,
+                first_ms,
+                last_ms,
+                bytes: u64::try_from(bytes).unwrap_or(0),
+                packets: u64::try_from(packets).unwrap_or(0),
+                tcp_flags,
+                post_nat_src,
+                meta: meta.into(),
+            };
+            if rec.matches(q) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// [`VmMeta`] as stored (JSON).
+#[derive(serde::Deserialize)]
+struct StoredMeta {
+    vm: String,
+    slice: String,
+    users: Vec<String>,
+    iface: String,
+    vm_addr: Ipv4Addr,
+    public_addr: Option<Ipv4Addr>,
+    nat_ports: Option<(u16, u16)>,
+}
+
+impl From<StoredMeta> for VmMeta {
+    fn from(m: StoredMeta) -> VmMeta {
+        VmMeta {
+            vm: m.vm,
+            slice: m.slice,
+            users: m.users,
+            iface: m.iface,
+            vm_addr: m.vm_addr,
+            public_addr: m.public_addr,
+            nat_ports: m.nat_ports,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::flow::UDP;
+
+    fn meta(vm: &str, addr: [u8; 4], nat: (u16, u16)) -> VmMeta {
+        VmMeta {
+            vm: vm.into(),
+            slice: format!("plc.{vm}"),
+            users: vec!["alice@example.org".into()],
+            iface: "pv1".into(),
+            vm_addr: addr.into(),
+            public_addr: Some([192, 0, 2, 10].into()),
+            nat_ports: Some(nat),
+        }
+    }
+
+    fn flow(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, first: i64, last: i64) -> Flow {
+        Flow {
+            key: FlowKey { proto: UDP, src: src.into(), sport, dst: dst.into(), dport },
+            first_ms: first,
+            last_ms: last,
+            bytes: 100,
+            packets: 2,
+            tcp_flags: 0,
+        }
+    }
+
+    fn q(s: &str) -> Query {
+        Query::parse(s).unwrap()
+    }
+
+    #[test]
+    fn the_outside_view_names_the_vm_by_its_nat_block_and_nothing_else_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.db");
+        let mut s = Store::open(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (a, b) = (meta("a", [10, 213, 0, 2], (32768, 33023)), meta("b", [10, 213, 0, 3], (33024, 33279)));
+        s.insert(&[
+            FlowRecord::new(&flow([10, 213, 0, 2], 40000, [198, 51, 100, 7], 53, 10_000, 12_000), &a),
+            FlowRecord::new(&flow([10, 213, 0, 3], 40000, [198, 51, 100, 7], 53, 10_000, 12_000), &b),
+            FlowRecord::new(&flow([198, 51, 100, 7], 5000, [10, 213, 0, 3], 22, 20_000, 21_000), &b),
+        ])
+        .unwrap();
+        // What the outside saw: the node's address and a port of B's block.
+        let found = s.query(&q("src=192.0.2.10:33100&dst=198.51.100.7:53&from=5&to=15"), 10).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].meta.slice, "plc.b");
+        assert_eq!(found[0].post_nat_src.as_deref(), Some("192.0.2.10:33024-33279"));
+        // A's block, the inside view, a window that misses, a wrong destination port.
+        assert_eq!(s.query(&q("src=192.0.2.10:32800&dst=198.51.100.7&from=5&to=15"), 10).unwrap()[0].meta.vm, "a");
+        assert_eq!(s.query(&q("src=10.213.0.2:40000&from=5&to=15"), 10).unwrap().len(), 1);
+        assert!(s.query(&q("src=192.0.2.10:33100&dst=198.51.100.7&from=13&to=15"), 10).unwrap().is_empty());
+        assert!(s.query(&q("src=192.0.2.10:33100&dst=198.51.100.7:54&from=5&to=15"), 10).unwrap().is_empty());
+        assert!(s.query(&q("src=192.0.2.10:40000&from=5&to=15"), 10).unwrap().is_empty(), "a port in no block");
+        // Inbound: someone who connected to B.
+        let found = s.query(&q("src=198.51.100.7&dst=10.213.0.3:22&from=0&to=100"), 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].post_nat_src, None);
+        // Retention, and the flows outlive the handle.
+        assert_eq!(s.sweep(15_000).unwrap(), 2);
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.count().unwrap(), 1);
+    }
+}

@@ -1,0 +1,66 @@
+//! The node's VMs as the node manager records them: which interface each one has, its
+//! slice and the people responsible (the comments of the slice users' ssh keys, which
+//! name them), and its place behind the node's NAT.
+
+use crate::store::VmMeta;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+/// The people responsible for a VM, from its RSpec's keys (their comments).
+pub fn users_of(rspec_xml: &str) -> Vec<String> {
+    let Ok(r) = vm_types::RSpec::from_xml(rspec_xml) else { return vec![] };
+    let vm_types::RSpecClass::Slice(s) = r.class else { return vec![] };
+    let mut users: Vec<String> =
+        s.keys.iter().filter_map(|k| k.as_str().split_whitespace().nth(2).map(str::to_owned)).collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+fn nat_block(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The running VMs with a host interface, from a `ListVMs` answer.
+pub fn from_list(list: &Value, public: Option<Ipv4Addr>) -> Vec<VmMeta> {
+    let Some(vms) = list["vms"].as_array() else { return vec![] };
+    vms.iter()
+        .filter(|v| v["state"] == "running")
+        .filter_map(|v| {
+            Some(VmMeta {
+                vm: v["vm"].as_str()?.to_owned(),
+                slice: v["slice"].as_str()?.to_owned(),
+                users: users_of(v["rspec"].as_str().unwrap_or("")),
+                iface: v["details"]["interface"].as_str()?.to_owned(),
+                vm_addr: v["address"].as_str()?.parse().ok()?,
+                public_addr: public,
+                nat_ports: v["nat_ports"].as_str().and_then(nat_block),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_vms_with_an_interface_become_capture_targets() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINvd4JWqGILryt7c7j2YX8GNJTHiRXgCbcOQj+vURAyx alice@example.org";
+        let rspec = format!(r#"<VServerSlice name="plc.a"><resources cpu_share="1"/><key>{key}</key></VServerSlice>"#);
+        let list = serde_json::json!({"vms": [
+            {"vm": "plc_a", "slice": "plc.a", "address": "10.213.0.2", "state": "running", "rspec": rspec,
+             "nat_ports": "32768-33023", "details": {"interface": "pv1"}},
+            {"vm": "plc_b", "slice": "plc.b", "address": "10.213.0.3", "state": "stopped", "details": {"interface": "pv2"}},
+            {"vm": "plc_c", "slice": "plc.c", "address": "10.213.0.4", "state": "running", "details": {}},
+        ]});
+        let got = from_list(&list, Some([192, 0, 2, 10].into()));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].users, ["alice@example.org"]);
+        assert_eq!((got[0].iface.as_str(), got[0].nat_ports), ("pv1", Some((32768, 33023))));
+        assert!(from_list(&serde_json::json!({"oops": 1}), None).is_empty());
+        assert!(users_of("<not xml").is_empty());
+    }
+}
