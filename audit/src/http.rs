@@ -4,8 +4,10 @@
 //! - `GET /`: an HTML form (source, destination, time window);
 //! - `GET /query?src=...&dst=...&from=...&to=...`: the answer as HTML;
 //! - `GET /api/flows?...`: the same answer as JSON (`{"flows": [...]}`);
+//! - `GET /metrics`: per-slice bytes, packets, drops and rates (Prometheus text format);
 //! - a query that does not parse gets 400 with the field and the reason.
 
+use crate::metrics::Metrics;
 use crate::query::Query;
 use crate::store::{FlowRecord, Store};
 use http_body_util::Full;
@@ -87,7 +89,11 @@ fn html_answer(q: &str, flows: &[FlowRecord]) -> String {
 }
 
 /// Answers one request.
-pub fn handle(store: &Arc<Mutex<Store>>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+pub fn handle(
+    store: &Arc<Mutex<Store>>,
+    metrics: &Metrics,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
     }
@@ -95,6 +101,7 @@ pub fn handle(store: &Arc<Mutex<Store>>, req: &Request<hyper::body::Incoming>) -
     let path = req.uri().path();
     match path {
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", page("Who sent this traffic?", FORM)),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics.scrape()),
         "/query" | "/api/flows" => {
             let json = path == "/api/flows";
             let q = match Query::parse(qs) {
@@ -125,15 +132,15 @@ pub fn handle(store: &Arc<Mutex<Store>>, req: &Request<hyper::body::Incoming>) -
 }
 
 /// Serves the query on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, store: Arc<Mutex<Store>>) {
+pub async fn serve(listener: tokio::net::TcpListener, store: Arc<Mutex<Store>>, metrics: Arc<Metrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let store = store.clone();
+        let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let store = store.clone();
+                let (store, metrics) = (store.clone(), metrics.clone());
                 async move {
-                    let r = tokio::task::spawn_blocking(move || handle(&store, &req)).await;
+                    let r = tokio::task::spawn_blocking(move || handle(&store, &metrics, &req)).await;
                     Ok::<_, std::convert::Infallible>(r.unwrap_or_else(|_| {
                         reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n".into())
                     }))

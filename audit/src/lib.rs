@@ -3,13 +3,14 @@
 //! `plab-audit serve` captures on every VM interface of its node ([`capture`]), counts
 //! packets into flows ([`flow`]), stores finished flows with the slice and people
 //! responsible ([`store`]) and answers the public question "which slice sent this?" over
-//! HTTP ([`http`], [`query`]).
+//! HTTP ([`http`], [`query`]), with Prometheus metrics per slice ([`metrics`]).
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod config;
 pub mod flow;
 pub mod http;
+pub mod metrics;
 pub mod query;
 pub mod store;
 pub mod vms;

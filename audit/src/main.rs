@@ -82,20 +82,21 @@ fn main() -> anyhow::Result<()> {
         std::thread::spawn(move || write_flows(&store, &rx, retention_ms))
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(plab_audit::metrics::Metrics::default());
     let manager = {
-        let (cfg, stop) = (cfg.clone(), stop.clone());
+        let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
         let t = Timeouts {
             idle_ms: i64::try_from(cfg.idle_timeout_secs * 1000).unwrap_or(15_000),
             active_ms: i64::try_from(cfg.active_timeout_secs * 1000).unwrap_or(60_000),
         };
-        std::thread::spawn(move || manage(&cfg, public, t, &tx, &stop))
+        std::thread::spawn(move || manage(&cfg, public, t, &tx, &stop, &metrics))
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listen: {}", cfg.listen))?;
         tracing::info!(listen = %cfg.listen, db = %cfg.db.display(), "plab-audit serving");
-        let server = tokio::spawn(plab_audit::http::serve(listener, store.clone()));
+        let server = tokio::spawn(plab_audit::http::serve(listener, store.clone(), metrics.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
@@ -138,7 +139,14 @@ fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, reten
 }
 
 /// Keeps one capture per running VM's interface, following the node manager's records.
-fn manage(cfg: &Config, public: Option<Ipv4Addr>, t: Timeouts, tx: &mpsc::Sender<Vec<FlowRecord>>, stop: &AtomicBool) {
+fn manage(
+    cfg: &Config,
+    public: Option<Ipv4Addr>,
+    t: Timeouts,
+    tx: &mpsc::Sender<Vec<FlowRecord>>,
+    stop: &AtomicBool,
+    metrics: &plab_audit::metrics::Metrics,
+) {
     let mut captures: HashMap<String, Capture> = HashMap::new();
     let mut nm: Option<plab_nm::NmClient> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -161,6 +169,7 @@ fn manage(cfg: &Config, public: Option<Ipv4Addr>, t: Timeouts, tx: &mpsc::Sender
                         capture::stop(c);
                     }
                 }
+                *metrics.vms.lock().unwrap_or_else(|p| p.into_inner()) = vms.clone();
                 for v in vms {
                     match captures.get(&v.iface) {
                         Some(c) => *c.meta.lock().unwrap_or_else(|p| p.into_inner()) = v,
@@ -183,6 +192,12 @@ fn manage(cfg: &Config, public: Option<Ipv4Addr>, t: Timeouts, tx: &mpsc::Sender
             }
             None => tracing::warn!(socket = %cfg.nm_socket.display(), "the node manager does not answer"),
         }
+        *metrics.captures.lock().unwrap_or_else(|p| p.into_inner()) = captures
+            .iter()
+            .map(|(i, c)| {
+                (i.clone(), plab_audit::metrics::CaptureCounters { packets: c.packets.clone(), drops: c.drops.clone() })
+            })
+            .collect();
         let until = Instant::now() + capture::REFRESH;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));

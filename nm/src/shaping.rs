@@ -121,6 +121,73 @@ pub fn class_bytes(text: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// One HTB class's counters and rates, from `tc -s class show`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Packets sent.
+    pub packets: u64,
+    /// Packets dropped.
+    pub drops: u64,
+    /// Guaranteed rate, bits/s.
+    pub rate: u64,
+    /// Ceiling, bits/s.
+    pub ceil: u64,
+}
+
+/// Every class's counters from `tc -s class show dev X`, by class id.
+pub fn class_stats(text: &str) -> BTreeMap<String, ClassStats> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, ClassStats)> = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["class", "htb", id, ..] => {
+                let after = |key: &str| {
+                    words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).and_then(|w| parse_rate(w))
+                };
+                let st = ClassStats {
+                    rate: after("rate").unwrap_or(0),
+                    ceil: after("ceil").unwrap_or(0),
+                    ..Default::default()
+                };
+                current = Some(((*id).to_owned(), st));
+            }
+            ["Sent", bytes, "bytes", packets, "pkt", "(dropped", drops, ..] => {
+                if let Some((id, mut st)) = current.take() {
+                    st.bytes = bytes.parse().unwrap_or(0);
+                    st.packets = packets.parse().unwrap_or(0);
+                    st.drops = drops.trim_end_matches(',').parse().unwrap_or(0);
+                    out.insert(id, st);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Which class each VM address is sent to, from `tc filter show dev X` (`... flowid
+/// 1:11` followed by `match 0ad50002/ffffffff at 12` or `at 16`).
+pub fn filter_classes(text: &str) -> BTreeMap<Ipv4Addr, String> {
+    let mut out = BTreeMap::new();
+    let mut flowid: Option<String> = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "*flowid" || *w == "flowid") {
+            flowid = words.get(i + 1).map(|w| (*w).to_owned());
+        } else if let (["match", m, "at", "12" | "16"], Some(id)) = (words.as_slice(), &flowid) {
+            if let Some((hex, "ffffffff")) = m.split_once('/') {
+                if let Ok(v) = u32::from_str_radix(hex, 16) {
+                    out.insert(Ipv4Addr::from(v), id.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Parses a rate as `tc` prints it (`8Kbit`, `1500Kbit`, `100Mbit`, `12bit`) into bits/s.
 pub fn parse_rate(s: &str) -> Option<u64> {
     let s = s.strip_suffix("bit")?;
@@ -321,6 +388,23 @@ mod tests {
         let low =
             Resources { base_rate: Quantity::whole(5000), burst_rate: Quantity::whole(1), ..Resources::default() };
         assert_eq!(rates(&low, 100).1, 5_000_000, "a ceiling is never below the rate");
+    }
+
+    #[test]
+    fn class_counters_and_filter_addresses_are_read_back() {
+        let classes = "class htb 1:11 parent 1:1 prio 0 rate 200Kbit ceil 1500Kbit burst 3028b cburst 3027b \n \
+                       Sent 608090 bytes 405 pkt (dropped 3, overlimits 28 requeues 0) \n \
+                       backlog 0b 0p requeues 0\n";
+        let st = class_stats(classes);
+        assert_eq!(st["1:11"], ClassStats { bytes: 608_090, packets: 405, drops: 3, rate: 200_000, ceil: 1_500_000 });
+        let filters = "filter parent 1: protocol ip pref 1 u32 chain 0 \n\
+                       filter parent 1: protocol ip pref 1 u32 chain 0 fh 800::2 order 2 key ht 800 bkt 0 *flowid 1:11 not_in_hw \n  \
+                       match 0ad50002/ffffffff at 12\n\
+                       filter parent 1: protocol ip pref 1 u32 chain 0 fh 800::3 order 3 key ht 800 bkt 0 *flowid 1:12 not_in_hw \n  \
+                       match 0ad50003/ffffffff at 16\n";
+        let f = filter_classes(filters);
+        assert_eq!(f.get(&Ipv4Addr::new(10, 213, 0, 2)).map(String::as_str), Some("1:11"));
+        assert_eq!(f.get(&Ipv4Addr::new(10, 213, 0, 3)).map(String::as_str), Some("1:12"));
     }
 
     #[test]

@@ -172,6 +172,17 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     assert!(html.contains("<td class=\"slice\">plc.aud.a</td>") && html.contains("alice@test"), "{html}");
     let (status, form) = http_get(&out.netns, "10.77.0.1:8880", "/");
     assert!(status == 200 && form.contains("<form id=\"query\""), "{form}");
+    // Metrics: A's bandwidth class counted at least what it sent (3 datagrams of 142
+    // bytes on the wire), under its slice.
+    let (status, metrics) = http_get(&out.netns, "10.77.0.1:8880", "/metrics");
+    assert_eq!(status, 200);
+    let up = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("plab_vm_bytes_total{slice=\"plc.aud.a\",vm=\"plc_aud_a\",direction=\"up\"} "))
+        .unwrap_or_else(|| panic!("no bytes for A:\n{metrics}"));
+    assert!(up.parse::<u64>().unwrap() >= 3 * 142, "{metrics}");
+    assert!(metrics.contains("plab_vm_ceil_bits_per_second{slice=\"plc.aud.b\",vm=\"plc_aud_b\",direction=\"down\"} 100000000"), "{metrics}");
+    assert!(metrics.contains("plab_audit_captured_packets_total{interface=\"pv1\"}"), "{metrics}");
 
     // Bad queries: 400 with the field and the reason; the service goes on.
     for (q, says) in [
