@@ -22,6 +22,9 @@ pub struct CaptureCounters {
     pub drops: Arc<AtomicU64>,
 }
 
+/// A (direction, VM) whose byte count was last seen when.
+type Sample = (&'static str, String);
+
 /// What the metrics are made from, shared with the capture manager.
 #[derive(Default)]
 pub struct Metrics {
@@ -29,7 +32,7 @@ pub struct Metrics {
     pub vms: Mutex<Vec<VmMeta>>,
     /// Capture counters by interface.
     pub captures: Mutex<BTreeMap<String, CaptureCounters>>,
-    previous: Mutex<HashMap<(&'static str, String), (Instant, u64)>>,
+    previous: Mutex<HashMap<Sample, (Instant, u64)>>,
 }
 
 /// One direction's classes and which VM address goes to which.
