@@ -114,12 +114,15 @@ impl Metrics {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
+        // A VM's class has the same id in both trees; the downward filters name it by the
+        // VM's address (the upward ones by its MAC).
+        let filters = filter_classes(&tc(&["filter", "show", "dev", DOWN]));
         let trees: Vec<Tree> = [("up", UP), ("down", DOWN)]
             .into_iter()
             .map(|(direction, dev)| Tree {
                 direction,
                 classes: class_stats(&tc(&["-s", "class", "show", "dev", dev])),
-                filters: filter_classes(&tc(&["filter", "show", "dev", dev])),
+                filters: filters.clone(),
             })
             .collect();
         let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -36,6 +36,11 @@ use std::sync::{Arc, Mutex};
 use vm_types::host::{Cmd, Host};
 use vm_types::BackendError;
 
+/// New connections one VM may have tracked at once (outbound, to the node, forwarded):
+/// past it, its new connections are dropped, and the node's conntrack table stays
+/// available to the others.
+pub const MAX_CONNS: u32 = 4096;
+
 /// One VM's place in the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPort {
@@ -101,6 +106,7 @@ impl NodeNet {
              \tset macs {{ type ifname . ether_addr;{macs} }}\n\
              \tset addrs {{ type ifname . ether_addr . ipv4_addr;{addrs} }}\n\
              \tchain prerouting {{ type filter hook prerouting priority -200; policy accept;\n\
+             \t\tiifname {{ \"pv*\", \"vif*\" }} iifname != @ports counter drop\n\
              \t\tiifname != @ports accept\n\
              \t\tiifname . ether saddr != @macs counter drop\n\
              \t\tether type arp iifname . arp saddr ether . arp saddr ip != @addrs counter drop\n\
@@ -112,6 +118,8 @@ impl NodeNet {
              \t\t{only_own}\n\t}}\n\
              \tchain output {{ type filter hook output priority -200; policy accept;\n\
              \t\t{only_own}\n\t}}\n\
+             \tchain input {{ type filter hook input priority -200; policy accept;\n\
+             \t\tiifname @ports ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop\n\t}}\n\
              }}\n"
         );
         // Routing: forwards, NAT blocks, what VMs may reach on the node.
@@ -156,11 +164,17 @@ impl NodeNet {
             "table ip plab {{\n\
              \tmap ssh_fwd {{ type inet_service : ipv4_addr . inet_service;{forwards} }}\n\
              \tset nat_vms {{ type ipv4_addr;{nat_vms} }}\n\
+             \tset conns {{ type ipv4_addr; flags dynamic; }}\n\
+             \tchain guard {{ type filter hook prerouting priority -150; policy accept;\n\
+             \t\tiifname \"{br}\" ct state new add @conns {{ ip saddr ct count over {MAX_CONNS} }} counter drop\n\t}}\n\
+             \tchain leak {{ type filter hook postrouting priority 110; policy accept;\n\
+             \t\toifname != \"{br}\" ip saddr {prefix} counter drop\n\t}}\n\
              {dnat}\
              \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr {prefix} oifname \"{br}\" ct status dnat masquerade\n\
              {nat_rules}\t}}\n\
              \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+             \t\tct state invalid counter drop\n\
              \t\tct state established,related accept\n\
              \t\tct status dnat oifname \"{br}\" accept\n\
              \t\tiifname \"{br}\" oifname != \"{br}\" ip saddr @nat_vms meta l4proto {{ tcp, udp, icmp }} accept\n\
@@ -177,14 +191,9 @@ impl NodeNet {
         t
     }
 
-    /// Writes both tables for the VMs recorded now, and turns routing on.
+    /// Writes both tables for the VMs recorded now.
     fn write(&self, vms: &BTreeMap<u32, VmPort>) -> Result<(), BackendError> {
-        self.host.run(&Cmd::new("nft").args(["-f", "-"]).input(self.ruleset(vms)))?;
-        if self.public.is_some() {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                .map_err(|e| BackendError::Io("/proc/sys/net/ipv4/ip_forward".into(), e))?;
-        }
-        Ok(())
+        self.host.run(&Cmd::new("nft").args(["-f", "-"]).input(self.ruleset(vms))).map(|_| ())
     }
 
     /// Does interface `dev` exist (a stopped guest has no tap)?
@@ -192,9 +201,40 @@ impl NodeNet {
         self.host.link_exists(dev)
     }
 
-    /// Writes the policy for `vms` (at start), replacing whatever was there.
+    /// Writes the policy for `vms` (at start), replacing whatever was there; turns routing
+    /// on, keeps the node's own connections out of the NAT blocks (its ephemeral port
+    /// range moves below `nat_port_base`, and the blocks are reserved: a source port names
+    /// a VM and nothing else) and keeps the bridge from learning addresses from link-local
+    /// frames (which skip the bridge's prerouting checks).
     pub fn install(&self, vms: BTreeMap<u32, VmPort>) -> Result<(), BackendError> {
         let mut held = self.vms();
+        self.host.run(&Cmd::new("ip").args([
+            "link",
+            "set",
+            &self.bridge,
+            "type",
+            "bridge",
+            "no_linklocal_learn",
+            "1",
+        ]))?;
+        if self.public.is_some() {
+            let sysctl = |key: &str, value: &str| {
+                std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
+                    .map_err(|e| BackendError::Io(format!("/proc/sys/net/ipv4/{key}"), e))
+            };
+            sysctl("ip_forward", "1")?;
+            // The node's own connections take their ports below the NAT blocks.
+            let base = u32::from(self.cfg.nat_port_base);
+            let path = "/proc/sys/net/ipv4/ip_local_port_range";
+            let range = std::fs::read_to_string(path).map_err(|e| BackendError::Io(path.into(), e))?;
+            let mut r = range.split_whitespace().filter_map(|w| w.parse::<u32>().ok());
+            let (lo, hi) = (r.next().unwrap_or(32768), r.next().unwrap_or(60999));
+            if hi >= base {
+                let lo = lo.min(base / 2).max(1024);
+                sysctl("ip_local_port_range", &format!("{lo} {}", base - 1))?;
+            }
+            sysctl("ip_local_reserved_ports", &format!("{base}-65535"))?;
+        }
         self.write(&vms)?;
         *held = vms;
         Ok(())

@@ -6,12 +6,15 @@
 //!
 //! - Two IFB devices carry the trees: `plabup` (what VMs send) and `plabdn` (what they
 //!   receive). Each VM's host interface (veth end or tap) gets a `clsact` qdisc whose
-//!   ingress and egress filters redirect everything to them (a `u32` match-all filter;
-//!   this kernel has neither `matchall` nor `basic`). Shaping happens on the host, outside
-//!   anything the VM controls, and is the same for containers and guests.
+//!   filters redirect what the VM sends with its own source MAC to `plabup`, anything
+//!   else it sends to `plabnull` (dropped), and everything towards it to `plabdn` (`u32`
+//!   filters and `mirred`: this kernel has neither `matchall`, `basic`, `skbedit` nor
+//!   `gact`). Shaping happens on the host, outside anything the VM controls, before the
+//!   bridge sees a frame, and is the same for containers and guests.
 //! - On each IFB, a `u32` filter per VM (item `800::<index+1>`, so at most 4095 VMs)
-//!   sends the VM's address (source upwards, destination downwards) to its class
-//!   `1:<index+0x10>`; anything else (ARP) falls in class `1:2`.
+//!   sends the VM's frames (by source MAC upwards, every protocol; by destination address
+//!   downwards) to its class `1:<index+0x10>`; anything else (the node's broadcasts) falls
+//!   in class `1:2`.
 //! - `sustained_rate`: the node manager's upkeep reads each class's sent bytes; once a VM
 //!   has moved `sustained_rate × sustained_window_secs` in the current window in one
 //!   direction, that direction's ceiling drops to `max(base_rate, sustained_rate)` (what
@@ -37,6 +40,20 @@ pub const MIN_RATE_BPS: u64 = 8_000;
 pub const UP: &str = "plabup";
 /// The IFB carrying what VMs receive.
 pub const DOWN: &str = "plabdn";
+
+/// An IFB device whose queue holds no packet: what is redirected there is dropped (this
+/// kernel has neither the `dummy` device nor the `gact` action).
+pub const NULL: &str = "plabnull";
+
+/// u32 selectors matching frames whose source MAC is the VM's at `address` (offsets are
+/// from the network header; the MAC, `02:00:` and the address, starts 8 bytes before it).
+pub fn mac_match(address: Ipv4Addr) -> String {
+    let o = address.octets();
+    format!(
+        "match u32 0x0200{:02x}{:02x} 0xffffffff at -8 match u16 0x{:02x}{:02x} 0xffff at -4",
+        o[0], o[1], o[2], o[3]
+    )
+}
 
 /// How many VMs can be shaped (u32 items in one hash table).
 pub const MAX_SHAPED: u32 = 0xfff;
@@ -90,16 +107,6 @@ fn class_line(dev: &str, parent: &str, id: &str, c: Class, verb: &str) -> String
 pub fn qdisc_kinds(json: &str) -> Vec<String> {
     let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
     v.iter().filter_map(|q| q["kind"].as_str().map(str::to_owned)).collect()
-}
-
-/// Does `tc -j filter show` output hold a redirect to `ifb`?
-pub fn redirects_to(json: &str, ifb: &str) -> bool {
-    let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
-    v.iter().any(|f| {
-        f["options"]["actions"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|a| a["to_dev"] == ifb && a["kind"] == "mirred"))
-    })
 }
 
 /// Per-class counters from `tc -s class show dev X`: class id → sent bytes.
@@ -233,7 +240,12 @@ impl Shaper {
 
     /// Makes the node's two trees (at start). Idempotent; classes already there stay.
     pub fn install(&self) -> Result<(), BackendError> {
-        let mut b = String::new();
+        if !self.host.link_exists(NULL) {
+            self.host.run(&Cmd::new("ip").args(["link", "add", NULL, "type", "ifb"]))?;
+        }
+        self.host.run(&Cmd::new("ip").args(["link", "set", NULL, "up"]))?;
+        // A queue of no packets: everything sent there is dropped (and counted).
+        let mut b = format!("qdisc replace dev {NULL} root pfifo limit 0\n");
         for ifb in [UP, DOWN] {
             if !self.host.link_exists(ifb) {
                 self.host.run(&Cmd::new("ip").args(["link", "add", ifb, "type", "ifb"]))?;
@@ -260,38 +272,43 @@ impl Shaper {
         }
         let id = classid(index);
         let item = format!("800::{:x}", index + 1);
-        let mut b = String::new();
-        for (ifb, c, dir) in [(UP, up, "src"), (DOWN, down, "dst")] {
-            b += &class_line(ifb, "1:1", &id, c, "replace");
-            b += &format!(
-                "filter replace dev {ifb} parent 1: prio 1 handle {item} protocol ip u32 match ip {dir} {address}/32 flowid {id}\n"
-            );
-        }
+        let mut b = class_line(UP, "1:1", &id, up, "replace");
+        // Upwards by source MAC (every protocol, ARP included: only frames with the VM's
+        // own MAC get this far, see `attach`); downwards by destination address.
+        b += &format!(
+            "filter replace dev {UP} parent 1: prio 1 handle {item} protocol all u32 {} flowid {id}\n",
+            mac_match(address)
+        );
+        b += &class_line(DOWN, "1:1", &id, down, "replace");
+        b += &format!(
+            "filter replace dev {DOWN} parent 1: prio 1 handle {item} protocol ip u32 match ip dst {address}/32 flowid {id}\n"
+        );
         self.tc(b)
     }
 
-    /// Sends everything VM interface `dev` carries through the node's trees (after each
-    /// start: a tap is made anew). Idempotent: what is there already is kept. (The
-    /// redirects carry no handle: u32 handles are shared by the ingress and egress sides
-    /// of one qdisc, so a fixed one would make either side replace the other.)
-    pub fn attach(&self, dev: &str) -> Result<(), BackendError> {
+    /// Sends what VM interface `dev` carries through the node's trees (after each start:
+    /// a tap is made anew): frames from the VM with its own source MAC (that of `address`)
+    /// to `plabup`, any other frame from it to `plabnull` (an IFB whose queue holds no
+    /// packet: this kernel has no `gact` action to drop with), everything towards it
+    /// to `plabdn`. So a VM cannot put frames into another VM's class, whatever address it
+    /// forges. The interface's `clsact` is made anew each time (u32 handles are shared by
+    /// its two sides, so filters are added whole rather than replaced).
+    pub fn attach(&self, dev: &str, address: Ipv4Addr) -> Result<(), BackendError> {
         let mut b = String::new();
-        let fresh = !self.kinds(dev)?.iter().any(|k| k == "clsact");
-        if fresh {
-            b += &format!("qdisc add dev {dev} clsact\n");
+        if self.kinds(dev)?.iter().any(|k| k == "clsact") {
+            b += &format!("qdisc del dev {dev} clsact\n");
         }
-        for (hook, ifb) in [("ingress", UP), ("egress", DOWN)] {
-            let there = !fresh
-                && redirects_to(&self.host.run(&Cmd::new("tc").args(["-j", "filter", "show", "dev", dev, hook]))?, ifb);
-            if !there {
-                b += &format!(
-                    "filter add dev {dev} {hook} prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev {ifb}\n"
-                );
-            }
-        }
-        if b.is_empty() {
-            return Ok(());
-        }
+        b += &format!("qdisc add dev {dev} clsact\n");
+        b += &format!(
+            "filter add dev {dev} ingress prio 1 protocol all u32 {} action mirred egress redirect dev {UP}\n",
+            mac_match(address)
+        );
+        b += &format!(
+            "filter add dev {dev} ingress prio 2 protocol all u32 match u32 0 0 action mirred egress redirect dev {NULL}\n"
+        );
+        b += &format!(
+            "filter add dev {dev} egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev {DOWN}\n"
+        );
         self.tc(b)
     }
 
@@ -435,33 +452,30 @@ mod tests {
         let text = host.calls()[0].input.clone().unwrap_or_default();
         assert!(text.contains("class replace dev plabup parent 1:1 classid 1:13 htb rate 8000bit ceil 1500000bit burst 3028b cburst 3028b"), "{text}");
         assert!(text.contains("class replace dev plabdn parent 1:1 classid 1:13 htb rate 8000bit ceil 50000000bit burst 3028b cburst 62500b"), "{text}");
-        assert!(text.contains("filter replace dev plabup parent 1: prio 1 handle 800::4 protocol ip u32 match ip src 10.213.0.4/32 flowid 1:13"), "{text}");
+        assert!(text.contains("filter replace dev plabup parent 1: prio 1 handle 800::4 protocol all u32 match u32 0x02000ad5 0xffffffff at -8 match u16 0x0004 0xffff at -4 flowid 1:13"), "{text}");
         assert!(text.contains("match ip dst 10.213.0.4/32 flowid 1:13"), "{text}");
         host.clear();
         host.reply("tc -j qdisc show dev pv3", r#"[{"kind":"noqueue"}]"#);
-        s.attach("pv3").unwrap();
+        s.attach("pv3", "10.213.0.4".parse().unwrap()).unwrap();
         let text = host.calls()[1].input.clone().unwrap_or_default();
-        assert!(text.starts_with("qdisc add dev pv3 clsact\n"), "{text}");
-        assert!(text.contains("filter add dev pv3 ingress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabup"), "{text}");
-        assert!(text.contains("filter add dev pv3 egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn"), "{text}");
-        // Again, with everything in place: nothing is written.
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "qdisc add dev pv3 clsact",
+                "filter add dev pv3 ingress prio 1 protocol all u32 match u32 0x02000ad5 0xffffffff at -8 match u16 0x0004 0xffff at -4 action mirred egress redirect dev plabup",
+                "filter add dev pv3 ingress prio 2 protocol all u32 match u32 0 0 action mirred egress redirect dev plabnull",
+                "filter add dev pv3 egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn",
+            ]
+        );
+        // Again on a running VM: the old clsact goes first.
         host.clear();
         host.reply("tc -j qdisc show dev pv3", r#"[{"kind":"noqueue"},{"kind":"clsact"}]"#);
-        let filter = |ifb: &str| {
-            format!(
-                r#"[{{"kind":"u32"}},{{"kind":"u32","options":{{"actions":[{{"kind":"mirred","to_dev":"{ifb}"}}]}}}}]"#
-            )
-        };
-        host.reply("tc -j filter show dev pv3 ingress", &filter("plabup"));
-        host.reply("tc -j filter show dev pv3 egress", &filter("plabdn"));
-        s.attach("pv3").unwrap();
-        assert_eq!(host.lines().len(), 3, "{:?}", host.lines());
-        // Only the missing side is added.
-        host.clear();
-        host.reply("tc -j filter show dev pv3 egress", "[]");
-        s.attach("pv3").unwrap();
-        let text = host.calls()[3].input.clone().unwrap_or_default();
-        assert_eq!(text.lines().collect::<Vec<_>>(), ["filter add dev pv3 egress prio 1 protocol all u32 match u32 0 0 action mirred egress redirect dev plabdn"]);
+        s.attach("pv3", "10.213.0.4".parse().unwrap()).unwrap();
+        assert!(host.calls()[1]
+            .input
+            .clone()
+            .unwrap_or_default()
+            .starts_with("qdisc del dev pv3 clsact\nqdisc add dev pv3 clsact\n"));
         assert!(s
             .set(MAX_SHAPED, "10.213.0.4".parse().unwrap(), up, down)
             .unwrap_err()

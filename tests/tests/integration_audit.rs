@@ -181,7 +181,12 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
         .find_map(|l| l.strip_prefix("plab_vm_bytes_total{slice=\"plc.aud.a\",vm=\"plc_aud_a\",direction=\"up\"} "))
         .unwrap_or_else(|| panic!("no bytes for A:\n{metrics}"));
     assert!(up.parse::<u64>().unwrap() >= 3 * 142, "{metrics}");
-    assert!(metrics.contains("plab_vm_ceil_bits_per_second{slice=\"plc.aud.b\",vm=\"plc_aud_b\",direction=\"down\"} 100000000"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "plab_vm_ceil_bits_per_second{slice=\"plc.aud.b\",vm=\"plc_aud_b\",direction=\"down\"} 100000000"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("plab_audit_captured_packets_total{interface=\"pv1\"}"), "{metrics}");
 
     // Bad queries: 400 with the field and the reason; the service goes on.

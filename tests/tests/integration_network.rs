@@ -174,6 +174,19 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     // 4. Isolation on the wire. What passes the bridge's checks shows on the node's side
     // of the bridge.
     let node_sniff = sniffer(n, "plab0", 2);
+    // B's bandwidth class (what B sends) must not count what A forges.
+    let b_index: u32 = b_if.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
+    let b_class = format!("class htb 1:{:x} ", b_index + 0x10);
+    let b_sent = || {
+        let text = must(n, "tc -s class show dev plabup");
+        let mut lines = text.lines().skip_while(|l| !l.starts_with(&b_class));
+        lines
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {b_class}in\n{text}"))
+            .to_owned()
+    };
+    let b_before = b_sent();
     // Control: A's own frame (its MAC, its address) reaches the node.
     wire(&a_ns, &format!("udp {a_mac} {bridge_mac} {a_addr} 10.213.0.1 9999 from-a"));
     // IP spoofing: A's MAC with B's address.
@@ -184,6 +197,7 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     assert!(got.contains("from-a"), "the control frame did not arrive, so the test proves nothing: {got:?}");
     assert!(!got.contains("spoofed-ip"), "a spoofed source address reached the node");
     assert!(!got.contains("stolen-mac"), "a stolen MAC reached the node");
+    assert_eq!(b_sent(), b_before, "frames A forged were counted (and queued) in B's bandwidth class");
     let fdb = must(n, &format!("bridge fdb show br plab0 | grep -i {b_mac} || true"));
     assert!(
         !fdb.contains(&format!("dev {}", a["details"]["interface"].as_str().unwrap())),

@@ -114,7 +114,7 @@ impl NodeManager {
         let Some(s) = self.tables().slivers.get(name).cloned() else { return Ok(()) };
         self.set_classes(n, &s).map_err(NmError::backend("bandwidth"))?;
         if let Some(dev) = self.interface_of(&s).filter(|d| n.net.link_exists(d)) {
-            n.shaper.attach(&dev).map_err(NmError::backend("bandwidth"))?;
+            n.shaper.attach(&dev, s.address).map_err(NmError::backend("bandwidth"))?;
         }
         // The sustained-rate window opens when the VM first runs.
         if !n.meters().contains_key(&s.index) {

@@ -41,8 +41,10 @@ impl NodeManager {
     /// stopped, per-VM sockets are opened, and orphans are reported.
     pub async fn reconcile(self: &Arc<Self>) -> Vec<Repair> {
         let mut report = Vec::new();
-        if let Err(e) = self.install_network() {
-            report.push(Repair::Failed(format!("network policy, NAT and ssh forwards (nftables): {e}")));
+        // Without the network policy a VM would run unfiltered: none is started then.
+        let network = self.install_network().map_err(|e| e.to_string());
+        if let Err(e) = &network {
+            report.push(Repair::Failed(format!("network policy, NAT, ssh forwards and bandwidth: {e}")));
         }
         let slivers: Vec<_> =
             self.tables().slivers.values().map(|s| (s.name.clone(), s.slice.clone(), s.wanted)).collect();
@@ -77,10 +79,12 @@ impl NodeManager {
                     }
                 }
                 (Wanted::Stopped, Ok(VmState::Stopped)) => {}
+                (Wanted::Running, _) if network.is_err() => report
+                    .push(Repair::Failed(format!("{name}: not started, since the network policy is not in place"))),
                 (Wanted::Running, _) => match blocking(move || b.start(&spec))
                     .await
-                    .map_err(NmError::backend("start"))
-                    .and_then(|()| self.shape_vm(&name))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.shape_vm(&name).map_err(|e| e.to_string()))
                 {
                     Ok(()) => report.push(Repair::Restarted(name)),
                     Err(e) => report.push(Repair::Failed(format!("{name}: should run but failed to start: {e}"))),

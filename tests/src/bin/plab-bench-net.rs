@@ -120,7 +120,7 @@ fn main() {
                 s.install().unwrap();
                 let c = Class { rate, ceil: rate };
                 s.set(1, "10.99.0.2".parse().unwrap(), c, c).unwrap();
-                s.attach("pv1").unwrap();
+                s.attach("pv1", "10.99.0.2".parse().unwrap()).unwrap();
             });
             nm.push(measure(&node, &vm, secs, udp));
             tc("qdisc del dev pv1 clsact");

@@ -117,11 +117,14 @@ fn xen(cfg: &LibvirtConfig, spec: &VmSpec) -> Flavour {
         features: "",
         devices_extra: "",
         console: "<console type='pty'><target type='xen' port='0'/></console>".into(),
-        // Xen's vif joins the bridge directly.
+        // Xen's vif joins the bridge directly, under the name the node manager's network
+        // policy and shaping expect (a vif named by Xen, `vif<domid>.0`, would be in
+        // neither).
         interface: format!(
-            "<interface type='bridge'><source bridge='{}'/><mac address='{}'/></interface>",
+            "<interface type='bridge'><source bridge='{}'/><mac address='{}'/><target dev='{}'/></interface>",
             escape(&cfg.bridge),
-            spec.network.mac()
+            spec.network.mac(),
+            tap_name(spec.network.index)
         ),
     }
 }
