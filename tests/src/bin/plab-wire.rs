@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! plab-wire DEV arp OP SRC_MAC SENDER_IP TARGET_IP DST_MAC     (OP: request | reply)
-//! plab-wire DEV udp SRC_MAC DST_MAC SRC_IP DST_IP DPORT TEXT
+//! plab-wire DEV udp SRC_MAC DST_MAC SRC_IP DST_IP DPORT TEXT [COUNT]
 //! plab-wire DEV ra SRC_MAC                                     (an IPv6 router advertisement)
 //! plab-wire DEV dhcp-offer SRC_MAC SRC_IP                      (a DHCP answer, to broadcast)
 //! plab-wire DEV sniff SECONDS                                  (one line per frame received)
@@ -62,11 +62,17 @@ fn socket(dev: &str) -> (OwnedFd, i32) {
 }
 
 fn send(dev: &str, frame: &[u8]) {
+    send_n(dev, frame, 1);
+}
+
+fn send_n(dev: &str, frame: &[u8], count: usize) {
     let (fd, _) = socket(dev);
-    // SAFETY: frame is a valid buffer of the length given.
-    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    assert!(n == frame.len() as isize, "send: {}", std::io::Error::last_os_error());
-    println!("sent {} bytes", frame.len());
+    for _ in 0..count {
+        // SAFETY: frame is a valid buffer of the length given.
+        let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert!(n == frame.len() as isize, "send: {}", std::io::Error::last_os_error());
+    }
+    println!("sent {} bytes", frame.len() * count);
 }
 
 fn udp_frame(
@@ -185,7 +191,7 @@ fn main() {
             f.extend_from_slice(&ip(target_ip));
             send(dev, &f);
         }
-        [dev, "udp", src_mac, dst_mac, src_ip, dst_ip, dport, text] => {
+        [dev, "udp", src_mac, dst_mac, src_ip, dst_ip, dport, text, rest @ ..] => {
             let f = udp_frame(
                 mac(src_mac),
                 mac(dst_mac),
@@ -195,7 +201,7 @@ fn main() {
                 dport.parse().unwrap(),
                 text.as_bytes(),
             );
-            send(dev, &f);
+            send_n(dev, &f, rest.first().map_or(1, |c| c.parse().unwrap()));
         }
         [dev, "dhcp-offer", src_mac, src_ip] => {
             // op 2 (BOOTREPLY), an offered address, from server port 67 to client port 68.
