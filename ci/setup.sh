@@ -3,7 +3,7 @@
 # Used by `make demo`, `make test` and CI; safe to run again at any time.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "ci/setup.sh: run as root (packages, namespaces, runc)" >&2; exit 1; }
-need=(runc debootstrap openssh-client socat ethtool e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
+need=(runc debootstrap openssh-client socat ethtool conntrack e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
       libpcap-dev libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
       dosfstools mtools kmod cpio fdisk grub-pc-bin shellcheck nftables
       golang-github-containers-common lxcfs)

@@ -253,6 +253,23 @@ impl NodeNet {
         Ok(())
     }
 
+    /// Forgets the connections the kernel tracks for `address` (both directions): a VM
+    /// number, address and NAT block given to the next VM must not carry the last one's
+    /// flows, nor let it answer them from the same public port.
+    pub fn forget_connections(&self, address: Ipv4Addr) -> Result<(), BackendError> {
+        let a = address.to_string();
+        for side in ["--orig-src", "--reply-src"] {
+            match self.host.run(&Cmd::new("conntrack").args(["-D", side, &a])) {
+                // Nothing to delete is exit status 1.
+                Err(BackendError::Command { message, .. }) if message.contains("0 flow entries") => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes VM number `index`. Idempotent.
     pub fn remove(&self, index: u32) -> Result<(), BackendError> {
         let mut held = self.vms();
@@ -322,6 +339,16 @@ mod tests {
         net.remove(1).unwrap();
         net.remove(1).unwrap();
         assert_eq!(net.vms().keys().copied().collect::<Vec<_>>(), [3]);
+        // Forgetting a VM's connections: nothing to forget is no error, a failure is.
+        host.fail(
+            "conntrack -D --orig-src",
+            1,
+            "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.",
+        );
+        net.forget_connections("10.213.0.4".parse().unwrap()).unwrap();
+        assert!(host.lines().iter().any(|l| l == "conntrack -D --reply-src 10.213.0.4"));
+        host.fail("conntrack -D --orig-src", 1, "conntrack: Operation failed: No such file or directory");
+        assert!(net.forget_connections("10.213.0.4".parse().unwrap()).is_err());
         // Adding what is already held writes nothing.
         let writes = host.lines().len();
         net.add(3, vm("10.213.0.4", Some("pv3"))).unwrap();

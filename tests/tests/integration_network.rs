@@ -238,6 +238,14 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     for bad in ["86dd", "udp 67 > 68", "a-to-b-direct", "a-broadcast"] {
         assert!(!seen_b.contains(bad), "B received {bad} from A:\n{seen_b}");
     }
+
+    // A destroyed VM's tracked connections go with it: its number, address and NAT block
+    // may go to the next VM, which must not inherit them.
+    let tracked =
+        || must(n, &format!("conntrack -L --orig-src {a_addr} 2>/dev/null | wc -l")).trim().parse::<u32>().unwrap();
+    assert!(tracked() > 0, "A's connections (to the outside, step 1) are tracked");
+    c.call_value("DestroyVM", json!([a_name])).unwrap();
+    assert_eq!(tracked(), 0, "a destroyed VM's connections are still tracked");
     drop(cleanup);
     drop(node);
 }

@@ -276,7 +276,7 @@ impl NodeManager {
         let index = {
             let mut t = self.tables();
             self.store.remove_vm(name)?;
-            let index = t.slivers.remove(name).map(|s| s.index);
+            let index = t.slivers.remove(name).map(|s| (s.index, s.address));
             for p in t.pools.values_mut() {
                 if p.vm.as_deref() == Some(name) {
                     p.vm = None;
@@ -284,8 +284,8 @@ impl NodeManager {
             }
             index
         };
-        if let Some(i) = index {
-            self.detach_vm(i);
+        if let Some((i, address)) = index {
+            self.detach_vm(i, address);
         }
         self.close_vm_socket(name);
         Ok(())

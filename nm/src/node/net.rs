@@ -95,11 +95,15 @@ impl NodeManager {
         self.set_classes(n, s).map_err(NmError::backend("bandwidth"))
     }
 
-    /// Takes VM number `index` out of the policy and drops its classes.
-    pub(crate) fn detach_vm(&self, index: u32) {
+    /// Takes VM number `index` (at `address`) out of the policy, forgets its tracked
+    /// connections and drops its classes.
+    pub(crate) fn detach_vm(&self, index: u32, address: std::net::Ipv4Addr) {
         let Some(n) = &self.network else { return };
         if let Err(e) = n.net.remove(index) {
             tracing::error!(index, "network policy: removing a VM: {e}");
+        }
+        if let Err(e) = n.net.forget_connections(address) {
+            tracing::error!(index, %address, "conntrack: forgetting a destroyed VM's connections: {e}");
         }
         if let Err(e) = n.shaper.remove(index) {
             tracing::error!(index, "bandwidth: removing a VM's classes: {e}");
