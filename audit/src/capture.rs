@@ -1,5 +1,6 @@
 //! Capture on VM interfaces: one thread per interface reads packets with libpcap
-//! (TPACKET_V3 ring, immediate mode, non-blocking with a poll(2) timeout, headers only), counts them into flows and hands
+//! (TPACKET_V3 ring, blocks handed over at least every 200 ms, non-blocking with a poll(2)
+//! timeout, headers only), counts them into flows and hands
 //! finished flows to the writer. An interface that disappears mid-capture has its flows
 //! flushed and its thread ends; the service goes on.
 
@@ -65,7 +66,12 @@ fn send(out: &Sender<Vec<FlowRecord>>, flows: Vec<crate::flow::Flow>, meta: &Mut
 pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<Capture, pcap::Error> {
     let dev = meta.iface.clone();
     let mut cap = pcap::Capture::from_device(dev.as_str())?
-        .immediate_mode(true)
+        // Not immediate mode: the kernel hands over blocks of packets (at the latest every
+        // READ_TIMEOUT_MS) instead of waking this thread for each one. plab-bench-net
+        // measured 1.74 CPU s per million packets in immediate mode against 0.19 without
+        // (tcpdump: 0.07); flows are timed by the packets' own timestamps, so the delay
+        // changes nothing they record.
+        .immediate_mode(false)
         .snaplen(SNAPLEN)
         .timeout(READ_TIMEOUT_MS)
         .buffer_size(8 << 20)
@@ -93,10 +99,9 @@ pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<
                             }
                         }
                         Err(pcap::Error::TimeoutExpired) => {
-                            // Nothing waiting: sleep in poll(2) until a packet or the
+                            // Nothing waiting: sleep in poll(2) until a block or the
                             // read timeout, so timers and the stop flag are seen even
-                            // on an idle interface (libpcap's immediate mode ignores
-                            // its own timeout).
+                            // on an idle interface.
                             use std::os::fd::{AsRawFd, BorrowedFd};
                             // SAFETY: the descriptor belongs to `cap`, which outlives this borrow.
                             let fd = unsafe { BorrowedFd::borrow_raw(cap.as_raw_fd()) };

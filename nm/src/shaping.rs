@@ -250,7 +250,9 @@ impl Shaper {
             if !self.host.link_exists(ifb) {
                 self.host.run(&Cmd::new("ip").args(["link", "add", ifb, "type", "ifb"]))?;
             }
-            self.host.run(&Cmd::new("ip").args(["link", "set", ifb, "up"]))?;
+            // Each VM class's queue is as long as the device's (an IFB's default is 32
+            // packets: too short for TCP to hold a low rate, measured 4% under it).
+            self.host.run(&Cmd::new("ip").args(["link", "set", ifb, "txqueuelen", "1000", "up"]))?;
             // HTB cannot "replace" itself: it is added once and kept (with its classes).
             if !self.kinds(ifb)?.iter().any(|k| k == "htb") {
                 b += &format!("qdisc replace dev {ifb} root handle 1: htb default 2\n");

@@ -11,7 +11,14 @@
 //!   redirect on its interface), exactly what `plab-nm` writes;
 //! - by hand: `tc qdisc add dev pv1 root handle 1: htb default 10` and one class.
 //!
-//! Needs root, iproute2 and ethtool. Traffic stays inside the two namespaces.
+//! Then packet capture: the "VM" sends small UDP datagrams as fast as it can (one sender
+//! process, `plab-bench-net blast`), and in turn `tcpdump -w /dev/null`, `softflowd`
+//! (exporting IPFIX to a closed local port) and `plab-audit`'s capture (the code the
+//! service runs, in this process) capture on the node's end: packets seen against packets
+//! that crossed the interface, what the capture lost, and CPU seconds per million packets.
+//!
+//! Needs root, iproute2, ethtool, tcpdump and softflowd. Traffic stays inside the two
+//! namespaces.
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap is a failed run.
 
 use plab_nm::shaping::{Class, Shaper};
@@ -87,7 +94,148 @@ fn measure(node: &str, vm: &str, secs: f64, udp: bool) -> f64 {
     (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()
 }
 
+/// Sends 18-byte UDP datagrams to `addr` for `secs` seconds; prints how many.
+fn blast(addr: &str, secs: f64) {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let payload = [0u8; 18];
+    let (start, mut n) = (Instant::now(), 0u64);
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..256 {
+            if s.send_to(&payload, addr).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    println!("{n}");
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5); after the command name, the state
+    // (field 3) is word 0, so they are words 11 and 12.
+    let tick = |i: usize| f.get(i).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+fn self_cpu() -> f64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
+fn rx_packets(ns: &str, dev: &str) -> u64 {
+    in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{dev}:")).and_then(|r| r.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// One capture run: (packets the tool saw, packets that crossed, CPU seconds).
+fn capture_run(tool: &str, node: &str, vm: &str, secs: f64) -> (u64, u64, f64) {
+    let before = rx_packets(node, "pv1");
+    let me = std::env::current_exe().unwrap();
+    let blast = || {
+        Command::new("ip")
+            .args(["netns", "exec", vm])
+            .arg(&me)
+            .args(["blast", "10.99.0.1:9", &secs.to_string()])
+            .output()
+            .unwrap()
+    };
+    let result = match tool {
+        "plab-audit" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let meta = plab_audit::store::VmMeta {
+                vm: "bench".into(),
+                slice: "plc.bench".into(),
+                users: vec![],
+                iface: "pv1".into(),
+                vm_addr: [10, 99, 0, 2].into(),
+                public_addr: None,
+                nat_ports: None,
+            };
+            let t = plab_audit::capture::Timeouts { idle_ms: 1000, active_ms: 60_000 };
+            let cap = in_ns(node, || plab_audit::capture::start(meta, t, tx).unwrap());
+            let cpu0 = self_cpu();
+            blast();
+            std::thread::sleep(Duration::from_millis(300));
+            let cpu = self_cpu() - cpu0;
+            let (packets, drops) = (cap.packets.clone(), cap.drops.clone());
+            plab_audit::capture::stop(cap);
+            let counted: u64 = rx.try_iter().flatten().map(|f| f.packets).sum();
+            let seen = packets.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = (drops, counted);
+            (seen, cpu)
+        }
+        _ => {
+            let args: Vec<&str> = if tool == "tcpdump" {
+                vec!["tcpdump", "-i", "pv1", "-n", "-s", "128", "-w", "/dev/null"]
+            } else {
+                vec![
+                    "softflowd",
+                    "-i",
+                    "pv1",
+                    "-d",
+                    "-C",
+                    "128",
+                    "-v",
+                    "10",
+                    "-n",
+                    "127.0.0.1:9995",
+                    "-c",
+                    "/tmp/plab-bench-softflowd.ctl",
+                    "-p",
+                    "/tmp/plab-bench-softflowd.pid",
+                ]
+            };
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", node])
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            let cpu0 = cpu_secs(child.id());
+            blast();
+            std::thread::sleep(Duration::from_millis(300));
+            let cpu = cpu_secs(child.id()) - cpu0;
+            let seen = if tool == "tcpdump" {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                err.lines()
+                    .find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse().ok()))
+                    .unwrap_or(0)
+            } else {
+                let stats = Command::new("softflowctl")
+                    .args(["-c", "/tmp/plab-bench-softflowd.ctl", "statistics"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&stats.stdout).into_owned();
+                let _ = child.kill();
+                let _ = child.wait();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("Packets processed: "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            (seen, cpu)
+        }
+    };
+    let crossed = rx_packets(node, "pv1") - before;
+    (result.0, crossed, result.1)
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("blast") {
+        blast(&args[2], args[3].parse().unwrap());
+        return;
+    }
     let secs: f64 = std::env::var("PLAB_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5.0);
     let rounds: usize = std::env::var("PLAB_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let p = std::process::id();
@@ -100,6 +248,8 @@ fn main() {
     ip(&format!("-n {node} addr add 10.99.0.1/24 dev pv1"));
     ip(&format!("-n {node} link set pv1 up"));
     ip(&format!("-n {vm} addr add 10.99.0.2/24 dev eth0"));
+    // The MAC a VM at that address has: the shaping lets nothing else out of the VM.
+    ip(&format!("-n {vm} link set eth0 address {}", vm_types::vm_mac("10.99.0.2".parse().unwrap())));
     ip(&format!("-n {vm} link set eth0 up"));
     // Frames as a wire carries them: with segmentation offload, a 64 kB TCP packet crosses
     // the veth whole, HTB counts the headers of every segment it stands for, and the
@@ -140,6 +290,27 @@ fn main() {
         );
         println!("    by hand (tc)  {:>8.3} Mbit/s  ({:+.2}% of the rate)", h / 1e6, (h / r - 1.0) * 100.0);
         println!("    ratio node manager / by hand  {:.4}   (target within 1%; accuracy target ±2%)", n / h);
+    }
+    println!("capture of small UDP datagrams sent as fast as one sender can, {rounds} rounds of {secs} s, alternating");
+    let mut results: std::collections::BTreeMap<&str, Vec<(u64, u64, f64)>> = Default::default();
+    for _ in 0..rounds {
+        for tool in ["tcpdump", "softflowd", "plab-audit"] {
+            results.entry(tool).or_default().push(capture_run(tool, &node, &vm, secs));
+        }
+    }
+    let mut per_mpkt = std::collections::BTreeMap::new();
+    for (tool, runs) in &results {
+        let (seen, crossed, cpu) = runs.iter().fold((0u64, 0u64, 0f64), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+        let lost = crossed.saturating_sub(seen) as f64 / crossed.max(1) as f64 * 100.0;
+        let cpm = cpu / (seen.max(1) as f64 / 1e6);
+        per_mpkt.insert(*tool, cpm);
+        println!(
+            "  {tool:<10} {:>9.0} packets/s offered, seen {seen} of {crossed} ({lost:.3}% lost), {cpm:.2} CPU s per million packets",
+            crossed as f64 / (secs * rounds as f64)
+        );
+    }
+    if let (Some(a), Some(t)) = (per_mpkt.get("plab-audit"), per_mpkt.get("tcpdump")) {
+        println!("  ratio plab-audit / tcpdump CPU per packet  {:.2}   (target <= 2)", a / t);
     }
     for ns in [&node, &vm] {
         ip(&format!("netns del {ns}"));
