@@ -76,6 +76,7 @@ fn a_captured_flow_counts_exactly_and_a_vanished_interface_flushes_its_flows() {
             sock.send_to(&[7u8; 10], "10.98.0.1:9").unwrap();
         });
     });
+    // Packets are handed over at least every BLOCK_TIMEOUT_MS: older ones are never lost.
     std::thread::sleep(Duration::from_millis(100));
     ip(&format!("netns del {vm}"));
     let flows = rx.recv_timeout(Duration::from_secs(10)).expect("the vanished interface's flows were not flushed");
