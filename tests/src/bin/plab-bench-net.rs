@@ -31,17 +31,7 @@ fn ip(args: &str) {
     assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
+use plab_tests::in_netns as in_ns;
 
 fn rx_bytes(ns: &str) -> u64 {
     in_ns(ns, || std::fs::read_to_string("/proc/thread-self/net/dev").unwrap())
