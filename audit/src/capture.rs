@@ -42,7 +42,7 @@ pub struct Capture {
     pub stop: Arc<AtomicBool>,
     /// Who the interface's flows belong to (updated when the VM's records change).
     pub meta: Arc<Mutex<VmMeta>>,
-    /// Packets seen, and packets the kernel dropped (libpcap's counters).
+    /// Packets seen.
     pub packets: Arc<AtomicU64>,
     /// Drops reported by libpcap.
     pub drops: Arc<AtomicU64>,

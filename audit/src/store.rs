@@ -4,12 +4,12 @@
 use crate::flow::{Flow, FlowKey};
 use crate::query::{Endpoint, Query};
 use rusqlite::{params, Connection};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// Who a VM's flows belong to, and where the VM sits behind the node's NAT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmMeta {
     /// The VM's name on the node.
     pub vm: String,
@@ -208,7 +208,7 @@ impl Store {
         for row in rows {
             let (proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta) =
                 row?;
-            let meta: StoredMeta = serde_json::from_str(&meta)?;
+            let meta: VmMeta = serde_json::from_str(&meta)?;
             let rec = FlowRecord {
                 proto,
                 src: src.parse()?,
@@ -221,7 +221,7 @@ impl Store {
                 packets: u64::try_from(packets).unwrap_or(0),
                 tcp_flags,
                 post_nat_src,
-                meta: meta.into(),
+                meta,
             };
             if rec.matches(q) {
                 out.push(rec);
@@ -231,32 +231,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-}
-
-/// [`VmMeta`] as stored (JSON).
-#[derive(serde::Deserialize)]
-struct StoredMeta {
-    vm: String,
-    slice: String,
-    users: Vec<String>,
-    iface: String,
-    vm_addr: Ipv4Addr,
-    public_addr: Option<Ipv4Addr>,
-    nat_ports: Option<(u16, u16)>,
-}
-
-impl From<StoredMeta> for VmMeta {
-    fn from(m: StoredMeta) -> VmMeta {
-        VmMeta {
-            vm: m.vm,
-            slice: m.slice,
-            users: m.users,
-            iface: m.iface,
-            vm_addr: m.vm_addr,
-            public_addr: m.public_addr,
-            nat_ports: m.nat_ports,
-        }
     }
 }
 

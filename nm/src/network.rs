@@ -55,10 +55,6 @@ pub struct VmPort {
 /// The node's network policy and the VMs it covers, by VM number.
 pub struct NodeNet {
     host: Arc<dyn Host>,
-    bridge: String,
-    prefix: String,
-    public: Option<Ipv4Addr>,
-    host_ports: Vec<u16>,
     cfg: Config,
     vms: Mutex<BTreeMap<u32, VmPort>>,
 }
@@ -66,15 +62,7 @@ pub struct NodeNet {
 impl NodeNet {
     /// The policy for a node with settings `cfg`.
     pub fn new(host: Arc<dyn Host>, cfg: &Config) -> NodeNet {
-        NodeNet {
-            host,
-            bridge: cfg.bridge.clone(),
-            prefix: format!("{}/{}", cfg.vm_prefix.network, cfg.vm_prefix.len),
-            public: cfg.public_address,
-            host_ports: cfg.vm_host_tcp_ports.clone(),
-            cfg: cfg.clone(),
-            vms: Mutex::new(BTreeMap::new()),
-        }
+        NodeNet { host, cfg: cfg.clone(), vms: Mutex::new(BTreeMap::new()) }
     }
 
     fn vms(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, VmPort>> {
@@ -83,7 +71,7 @@ impl NodeNet {
 
     /// Both tables for `vms`, replacing any earlier ones.
     pub fn ruleset(&self, vms: &BTreeMap<u32, VmPort>) -> String {
-        let br = &self.bridge;
+        let br = &self.cfg.bridge;
         let mut t =
             String::from("add table bridge plab\ndelete table bridge plab\nadd table ip plab\ndelete table ip plab\n");
         // The bridge: isolation on the wire.
@@ -126,7 +114,7 @@ impl NodeNet {
         let mut nat_rules = String::new();
         let mut nat_vms = Vec::new();
         let mut forwards = Vec::new();
-        if let Some(public) = self.public {
+        if let Some(public) = self.cfg.public_address {
             for (&n, v) in vms {
                 if let Some((first, last)) = self.cfg.nat_ports(n) {
                     let _ = writeln!(
@@ -143,14 +131,14 @@ impl NodeNet {
         }
         let nat_vms = elements(nat_vms);
         let forwards = elements(forwards);
-        let host_ports = if self.host_ports.is_empty() {
+        let host_ports = if self.cfg.vm_host_tcp_ports.is_empty() {
             String::new()
         } else {
-            let p: Vec<String> = self.host_ports.iter().map(u16::to_string).collect();
+            let p: Vec<String> = self.cfg.vm_host_tcp_ports.iter().map(u16::to_string).collect();
             format!("\t\ttcp dport {{ {} }} accept\n", p.join(", "))
         };
-        let prefix = &self.prefix;
-        let dnat = match self.public {
+        let prefix = format!("{}/{}", self.cfg.vm_prefix.network, self.cfg.vm_prefix.len);
+        let dnat = match self.cfg.public_address {
             Some(public) => format!(
                 "\tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n\
                  \t\tip daddr {public} dnat ip addr . port to tcp dport map @ssh_fwd\n\t}}\n\
@@ -211,13 +199,13 @@ impl NodeNet {
         self.host.run(&Cmd::new("ip").args([
             "link",
             "set",
-            &self.bridge,
+            &self.cfg.bridge,
             "type",
             "bridge",
             "no_linklocal_learn",
             "1",
         ]))?;
-        if self.public.is_some() {
+        if self.cfg.public_address.is_some() {
             let sysctl = |key: &str, value: &str| {
                 std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
                     .map_err(|e| BackendError::Io(format!("/proc/sys/net/ipv4/{key}"), e))

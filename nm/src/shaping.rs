@@ -109,25 +109,6 @@ pub fn qdisc_kinds(json: &str) -> Vec<String> {
     v.iter().filter_map(|q| q["kind"].as_str().map(str::to_owned)).collect()
 }
 
-/// Per-class counters from `tc -s class show dev X`: class id → sent bytes.
-pub fn class_bytes(text: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["class", "htb", id, ..] => current = Some((*id).to_owned()),
-            ["Sent", bytes, "bytes", ..] => {
-                if let (Some(id), Ok(b)) = (current.take(), bytes.parse()) {
-                    out.insert(id, b);
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 /// One HTB class's counters and rates, from `tc -s class show`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClassStats {
@@ -206,16 +187,6 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     };
     let v: f64 = num.parse().ok()?;
     Some((v * mult as f64).round() as u64)
-}
-
-/// Class `id` as `tc class show dev X` prints it.
-pub fn parse_class(text: &str, id: &str) -> Option<Class> {
-    let prefix = format!("class htb {id} ");
-    let line = text.lines().find(|l| l.starts_with(&prefix))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after =
-        |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).and_then(|w| parse_rate(w));
-    Some(Class { rate: after("rate")?, ceil: after("ceil")? })
 }
 
 /// Shapes VM traffic on a host.
@@ -320,8 +291,8 @@ impl Shaper {
             return Ok(());
         }
         let (id, item) = (classid(index), format!("800::{:x}", index + 1));
-        for ifb in [UP, DOWN] {
-            if parse_class(&self.host.run(&Cmd::new("tc").args(["class", "show", "dev", ifb]))?, &id).is_none() {
+        for (ifb, classes) in [UP, DOWN].into_iter().zip(self.classes()?) {
+            if !classes.contains_key(&id) {
                 continue;
             }
             self.tc(format!(
@@ -331,17 +302,11 @@ impl Shaper {
         Ok(())
     }
 
-    /// VM number `index`'s classes in force (up, down), read back from the kernel.
-    pub fn read(&self, index: u32) -> Result<(Option<Class>, Option<Class>), BackendError> {
-        let show = |d: &str| self.host.run(&Cmd::new("tc").args(["class", "show", "dev", d]));
-        let id = classid(index);
-        Ok((parse_class(&show(UP)?, &id), parse_class(&show(DOWN)?, &id)))
-    }
-
-    /// Sent bytes per class (up, down), for every VM at once.
-    pub fn counters(&self) -> Result<[BTreeMap<String, u64>; 2], BackendError> {
+    /// Every class in force with its counters (up, down), read back from the kernel
+    /// for all VMs at once.
+    pub fn classes(&self) -> Result<[BTreeMap<String, ClassStats>; 2], BackendError> {
         let show = |d: &str| self.host.run(&Cmd::new("tc").args(["-s", "class", "show", "dev", d]));
-        Ok([class_bytes(&show(UP)?), class_bytes(&show(DOWN)?)])
+        Ok([class_stats(&show(UP)?), class_stats(&show(DOWN)?)])
     }
 }
 
@@ -432,10 +397,13 @@ mod tests {
                    Sent 123 bytes 2 pkt (dropped 0, overlimits 0 requeues 0) \n\
                    class htb 1:1f parent 1:1 prio 0 rate 1500Kbit ceil 50Mbit burst 3028b cburst 62500b \n \
                    Sent 4567 bytes 9 pkt (dropped 1, overlimits 0 requeues 0) \n";
-        assert_eq!(parse_class(out, "1:1f"), Some(Class { rate: 1_500_000, ceil: 50_000_000 }));
-        assert_eq!(parse_class(out, "1:1"), Some(Class { rate: 1_000_000_000, ceil: 1_000_000_000 }));
-        assert_eq!(parse_class(out, "1:2"), None);
-        assert_eq!(class_bytes(out), [("1:1".to_owned(), 123), ("1:1f".to_owned(), 4567)].into_iter().collect());
+        let st = class_stats(out);
+        let class = |id: &str| st.get(id).map(|c| Class { rate: c.rate, ceil: c.ceil });
+        assert_eq!(class("1:1f"), Some(Class { rate: 1_500_000, ceil: 50_000_000 }));
+        assert_eq!(class("1:1"), Some(Class { rate: 1_000_000_000, ceil: 1_000_000_000 }));
+        assert_eq!(class("1:2"), None);
+        let bytes: BTreeMap<String, u64> = st.iter().map(|(id, c)| (id.clone(), c.bytes)).collect();
+        assert_eq!(bytes, [("1:1".to_owned(), 123), ("1:1f".to_owned(), 4567)].into_iter().collect());
         assert_eq!(parse_rate("8Kbit"), Some(8000));
         assert_eq!(parse_rate("12bit"), Some(12));
         assert_eq!(parse_rate("1.5Gbit"), Some(1_500_000_000));

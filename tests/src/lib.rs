@@ -440,17 +440,22 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// A plain HTTP GET from network namespace `ns`: (status, body).
-pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
+/// A plain HTTP GET from network namespace `ns`: (status, body), or why it failed.
+pub fn try_http_get(ns: &str, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     in_netns(ns, || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
         let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
+        s.read_to_string(&mut text)?;
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        (status, body)
+        Ok((status, body))
     })
+}
+
+/// A plain HTTP GET from network namespace `ns`: (status, body).
+pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
+    try_http_get(ns, addr, path).unwrap()
 }

@@ -7,7 +7,7 @@
 //! 400 naming the field. Needs root, runc, OpenSSH, nft, socat and the image.
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use plab_tests::{bin, http_get, keypair, prerequisites, Outside, TestNode};
+use plab_tests::{bin, http_get, keypair, prerequisites, try_http_get, Outside, TestNode};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,8 +88,8 @@ fn now() -> f64 {
 fn ask_until(out: &str, path: &str, node: &TestNode, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        // Until the service listens, the connection is refused (and http_get panics).
-        let (status, body) = std::panic::catch_unwind(|| http_get(out, "10.77.0.1:8880", path)).unwrap_or_default();
+        // Until the service listens, the connection is refused.
+        let (status, body) = try_http_get(out, "10.77.0.1:8880", path).unwrap_or_default();
         if status == 200 {
             let v: Value = serde_json::from_str(&body).unwrap();
             if ok(&v) {

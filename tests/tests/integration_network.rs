@@ -37,8 +37,8 @@ fn must(ns: &str, cmd: &str) -> String {
     out
 }
 
-/// Processes and a namespace to clean up.
-struct Cleanup(Vec<Child>, String);
+/// Processes to stop.
+struct Cleanup(Vec<Child>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -46,7 +46,6 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.1]).status();
     }
 }
 
@@ -89,20 +88,11 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
         assert!(ok.success(), "`{tool}` is missing: apt-get install {pkg}");
     }
     let node = TestNode::with_config("net", "public_address = \"10.77.0.1\"\nvm_host_tcp_ports = [7007]\n");
-    let outside = format!("plab-net-out-{}", std::process::id());
-    let mut cleanup = Cleanup(vec![], outside.clone());
-    let _ = Command::new("ip").args(["netns", "del", &outside]).stderr(Stdio::null()).status();
-    let n = &node.netns;
-    let ip = |args: String| {
-        let o = Command::new("sh").arg("-c").arg(format!("ip {args}")).output().unwrap();
-        assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    ip(format!("netns add {outside}"));
-    ip(format!("-n {n} link add pub type veth peer name eth0 netns {outside}"));
-    must(n, "ip addr add 10.77.0.1/24 dev pub && ip link set pub up");
-    must(&outside, "ip link set lo up && ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up");
     // The outside knows the way to the VMs, so only the node's rules can keep it out.
-    must(&outside, "ip route add 10.213.0.0/16 via 10.77.0.1");
+    let out = plab_tests::Outside::new(&node.netns, "net");
+    let outside = out.netns.clone();
+    let mut cleanup = Cleanup(vec![]);
+    let n = &node.netns;
 
     let (key, public) = keypair(node.dir.path());
     let mut c = node.client();

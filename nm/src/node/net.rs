@@ -7,7 +7,7 @@
 
 use super::{NmError, NodeManager, Sliver};
 use crate::network::{NodeNet, VmPort};
-use crate::shaping::{rates, Class, Meter, Shaper};
+use crate::shaping::{rates, Class, ClassStats, Meter, Shaper};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,8 +123,8 @@ impl NodeManager {
         // The sustained-rate window opens when the VM first runs.
         if !n.meters().contains_key(&s.index) {
             let id = crate::shaping::classid(s.index);
-            if let Ok([up, down]) = n.shaper.counters() {
-                let bytes = [up.get(&id).copied().unwrap_or(0), down.get(&id).copied().unwrap_or(0)];
+            if let Ok(trees) = n.shaper.classes() {
+                let bytes = trees.map(|t| t.get(&id).map_or(0, |c| c.bytes));
                 n.meters().entry(s.index).or_insert_with(|| Meter::new(n.window, Instant::now(), bytes));
             }
         }
@@ -135,7 +135,7 @@ impl NodeManager {
     /// direction has that ceiling lowered, and gets it back with the next window.
     pub(crate) fn meter_round(&self) {
         let Some(n) = &self.network else { return };
-        let counters = match n.shaper.counters() {
+        let counters = match n.shaper.classes() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("sustained rate: reading the counters: {e}");
@@ -147,6 +147,7 @@ impl NodeManager {
         for s in slivers {
             let id = crate::shaping::classid(s.index);
             let (Some(up), Some(down)) = (counters[0].get(&id), counters[1].get(&id)) else { continue };
+            let (up, down) = (&up.bytes, &down.bytes);
             let (_, _, sustained) = rates(&s.resources, self.cfg.default_burst_rate);
             let changed = {
                 let mut m = n.meters();
@@ -162,21 +163,29 @@ impl NodeManager {
         }
     }
 
+    /// The bandwidth classes in force (up, down), read once for every VM a call reports.
+    pub(crate) fn bandwidth_classes(&self) -> Option<[BTreeMap<String, ClassStats>; 2]> {
+        self.network.as_ref()?.shaper.classes().ok()
+    }
+
     /// What an operator sees of VM `name`'s network: its interface and the rates in force,
-    /// read back from the kernel.
-    pub(crate) fn network_details(&self, name: &str) -> BTreeMap<String, String> {
+    /// read back from the kernel (`classes`, from [`NodeManager::bandwidth_classes`]).
+    pub(crate) fn network_details(
+        &self,
+        name: &str,
+        classes: Option<&[BTreeMap<String, ClassStats>; 2]>,
+    ) -> BTreeMap<String, String> {
         let mut d = BTreeMap::new();
         let Some(n) = &self.network else { return d };
         let Some(s) = self.tables().slivers.get(name).cloned() else { return d };
         if let Some(dev) = self.interface_of(&s) {
             d.insert("interface".into(), dev);
         }
-        if let Ok((up, down)) = n.shaper.read(s.index) {
-            for (dir, c) in [("up", up), ("down", down)] {
-                if let Some(c) = c {
-                    d.insert(format!("rate_{dir}_bps"), c.rate.to_string());
-                    d.insert(format!("ceil_{dir}_bps"), c.ceil.to_string());
-                }
+        let id = crate::shaping::classid(s.index);
+        for (dir, tree) in ["up", "down"].into_iter().zip(classes.into_iter().flatten()) {
+            if let Some(c) = tree.get(&id) {
+                d.insert(format!("rate_{dir}_bps"), c.rate.to_string());
+                d.insert(format!("ceil_{dir}_bps"), c.ceil.to_string());
             }
         }
         if let Some(m) = n.meters().get(&s.index) {

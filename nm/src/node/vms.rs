@@ -55,14 +55,20 @@ impl NodeManager {
         Ok((self.spec_of(s), self.backend(s.vm.vm_type)?))
     }
 
-    pub(crate) async fn live(&self, name: &str, backend: Arc<dyn Backend>) -> Live {
+    /// `classes`: the bandwidth classes, read once by the caller for every VM it reports.
+    pub(crate) async fn live(
+        &self,
+        name: &str,
+        backend: Arc<dyn Backend>,
+        classes: Option<&[BTreeMap<String, crate::shaping::ClassStats>; 2]>,
+    ) -> Live {
         let n = name.to_owned();
         let (state, mut details) = match blocking(move || backend.status(&n)).await {
             Ok(s) => (s.state, s.details),
             Err(e) => (VmState::Missing, [("error".to_string(), e.to_string())].into_iter().collect()),
         };
         if state == VmState::Running {
-            details.extend(self.network_details(name));
+            details.extend(self.network_details(name, classes));
         }
         (state, details)
     }
@@ -73,10 +79,11 @@ impl NodeManager {
             t.slivers.values().filter(|v| t.may_act_on(caller, v)).map(|v| v.name.clone()).collect()
         };
         let mut vms = Vec::new();
+        let classes = self.bandwidth_classes();
         for n in names {
             // A VM destroyed meanwhile is simply not listed.
             if let Ok((_, b)) = self.vm_for(caller, &n) {
-                let live = self.live(&n, b).await;
+                let live = self.live(&n, b, classes.as_ref()).await;
                 if let Ok(v) = self.vm_info(caller, &n, Some(live)) {
                     vms.push(v);
                 }
@@ -87,7 +94,8 @@ impl NodeManager {
 
     pub(crate) async fn vm_status(&self, caller: &Caller, name: &str) -> Result<VmInfo, NmError> {
         let (_, b) = self.vm_for(caller, name)?;
-        let live = self.live(name, b).await;
+        let classes = self.bandwidth_classes();
+        let live = self.live(name, b, classes.as_ref()).await;
         self.vm_info(caller, name, Some(live))
     }
 
