@@ -6,7 +6,7 @@ set -euo pipefail
 need=(runc debootstrap openssh-client socat ethtool conntrack e2fsprogs iproute2 mount procps util-linux python3 python3-yaml libxml2-utils postgresql
       libpcap-dev libvirt-dev libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
       dosfstools mtools kmod cpio fdisk grub-pc-bin shellcheck nftables
-      golang-github-containers-common lxcfs)
+      golang-github-containers-common lxcfs nfdump chromium chromium-driver tcpdump softflowd)
 # Two passes: Debian's qemu-system-x86 conflicts with a newer qemu-utils some images
 # carry, and apt removes that one; the second pass installs the matching qemu-utils.
 updated=

@@ -7,6 +7,8 @@
 //! idle_timeout_secs = 15                # a flow with no packet this long has ended
 //! active_timeout_secs = 60              # a longer flow is reported and counted anew
 //! retention_days = 30                   # flows older than this are removed
+//! ipfix_collector = "192.0.2.5:4739"    # send flows as IPFIX (RFC 7011, UDP); unset: no export
+//! ipfix_domain = 1                      # the IPFIX observation domain id of this node
 //! ```
 
 use serde::Deserialize;
@@ -29,6 +31,10 @@ pub struct Config {
     pub active_timeout_secs: u64,
     /// How long flows are kept, days.
     pub retention_days: u64,
+    /// The IPFIX collector flows are exported to, if any.
+    pub ipfix_collector: Option<SocketAddr>,
+    /// The IPFIX observation domain id.
+    pub ipfix_domain: u32,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             idle_timeout_secs: 15,
             active_timeout_secs: 60,
             retention_days: 30,
+            ipfix_collector: None,
+            ipfix_domain: 1,
         }
     }
 }
@@ -67,6 +75,11 @@ impl Config {
         if self.retention_days == 0 || self.retention_days > 3650 {
             anyhow::bail!("retention_days: {} must be 1 to 3650", self.retention_days);
         }
+        if let Some(c) = self.ipfix_collector {
+            if c.ip().is_unspecified() || c.port() == 0 {
+                anyhow::bail!("ipfix_collector: {c} is not an address and port to send to");
+            }
+        }
         Ok(())
     }
 }
@@ -84,6 +97,7 @@ mod tests {
             ("idle_timeout_secs = 0", "idle_timeout_secs"),
             ("active_timeout_secs = 5", "active_timeout_secs"),
             ("retention_days = 0", "retention_days"),
+            ("ipfix_collector = \"0.0.0.0:4739\"", "ipfix_collector"),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             assert!(c.validate().unwrap_err().to_string().starts_with(field), "{text}");

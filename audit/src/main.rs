@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use plab_audit::capture::{self, Capture, Timeouts};
 use plab_audit::config::Config;
+use plab_audit::spool::{self, Sink};
 use plab_audit::store::{FlowRecord, Store};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -65,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         .call_value("NodeInfo", serde_json::json!({}))
         .context("NodeInfo")?;
     let public: Option<Ipv4Addr> = info["public_address"].as_str().and_then(|a| a.parse().ok());
+    let vm_net = info["vm_prefix"].as_str().and_then(plab_audit::vms::prefix);
     if let Some(ns) = info["node_netns"].as_str() {
         let path = PathBuf::from("/var/run/netns").join(ns);
         let f = std::fs::File::open(&path).with_context(|| format!("the node's namespace {}", path.display()))?;
@@ -89,8 +91,24 @@ fn main() -> anyhow::Result<()> {
             idle_ms: i64::try_from(cfg.idle_timeout_secs * 1000).unwrap_or(15_000),
             active_ms: i64::try_from(cfg.active_timeout_secs * 1000).unwrap_or(60_000),
         };
-        std::thread::spawn(move || manage(&cfg, public, t, &tx, &stop, &metrics))
+        std::thread::spawn(move || manage(&cfg, (public, vm_net), t, &tx, &stop, &metrics))
     };
+    let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
+    if let Some(collector) = cfg.ipfix_collector {
+        let exporter = plab_audit::ipfix::Exporter::new(collector, cfg.ipfix_domain)
+            .with_context(|| format!("ipfix_collector: {collector}"))?;
+        tracing::info!(%collector, domain = cfg.ipfix_domain, "exporting IPFIX");
+        sinks.push(Box::new(spool::Ipfix { collector, exporter }));
+    }
+    // Senders stop after the writer, so they send what the captures flushed last.
+    let sinks_stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = sinks
+        .into_iter()
+        .map(|mut sink| {
+            let (store, stop) = (store.clone(), sinks_stop.clone());
+            std::thread::spawn(move || spool::run(&store, sink.as_mut(), &stop))
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let listener =
@@ -109,6 +127,10 @@ fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = manager.join();
     let _ = writer.join();
+    sinks_stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.join();
+    }
     tracing::info!("plab-audit stopped, flows stored");
     Ok(())
 }
@@ -141,7 +163,7 @@ fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, reten
 /// Keeps one capture per running VM's interface, following the node manager's records.
 fn manage(
     cfg: &Config,
-    public: Option<Ipv4Addr>,
+    (public, vm_net): (Option<Ipv4Addr>, Option<(Ipv4Addr, u8)>),
     t: Timeouts,
     tx: &mpsc::Sender<Vec<FlowRecord>>,
     stop: &AtomicBool,
@@ -156,7 +178,7 @@ fn manage(
         let list = nm.as_mut().map(|c| c.call_value("ListVMs", serde_json::json!({})));
         match list {
             Some(Ok(list)) => {
-                let vms = plab_audit::vms::from_list(&list, public);
+                let vms = plab_audit::vms::from_list(&list, public, vm_net);
                 // Ended captures (their interface went away) and VMs no longer running.
                 let live: Vec<&str> = vms.iter().map(|v| v.iface.as_str()).collect();
                 let gone: Vec<String> = captures

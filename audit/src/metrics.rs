@@ -158,6 +158,7 @@ mod tests {
             vm_addr: [10, 213, 0, 2].into(),
             public_addr: None,
             nat_ports: None,
+            vm_net: None,
         };
         let st = ClassStats { bytes: 1000, packets: 10, drops: 2, rate: 8000, ceil: 1_500_000 };
         let tree = |direction| Tree {

@@ -25,6 +25,28 @@ pub struct VmMeta {
     pub public_addr: Option<Ipv4Addr>,
     /// The VM's block of NAT source ports on the public address.
     pub nat_ports: Option<(u16, u16)>,
+    /// The node-private VM network (address, prefix length): what the node's NAT does
+    /// not translate towards.
+    #[serde(default)]
+    pub vm_net: Option<(Ipv4Addr, u8)>,
+}
+
+impl VmMeta {
+    /// Whether a flow from the VM to `dst` leaves through the node's NAT: it goes
+    /// neither to the VM network nor to the node itself.
+    pub fn natted(&self, dst: Ipv4Addr) -> bool {
+        if Some(dst) == self.public_addr {
+            return false;
+        }
+        match self.vm_net {
+            Some((net, len)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+                u32::from(dst) & mask != u32::from(net) & mask
+            }
+            // Records from before the network was recorded: private space is not translated.
+            None => !is_private(dst),
+        }
+    }
 }
 
 /// A stored flow.
@@ -60,7 +82,7 @@ impl FlowRecord {
     /// A finished flow of a VM.
     pub fn new(f: &Flow, meta: &VmMeta) -> FlowRecord {
         let FlowKey { proto, src, sport, dst, dport } = f.key;
-        let outbound = src == meta.vm_addr && !is_private(dst);
+        let outbound = src == meta.vm_addr && meta.natted(dst);
         let post_nat_src = match (outbound, meta.public_addr, meta.nat_ports) {
             (true, Some(p), Some((a, b))) => Some(format!("{p}:{a}-{b}")),
             _ => None,
@@ -115,6 +137,54 @@ fn is_private(a: Ipv4Addr) -> bool {
     a.is_private() || a.is_link_local() || a.is_loopback()
 }
 
+/// The columns a flow is read from, in [`Row`]'s order.
+const COLUMNS: &str = "proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta";
+
+/// A flow as stored.
+struct Row(u8, String, u16, String, u16, i64, i64, i64, i64, u8, Option<String>, String);
+
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Row::read_from(r, 0)
+    }
+
+    fn read_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
+        Ok(Row(
+            r.get(at)?,
+            r.get(at + 1)?,
+            r.get(at + 2)?,
+            r.get(at + 3)?,
+            r.get(at + 4)?,
+            r.get(at + 5)?,
+            r.get(at + 6)?,
+            r.get(at + 7)?,
+            r.get(at + 8)?,
+            r.get(at + 9)?,
+            r.get(at + 10)?,
+            r.get(at + 11)?,
+        ))
+    }
+
+    fn record(self) -> anyhow::Result<FlowRecord> {
+        let Row(proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta) = self;
+        let meta: VmMeta = serde_json::from_str(&meta)?;
+        Ok(FlowRecord {
+            proto,
+            src: src.parse()?,
+            sport,
+            dst: dst.parse()?,
+            dport,
+            first_ms,
+            last_ms,
+            bytes: u64::try_from(bytes).unwrap_or(0),
+            packets: u64::try_from(packets).unwrap_or(0),
+            tcp_flags,
+            post_nat_src,
+            meta,
+        })
+    }
+}
+
 /// The flow database.
 pub struct Store {
     conn: Connection,
@@ -138,7 +208,8 @@ impl Store {
                 bytes INTEGER NOT NULL, packets INTEGER NOT NULL, tcp_flags INTEGER NOT NULL,
                 post_nat_src TEXT, meta TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS flows_last ON flows(last_ms);
-             CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ms);",
+             CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ms);
+             CREATE TABLE IF NOT EXISTS sinks (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);",
         )?;
         Ok(Store { conn })
     }
@@ -172,6 +243,43 @@ impl Store {
         Ok(())
     }
 
+    /// Where sink `sink` (an IPFIX collector, the archive) is in the flows: the id of the
+    /// last flow it has. A sink seen for the first time starts after the flows stored
+    /// now if `from_now`, else at the first.
+    pub fn cursor(&self, sink: &str, from_now: bool) -> anyhow::Result<i64> {
+        let start: i64 = if from_now {
+            self.conn.query_row("SELECT coalesce(max(id), 0) FROM flows", [], |r| r.get(0))?
+        } else {
+            0
+        };
+        self.conn.execute(
+            "INSERT INTO sinks (sink, last_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![sink, start],
+        )?;
+        Ok(self.conn.query_row("SELECT last_id FROM sinks WHERE sink = ?1", params![sink], |r| r.get(0))?)
+    }
+
+    /// Records that sink `sink` has every flow up to `last_id`.
+    pub fn advance(&self, sink: &str, last_id: i64) -> anyhow::Result<()> {
+        self.conn.execute("UPDATE sinks SET last_id = max(last_id, ?2) WHERE sink = ?1", params![sink, last_id])?;
+        Ok(())
+    }
+
+    /// Flows stored after id `after`, at most `limit`, with their ids, in order.
+    pub fn after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<(i64, FlowRecord)>> {
+        let mut st =
+            self.conn.prepare_cached(&format!("SELECT id, {COLUMNS} FROM flows WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+        let rows = st.query_map(params![after, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get::<_, i64>(0)?, Row::read_from(r, 1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, row) = row?;
+            out.push((id, row.record()?));
+        }
+        Ok(out)
+    }
+
     /// Removes flows that ended before `before_ms`; how many.
     pub fn sweep(&self, before_ms: i64) -> anyhow::Result<usize> {
         Ok(self.conn.execute("DELETE FROM flows WHERE last_ms < ?1", params![before_ms])?)
@@ -184,45 +292,13 @@ impl Store {
 
     /// The flows that answer `q`, at most `limit`, earliest first.
     pub fn query(&self, q: &Query, limit: usize) -> anyhow::Result<Vec<FlowRecord>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta
-             FROM flows WHERE first_ms <= ?1 AND last_ms >= ?2 ORDER BY first_ms",
-        )?;
-        let rows = st.query_map(params![q.to_ms, q.from_ms], |r| {
-            Ok((
-                r.get::<_, u8>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u16>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, u16>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, i64>(8)?,
-                r.get::<_, u8>(9)?,
-                r.get::<_, Option<String>>(10)?,
-                r.get::<_, String>(11)?,
-            ))
-        })?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM flows WHERE first_ms <= ?1 AND last_ms >= ?2 ORDER BY first_ms"
+        ))?;
+        let rows = st.query_map(params![q.to_ms, q.from_ms], Row::read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta) =
-                row?;
-            let meta: VmMeta = serde_json::from_str(&meta)?;
-            let rec = FlowRecord {
-                proto,
-                src: src.parse()?,
-                sport,
-                dst: dst.parse()?,
-                dport,
-                first_ms,
-                last_ms,
-                bytes: u64::try_from(bytes).unwrap_or(0),
-                packets: u64::try_from(packets).unwrap_or(0),
-                tcp_flags,
-                post_nat_src,
-                meta,
-            };
+            let rec = row?.record()?;
             if rec.matches(q) {
                 out.push(rec);
                 if out.len() >= limit {
@@ -249,6 +325,7 @@ mod tests {
             vm_addr: addr.into(),
             public_addr: Some([192, 0, 2, 10].into()),
             nat_ports: Some(nat),
+            vm_net: None,
         }
     }
 

@@ -22,8 +22,16 @@ fn nat_block(s: &str) -> Option<(u16, u16)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// The running VMs with a host interface, from a `ListVMs` answer.
-pub fn from_list(list: &Value, public: Option<Ipv4Addr>) -> Vec<VmMeta> {
+/// `address/length`, as `NodeInfo` gives `vm_prefix`.
+pub fn prefix(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let len: u8 = l.parse().ok()?;
+    (len <= 32).then_some((a.parse().ok()?, len))
+}
+
+/// The running VMs with a host interface, from a `ListVMs` answer, on a node whose public
+/// address is `public` and whose VM network is `vm_net`.
+pub fn from_list(list: &Value, public: Option<Ipv4Addr>, vm_net: Option<(Ipv4Addr, u8)>) -> Vec<VmMeta> {
     let Some(vms) = list["vms"].as_array() else { return vec![] };
     vms.iter()
         .filter(|v| v["state"] == "running")
@@ -36,6 +44,7 @@ pub fn from_list(list: &Value, public: Option<Ipv4Addr>) -> Vec<VmMeta> {
                 vm_addr: v["address"].as_str()?.parse().ok()?,
                 public_addr: public,
                 nat_ports: v["nat_ports"].as_str().and_then(nat_block),
+                vm_net,
             })
         })
         .collect()
@@ -56,11 +65,17 @@ mod tests {
             {"vm": "plc_b", "slice": "plc.b", "address": "10.213.0.3", "state": "stopped", "details": {"interface": "pv2"}},
             {"vm": "plc_c", "slice": "plc.c", "address": "10.213.0.4", "state": "running", "details": {}},
         ]});
-        let got = from_list(&list, Some([192, 0, 2, 10].into()));
+        let got = from_list(&list, Some([192, 0, 2, 10].into()), prefix("10.213.0.0/16"));
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].users, ["alice@example.org"]);
         assert_eq!((got[0].iface.as_str(), got[0].nat_ports), ("pv1", Some((32768, 33023))));
-        assert!(from_list(&serde_json::json!({"oops": 1}), None).is_empty());
+        assert!(from_list(&serde_json::json!({"oops": 1}), None, None).is_empty());
+        // Out through the NAT: anything but the VM network and the node itself.
+        let a = &got[0];
+        assert!(a.natted([10, 77, 0, 2].into()) && a.natted([198, 51, 100, 7].into()));
+        assert!(!a.natted([10, 213, 0, 1].into()) && !a.natted([10, 213, 9, 9].into()));
+        assert!(!a.natted([192, 0, 2, 10].into()), "the node's own public address");
+        assert_eq!((prefix("10.213.0.0/33"), prefix("x/8")), (None, None));
         assert!(users_of("<not xml").is_empty());
     }
 }

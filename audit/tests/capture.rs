@@ -35,6 +35,7 @@ fn a_captured_flow_counts_exactly_and_a_vanished_interface_flushes_its_flows() {
         vm_addr: [10, 98, 0, 2].into(),
         public_addr: None,
         nat_ports: None,
+        vm_net: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let nsfile = |ns: &str| std::fs::File::open(format!("/run/netns/{ns}")).unwrap();

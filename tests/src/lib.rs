@@ -442,17 +442,162 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// A plain HTTP GET from network namespace `ns`: (status, body), or why it failed.
 pub fn try_http_get(ns: &str, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    try_http(ns, addr, "GET", path, None)
+}
+
+/// A plain HTTP/1.1 request from network namespace `ns`, with a JSON body if given:
+/// (status, body). The server must answer with a length or by closing (not chunked).
+pub fn try_http(ns: &str, addr: &str, method: &str, path: &str, json: Option<&str>) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     in_netns(ns, || {
         let mut s = std::net::TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Ok((status, body))
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = json.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        // Read the head, then the body: as long as Content-Length says (some servers,
+        // chromedriver among them, keep the connection open), else until closed.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break raw.len();
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+        let length = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        });
+        let mut body = raw[head_end..].to_vec();
+        match length {
+            Some(n) => {
+                while body.len() < n {
+                    let got = s.read(&mut buf)?;
+                    if got == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&buf[..got]);
+                }
+            }
+            None => {
+                s.read_to_end(&mut body)?;
+            }
+        }
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     })
+}
+
+/// A headless Chromium (Debian's `chromium`, driven by `chromedriver` over W3C WebDriver)
+/// browsing from network namespace `ns`. Both end on drop.
+pub struct Browser {
+    ns: String,
+    session: String,
+    driver: Child,
+}
+
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Where chromedriver listens, inside the browser's namespace.
+const DRIVER: &str = "127.0.0.1:9515";
+
+impl Browser {
+    /// Starts chromedriver in `ns` and opens a headless session.
+    pub fn start(ns: &str) -> Browser {
+        for (tool, pkg) in [("chromedriver", "chromium-driver"), ("chromium", "chromium")] {
+            let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status();
+            require(
+                found.is_ok_and(|s| s.success()),
+                &format!("{tool} (apt-get install {pkg}; make test's set-up does)"),
+            );
+        }
+        let driver = Command::new("ip")
+            .args(["netns", "exec", ns, "chromedriver", "--port=9515"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut b = Browser { ns: ns.to_owned(), session: String::new(), driver };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !try_http(ns, DRIVER, "GET", "/status", None)
+            .is_ok_and(|(s, body)| s == 200 && body.contains("\"ready\":true"))
+        {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on {DRIVER} in {ns} within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Root needs --no-sandbox; a namespace without /dev/shm room needs the last one.
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}}}});
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_owned();
+        b
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let text = body.map(|b| b.to_string());
+        let (status, answer) = try_http(&self.ns, DRIVER, method, path, text.as_deref()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"));
+        assert_eq!(status, 200, "WebDriver {method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("/session/{}{path}", self.session)
+    }
+
+    /// Opens `url` and waits until it has loaded.
+    pub fn goto(&self, url: &str) {
+        self.call("POST", &self.at("/url"), Some(json!({"url": url})));
+    }
+
+    /// The element `css` selects (the first), by its WebDriver reference.
+    pub fn find(&self, css: &str) -> String {
+        let v = self.call("POST", &self.at("/element"), Some(json!({"using": "css selector", "value": css})));
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_owned()
+    }
+
+    /// Types `text` into the input `css` selects, as a person would.
+    pub fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.call("POST", &self.at(&format!("/element/{e}/value")), Some(json!({"text": text})));
+    }
+
+    /// Clicks what `css` selects.
+    pub fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.call("POST", &self.at(&format!("/element/{e}/click")), Some(json!({})));
+    }
+
+    /// The visible text of what `css` selects.
+    pub fn text(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.call("GET", &self.at(&format!("/element/{e}/text")), None).as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The address of the page shown.
+    pub fn url(&self) -> String {
+        self.call("GET", &self.at("/url"), None).as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = try_http(&self.ns, DRIVER, "DELETE", &self.at(""), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }
 
 /// A plain HTTP GET from network namespace `ns`: (status, body).

@@ -7,7 +7,7 @@
 //! 400 naming the field. Needs root, runc, OpenSSH, nft, socat and the image.
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use plab_tests::{bin, http_get, keypair, prerequisites, try_http_get, Outside, TestNode};
+use plab_tests::{bin, http_get, keypair, prerequisites, try_http_get, Browser, Outside, TestNode};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,7 +48,11 @@ impl Audit {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(node.dir.path().join("audit.log")).unwrap();
         let config = node.dir.path().join("audit.toml");
-        std::fs::write(&config, "idle_timeout_secs = 2\nactive_timeout_secs = 30\n").unwrap();
+        std::fs::write(
+            &config,
+            "idle_timeout_secs = 2\nactive_timeout_secs = 30\nipfix_collector = \"10.77.0.2:4739\"\nipfix_domain = 9\n",
+        )
+        .unwrap();
         let child = Command::new(bin("plab-audit"))
             .args(["serve", "--config"])
             .arg(&config)
@@ -126,6 +130,17 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     }
     let ((a, _), (b, _)) = (vms[0].clone(), vms[1].clone());
     let (a_ns, b_ns) = (format!("plab-{a}"), format!("plab-{b}"));
+    // An IPFIX collector outside (Debian's nfcapd) receives the node's flows.
+    let ipfix_dir = node.dir.path().join("nfcapd");
+    std::fs::create_dir(&ipfix_dir).unwrap();
+    let nfcapd = Command::new("ip")
+        .args(["netns", "exec", &out.netns, "nfcapd", "-b", "10.77.0.2", "-p", "4739", "-t", "600", "-w"])
+        .arg(&ipfix_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("nfcapd: {e} (apt-get install nfdump; make test's set-up does)"));
+    let nfcapd = Killed(nfcapd);
     let mut audit = Some(Audit::start(&node));
     // The outside's servers print the source they saw.
     let servers = vec![
@@ -164,6 +179,7 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     assert!(t0 <= first && first <= last && last <= now(), "times {first} {last} against {t0}");
     let block = f["meta"]["nat_ports"].as_array().unwrap();
     assert!(block[0].as_u64().unwrap() <= u64::from(port) && u64::from(port) <= block[1].as_u64().unwrap());
+    assert_eq!(f["post_nat_src"], format!("10.77.0.1:{}-{}", block[0], block[1]), "{f}");
     // The same question about B's block finds nothing; the HTML page names the slice.
     let other = format!("/api/flows?src=10.77.0.1:{}&dst=10.77.0.2:8081&from={t0}", port.wrapping_add(256));
     assert_eq!(http_get(&out.netns, "10.77.0.1:8880", &other).1, r#"{"flows":[]}"#);
@@ -172,6 +188,25 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     assert!(html.contains("<td class=\"slice\">plc.aud.a</td>") && html.contains("alice@test"), "{html}");
     let (status, form) = http_get(&out.netns, "10.77.0.1:8880", "/");
     assert!(status == 200 && form.contains("<form id=\"query\""), "{form}");
+    // The same question asked as a person would: a real browser outside fills the form.
+    {
+        let browser = Browser::start(&out.netns);
+        browser.goto("http://10.77.0.1:8880/");
+        browser.type_into("#src", &format!("10.77.0.1:{port}"));
+        browser.type_into("#dst", "10.77.0.2:8081");
+        browser.type_into("#from", &format!("{}", t0 as i64));
+        browser.click("#ask");
+        assert!(browser.url().contains("/query?src=10.77.0.1%3A"), "the form was sent: {}", browser.url());
+        assert_eq!(browser.text("tr.flow td.slice"), "plc.aud.a");
+        assert_eq!(browser.text("tr.flow td.users"), "alice@test");
+        let answer = browser.text("#answer");
+        assert!(answer.contains(&format!("10.77.0.1:{}-{}", block[0], block[1])), "the NAT block: {answer}");
+        // A port of no VM's block: the page says so.
+        browser.goto("http://10.77.0.1:8880/");
+        browser.type_into("#src", "10.77.0.1:1");
+        browser.click("#ask");
+        assert!(browser.text("#answer").starts_with("No flow matches"), "{}", browser.text("#answer"));
+    }
     // Metrics: A's bandwidth class counted at least what it sent (3 datagrams of 142
     // bytes on the wire), under its slice.
     let (status, metrics) = http_get(&out.netns, "10.77.0.1:8880", "/metrics");
@@ -232,4 +267,33 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     });
     drop(servers);
     drop(audit);
+
+    // The collector got A's flow: the 5-tuple on A's interface, exact counts, valid times
+    // and the node's public address as the post-NAT source.
+    let mut nfcapd = nfcapd;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(nfcapd.0.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert!(nfcapd.0.wait().unwrap().success(), "nfcapd failed");
+    let o =
+        Command::new("nfdump").env("TZ", "UTC").arg("-R").arg(&ipfix_dir).args(["-o", "json", "-N"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "nfdump: {}{text}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let a_flow = records
+        .iter()
+        .find(|r| r["dst_port"] == 8081 && r["src4_addr"] == "10.213.0.2")
+        .unwrap_or_else(|| panic!("A's flow is not at the collector: {text}"));
+    assert_eq!((a_flow["proto"].as_u64(), a_flow["src_port"].as_u64()), (Some(17), f["sport"].as_u64()), "{a_flow}");
+    assert_eq!((a_flow["in_packets"].as_u64(), a_flow["in_bytes"].as_u64()), (Some(3), Some(384)), "{a_flow}");
+    assert_eq!(a_flow["src4_xlt_ip"], "10.77.0.1", "{a_flow}");
+    // nfdump prints times in its zone (UTC here), to the millisecond: those the node stored.
+    let utc = |ms: i64| {
+        let format =
+            time::format_description::parse_borrowed::<2>("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]")
+                .unwrap();
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap().format(&format).unwrap()
+    };
+    assert_eq!(a_flow["first"], utc(f["first_ms"].as_i64().unwrap()), "{a_flow}");
+    assert_eq!(a_flow["last"], utc(f["last_ms"].as_i64().unwrap()), "{a_flow}");
+    assert!(records.iter().any(|r| r["dst_port"] == 8082), "B's flows too: {text}");
 }

@@ -145,6 +145,7 @@ fn capture_run(tool: &str, node: &str, vm: &str, secs: f64) -> (u64, u64, f64) {
                 vm_addr: [10, 99, 0, 2].into(),
                 public_addr: None,
                 nat_ports: None,
+                vm_net: None,
             };
             let t = plab_audit::capture::Timeouts { idle_ms: 1000, active_ms: 60_000 };
             let cap = in_ns(node, || plab_audit::capture::start(meta, t, tx).unwrap());
