@@ -18,6 +18,12 @@ mount -t tmpfs tmpfs /tmp
 mkdir -p /run/lock /run/sshd
 echo "plab-xenhost-init: starting"
 hostname plab-xenhost
+# No udev: load the drivers of the devices present (virtio net, rng, 9p; the initramfs
+# loaded virtio_pci) and what Xen's guests need from dom0: the back ends of their disks
+# and network (qcow2 disks are served by QEMU, qdisk), and the bridge.
+# shellcheck disable=SC2046 # one word per alias
+modprobe -qab $(cat /sys/bus/pci/devices/*/modalias /sys/bus/virtio/devices/*/modalias 2>/dev/null)
+modprobe -qa xen-netback xen-blkback xen-gntalloc bridge 9p
 
 # Network: QEMU's user-mode network (10.0.2.15/24, gateway 10.0.2.2, the host's ssh port
 # forwarded to 22) on the first network interface; the guests' bridge xenbr0 (10.99.0.1/24,
@@ -34,10 +40,6 @@ fi
 ip link add xenbr0 type bridge && ip addr add 10.99.0.1/24 dev xenbr0 && ip link set xenbr0 up
 
 # The launcher's 9p shares (tags listed under the virtio 9p devices).
-for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
-  [ -e "$t" ] || { modprobe 9pnet_virtio 2>/dev/null; break; }
-done
-modprobe 9p 2>/dev/null
 for t in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
   [ -r "$t" ] || continue
   tag=$(tr -d '\0' < "$t")

@@ -9,6 +9,9 @@
 //! retention_days = 30                   # flows older than this are removed
 //! ipfix_collector = "192.0.2.5:4739"    # send flows as IPFIX (RFC 7011, UDP); unset: no export
 //! ipfix_domain = 1                      # the IPFIX observation domain id of this node
+//! archive_url = "https://plc.example:8443"  # upload flows to the authority's archive; unset: no upload
+//! archive_root = "/etc/plab/root.pem"   # the root certificate the authority chains to
+//! archive_service = "plc.audit"         # the local service (NM slice_uids) the upload key is certified for
 //! ```
 
 use serde::Deserialize;
@@ -35,6 +38,12 @@ pub struct Config {
     pub ipfix_collector: Option<SocketAddr>,
     /// The IPFIX observation domain id.
     pub ipfix_domain: u32,
+    /// The authority whose flow archive flows are uploaded to, if any.
+    pub archive_url: Option<String>,
+    /// The root certificate (PEM file) the archive's authority chains to.
+    pub archive_root: Option<PathBuf>,
+    /// The node's local service the upload key is certified for.
+    pub archive_service: String,
 }
 
 impl Default for Config {
@@ -48,6 +57,9 @@ impl Default for Config {
             retention_days: 30,
             ipfix_collector: None,
             ipfix_domain: 1,
+            archive_url: None,
+            archive_root: None,
+            archive_service: "plc.audit".into(),
         }
     }
 }
@@ -75,6 +87,17 @@ impl Config {
         if self.retention_days == 0 || self.retention_days > 3650 {
             anyhow::bail!("retention_days: {} must be 1 to 3650", self.retention_days);
         }
+        if let Some(u) = &self.archive_url {
+            let parsed = url::Url::parse(u).map_err(|e| anyhow::anyhow!("archive_url: {u:?}: {e}"))?;
+            if parsed.scheme() != "https" {
+                anyhow::bail!("archive_url: {u:?} must be https://");
+            }
+            if self.archive_root.is_none() {
+                anyhow::bail!("archive_root: needed with archive_url (the root certificate the authority chains to)");
+            }
+        }
+        vm_types::SliceName::parse(&self.archive_service)
+            .map_err(|e| anyhow::anyhow!("archive_service: {:?}: {e}", self.archive_service))?;
         if let Some(c) = self.ipfix_collector {
             if c.ip().is_unspecified() || c.port() == 0 {
                 anyhow::bail!("ipfix_collector: {c} is not an address and port to send to");
@@ -98,6 +121,9 @@ mod tests {
             ("active_timeout_secs = 5", "active_timeout_secs"),
             ("retention_days = 0", "retention_days"),
             ("ipfix_collector = \"0.0.0.0:4739\"", "ipfix_collector"),
+            ("archive_url = \"http://x\"\narchive_root = \"/r\"", "archive_url"),
+            ("archive_url = \"https://x\"", "archive_root"),
+            ("archive_service = \"no dots\"", "archive_service"),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             assert!(c.validate().unwrap_err().to_string().starts_with(field), "{text}");

@@ -8,7 +8,6 @@
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 
 /// IP protocol numbers the auditing service names.
 pub const TCP: u8 = 6;
@@ -17,20 +16,7 @@ pub const UDP: u8 = 17;
 /// ICMP.
 pub const ICMP: u8 = 1;
 
-/// A flow's 5-tuple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    /// IP protocol number.
-    pub proto: u8,
-    /// Source address.
-    pub src: Ipv4Addr,
-    /// Source port (ICMP: echo identifier).
-    pub sport: u16,
-    /// Destination address.
-    pub dst: Ipv4Addr,
-    /// Destination port (ICMP: echo identifier).
-    pub dport: u16,
-}
+pub use plab_authority::flows::{Flow, FlowKey};
 
 /// One decoded packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,23 +60,6 @@ pub fn decode(frame: &[u8]) -> Option<Packet> {
         _ => (h.protocol().0, 0, 0, 0),
     };
     Some(Packet { key: FlowKey { proto, src, sport, dst, dport }, bytes, tcp_flags })
-}
-
-/// A flow being counted, or a finished one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flow {
-    /// Its 5-tuple.
-    pub key: FlowKey,
-    /// First packet, milliseconds since the Unix epoch.
-    pub first_ms: i64,
-    /// Last packet.
-    pub last_ms: i64,
-    /// IP bytes.
-    pub bytes: u64,
-    /// Packets.
-    pub packets: u64,
-    /// OR of the TCP flags seen.
-    pub tcp_flags: u8,
 }
 
 /// The flows of one interface being counted.

@@ -41,6 +41,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLAB_LOG").unwrap_or_else(|_| "info".into()))
         .init();
@@ -94,6 +95,21 @@ fn main() -> anyhow::Result<()> {
         std::thread::spawn(move || manage(&cfg, (public, vm_net), t, &tx, &stop, &metrics))
     };
     let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
+    if let Some(url) = &cfg.archive_url {
+        let root = cfg.archive_root.as_ref().context("archive_root")?;
+        let root_pem = std::fs::read_to_string(root).with_context(|| format!("archive_root: {}", root.display()))?;
+        let node_id = info["node_id"]
+            .as_i64()
+            .context("archive_url: this node has no node id yet (plab-boot gives it one when the node boots)")?;
+        tracing::info!(%url, node_id, service = %cfg.archive_service, "uploading flows to the archive");
+        sinks.push(Box::new(spool::Archive::new(
+            url.clone(),
+            root_pem,
+            cfg.archive_service.clone(),
+            cfg.nm_socket.clone(),
+            node_id,
+        )));
+    }
     if let Some(collector) = cfg.ipfix_collector {
         let exporter = plab_audit::ipfix::Exporter::new(collector, cfg.ipfix_domain)
             .with_context(|| format!("ipfix_collector: {collector}"))?;

@@ -20,8 +20,9 @@ pub trait Sink {
     fn name(&self) -> String;
     /// Whether a new sink starts with the flows stored from now on (else with all).
     fn starts_at_end(&self) -> bool;
-    /// Sends a batch; an error means it may not have arrived.
-    fn send(&mut self, flows: &[FlowRecord]) -> anyhow::Result<()>;
+    /// Sends a batch (flows with their ids in the database); an error means it may not
+    /// have arrived.
+    fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()>;
 }
 
 fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
@@ -38,10 +39,9 @@ pub fn round(store: &Mutex<Store>, sink: &mut dyn Sink) -> anyhow::Result<usize>
     };
     let Some((last, _)) = batch.last() else { return Ok(0) };
     let last = *last;
-    let flows: Vec<FlowRecord> = batch.into_iter().map(|(_, f)| f).collect();
-    sink.send(&flows)?;
+    sink.send(&batch)?;
     lock(store).advance(&name, last)?;
-    Ok(flows.len())
+    Ok(batch.len())
 }
 
 /// Sends flows to `sink` as they are stored, until `stop`; then sends what is left
@@ -105,8 +105,80 @@ impl Sink for Ipfix {
         true
     }
 
-    fn send(&mut self, flows: &[FlowRecord]) -> anyhow::Result<()> {
-        Ok(self.exporter.send(flows)?)
+    fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
+        let flows: Vec<FlowRecord> = flows.iter().map(|(_, f)| f.clone()).collect();
+        Ok(self.exporter.send(&flows)?)
+    }
+}
+
+/// The authority's flow archive (`ArchiveFlows`), as the node's auditing service: a key
+/// of its own, certified by the node manager for the local service `service`, opens a
+/// session; a failed upload drops the session, and the next round makes a new one.
+pub struct Archive {
+    /// The authority's URL.
+    pub url: String,
+    /// The root certificate it chains to (PEM).
+    pub root_pem: String,
+    /// The local service (in the node manager's `slice_uids`) the key is certified for.
+    pub service: String,
+    /// The node manager's socket.
+    pub nm_socket: std::path::PathBuf,
+    /// The node's id at its management authority.
+    pub node_id: i64,
+    client: Option<plab_authority::AuthorityClient>,
+}
+
+impl Archive {
+    /// An archive sink (connects on first use).
+    pub fn new(url: String, root_pem: String, service: String, nm_socket: std::path::PathBuf, node_id: i64) -> Archive {
+        Archive { url, root_pem, service, nm_socket, node_id, client: None }
+    }
+
+    fn session(&self) -> anyhow::Result<plab_authority::AuthorityClient> {
+        use anyhow::Context;
+        let key = credentials::pki::KeyPair::generate();
+        let cert = plab_nm::NmClient::connect(&self.nm_socket)
+            .with_context(|| format!("the node manager at {}", self.nm_socket.display()))?
+            .call_value(
+                "SignCertificate",
+                serde_json::json!({"public_key": key.public_key_pem(), "slice": self.service}),
+            )
+            .context("SignCertificate")?;
+        let chain = cert["certificate"].as_str().context("SignCertificate: no certificate")?;
+        let mut c = plab_authority::AuthorityClient::new(&self.url, &self.root_pem, None, None)
+            .with_context(|| self.url.clone())?;
+        c.start_session(chain, &key.to_pem()).with_context(|| format!("AuthenticateCertificate at {}", self.url))?;
+        Ok(c)
+    }
+}
+
+impl Sink for Archive {
+    fn name(&self) -> String {
+        format!("archive:{}", self.url)
+    }
+
+    fn starts_at_end(&self) -> bool {
+        false
+    }
+
+    fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
+        use plab_authority::api::calls::ArchiveFlows;
+        use plab_authority::types::{ArchiveFlowsParams, ArchivedFlow};
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => self.session()?,
+        };
+        let params = ArchiveFlowsParams {
+            node_id: self.node_id,
+            flows: flows
+                .iter()
+                .map(|(id, f)| ArchivedFlow { id: *id, node_id: None, flow: f.clone(), responsible: vec![] })
+                .collect(),
+        };
+        let r = client.request::<ArchiveFlows>(&params)?;
+        tracing::debug!(stored = r.stored, duplicates = r.duplicates, "archived");
+        self.client = Some(client);
+        Ok(())
     }
 }
 
@@ -129,9 +201,9 @@ mod tests {
         fn starts_at_end(&self) -> bool {
             false
         }
-        fn send(&mut self, flows: &[FlowRecord]) -> anyhow::Result<()> {
+        fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
             anyhow::ensure!(self.up, "down");
-            self.got.extend(flows.iter().map(|f| f.sport));
+            self.got.extend(flows.iter().map(|(_, f)| f.sport));
             Ok(())
         }
     }
@@ -182,8 +254,8 @@ mod tests {
             fn starts_at_end(&self) -> bool {
                 true
             }
-            fn send(&mut self, flows: &[FlowRecord]) -> anyhow::Result<()> {
-                self.0.extend(flows.iter().map(|f| f.sport));
+            fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
+                self.0.extend(flows.iter().map(|(_, f)| f.sport));
                 Ok(())
             }
         }

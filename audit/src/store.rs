@@ -1,141 +1,10 @@
 //! Finished flows in SQLite, each with the VM, slice and people responsible for it and
 //! the VM's place behind the node's NAT, kept for `retention_days`.
 
-use crate::flow::{Flow, FlowKey};
-use crate::query::{Endpoint, Query};
+use crate::query::Query;
+pub use plab_authority::flows::{FlowRecord, VmMeta};
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
 use std::path::Path;
-
-/// Who a VM's flows belong to, and where the VM sits behind the node's NAT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmMeta {
-    /// The VM's name on the node.
-    pub vm: String,
-    /// Its slice.
-    pub slice: String,
-    /// The people responsible for the slice.
-    pub users: Vec<String>,
-    /// The host interface captured.
-    pub iface: String,
-    /// The VM's node-private address.
-    pub vm_addr: Ipv4Addr,
-    /// The node's public address, when it has one.
-    pub public_addr: Option<Ipv4Addr>,
-    /// The VM's block of NAT source ports on the public address.
-    pub nat_ports: Option<(u16, u16)>,
-    /// The node-private VM network (address, prefix length): what the node's NAT does
-    /// not translate towards.
-    #[serde(default)]
-    pub vm_net: Option<(Ipv4Addr, u8)>,
-}
-
-impl VmMeta {
-    /// Whether a flow from the VM to `dst` leaves through the node's NAT: it goes
-    /// neither to the VM network nor to the node itself.
-    pub fn natted(&self, dst: Ipv4Addr) -> bool {
-        if Some(dst) == self.public_addr {
-            return false;
-        }
-        match self.vm_net {
-            Some((net, len)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
-                u32::from(dst) & mask != u32::from(net) & mask
-            }
-            // Records from before the network was recorded: private space is not translated.
-            None => !is_private(dst),
-        }
-    }
-}
-
-/// A stored flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FlowRecord {
-    /// Protocol number.
-    pub proto: u8,
-    /// Source as seen on the VM's interface.
-    pub src: Ipv4Addr,
-    /// Source port.
-    pub sport: u16,
-    /// Destination as seen on the VM's interface.
-    pub dst: Ipv4Addr,
-    /// Destination port.
-    pub dport: u16,
-    /// First packet, ms since the epoch.
-    pub first_ms: i64,
-    /// Last packet.
-    pub last_ms: i64,
-    /// IP bytes.
-    pub bytes: u64,
-    /// Packets.
-    pub packets: u64,
-    /// OR of TCP flags.
-    pub tcp_flags: u8,
-    /// The source as the outside saw it (after NAT), when the VM sent the flow out.
-    pub post_nat_src: Option<String>,
-    /// Whose it is.
-    pub meta: VmMeta,
-}
-
-impl FlowRecord {
-    /// A finished flow of a VM.
-    pub fn new(f: &Flow, meta: &VmMeta) -> FlowRecord {
-        let FlowKey { proto, src, sport, dst, dport } = f.key;
-        let outbound = src == meta.vm_addr && meta.natted(dst);
-        let post_nat_src = match (outbound, meta.public_addr, meta.nat_ports) {
-            (true, Some(p), Some((a, b))) => Some(format!("{p}:{a}-{b}")),
-            _ => None,
-        };
-        FlowRecord {
-            proto,
-            src,
-            sport,
-            dst,
-            dport,
-            first_ms: f.first_ms,
-            last_ms: f.last_ms,
-            bytes: f.bytes,
-            packets: f.packets,
-            tcp_flags: f.tcp_flags,
-            post_nat_src,
-            meta: meta.clone(),
-        }
-    }
-
-    /// Does endpoint `e` name the VM's side of this flow, whose address and port on the
-    /// VM's interface are `addr`:`port`?
-    fn vm_side(&self, e: &Endpoint, addr: Ipv4Addr, port: u16) -> bool {
-        if addr != self.meta.vm_addr {
-            return false;
-        }
-        let inside = e.addr == addr && e.port.is_none_or(|p| p == port);
-        let outside = Some(e.addr) == self.meta.public_addr
-            && match (e.port, self.meta.nat_ports) {
-                (None, _) => true,
-                (Some(p), Some((a, b))) => (a..=b).contains(&p),
-                (Some(_), None) => false,
-            };
-        inside || outside
-    }
-
-    fn side(&self, e: &Endpoint, addr: Ipv4Addr, port: u16) -> bool {
-        self.vm_side(e, addr, port) || (e.addr == addr && e.port.is_none_or(|p| p == port))
-    }
-
-    /// Does this flow answer query `q`?
-    pub fn matches(&self, q: &Query) -> bool {
-        self.first_ms <= q.to_ms
-            && self.last_ms >= q.from_ms
-            && self.side(&q.src, self.src, self.sport)
-            && q.dst.as_ref().is_none_or(|d| self.side(d, self.dst, self.dport))
-    }
-}
-
-/// RFC 1918 and link-local space: what the node's NAT does not translate towards.
-fn is_private(a: Ipv4Addr) -> bool {
-    a.is_private() || a.is_link_local() || a.is_loopback()
-}
 
 /// The columns a flow is read from, in [`Row`]'s order.
 const COLUMNS: &str = "proto, src, sport, dst, dport, first_ms, last_ms, bytes, packets, tcp_flags, post_nat_src, meta";
@@ -314,7 +183,7 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::flow::UDP;
+    use crate::flow::{Flow, FlowKey, UDP};
 
     fn meta(vm: &str, addr: [u8; 4], nat: (u16, u16)) -> VmMeta {
         VmMeta {

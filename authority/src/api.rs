@@ -86,6 +86,13 @@ jsonrpc::api! {
         /// `ReportSlivers(auth, node_id, [{slice, state, address?, ssh?, message?}])`: a node's
         /// designated service reports every sliver of this authority's slices on the node.
         ReportSlivers(ReportSliversParams) -> ReportedResult;
+        /// `ArchiveFlows(auth, node_id, [{id, flow}])`: a node's auditing service (a slice in
+        /// `audit_services`, certified by that node) uploads finished flows; at least once,
+        /// a repeat is a no-op.
+        ArchiveFlows(ArchiveFlowsParams) -> ArchivedResult;
+        /// `QueryFlows(null, src, dst?, from?, to?) -> {flows}`: anyone; the public query of
+        /// section 4.6 across every node that uploads here.
+        QueryFlows(QueryFlowsParams) -> FlowsResult;
         /// `GetSliceStatus(auth, slice_name) -> {slice, state, expires, slivers: [{node_id, hostname, state, ssh, ...}]}`:
         /// as GetSlices.
         GetSliceStatus(SliceParams) -> SliceStatusResult;
@@ -133,7 +140,10 @@ impl Method {
 
     /// May an anonymous caller (`auth` null) call it?
     pub fn anonymous(self) -> bool {
-        matches!(self, Method::AuthenticateCertificate | Method::RegisterPrincipal | Method::GetPrincipalCert)
+        matches!(
+            self,
+            Method::AuthenticateCertificate | Method::RegisterPrincipal | Method::GetPrincipalCert | Method::QueryFlows
+        )
     }
 }
 
@@ -177,6 +187,11 @@ pub struct Settings {
     /// slivers (`GetSlicesForNode`, `ReportSlivers`): the slice creation services this
     /// authority trusts. Empty: `<name>.scs` (for example `plc.scs`).
     pub node_services: Vec<String>,
+    /// The slices whose services on a node may upload that node's flows to the archive
+    /// (`ArchiveFlows`): the auditing services. Empty: `<name>.audit` (`plc.audit`).
+    pub audit_services: Vec<String>,
+    /// Days the archive keeps a flow (by its last packet).
+    pub flow_retention_days: i64,
     /// Seconds between sweeps for expired slices (which also read the generation other
     /// servers on the database moved).
     pub sweep_secs: u64,
@@ -196,6 +211,8 @@ impl Default for Settings {
             slice_max_ttl: 56 * 86400,
             max_wait: 60,
             node_services: vec![],
+            audit_services: vec![],
+            flow_retention_days: 90,
             sweep_secs: 2,
             registration_ttl: 30 * 86400,
         }
@@ -461,6 +478,8 @@ impl Authority {
             Request::GetSliceTicket(p) => reply::<k::GetSliceTicket>(r(self.get_slice_ticket(c, p, now).await)),
             Request::GetSlicesForNode(p) => reply::<k::GetSlicesForNode>(r(self.get_slices_for_node(c, p).await)),
             Request::ReportSlivers(p) => reply::<k::ReportSlivers>(r(self.report_slivers(c, p, now).await)),
+            Request::ArchiveFlows(p) => reply::<k::ArchiveFlows>(r(self.archive_flows(c, p, now).await)),
+            Request::QueryFlows(p) => reply::<k::QueryFlows>(r(self.query_flows(p).await)),
             Request::GetSliceStatus(p) => reply::<k::GetSliceStatus>(r(self.get_slice_status(c, p).await)),
             Request::AddSite(p) => reply::<k::AddSite>(r(self.add_site(c, p, now).await)),
             Request::GetSites(_) => reply::<k::GetSites>(r(self.get_sites().await)),

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod boot;
 pub mod bootmgr;
@@ -11,6 +12,7 @@ pub mod ca;
 pub mod client;
 pub mod db;
 pub mod error;
+pub mod flows;
 pub mod ma;
 pub mod sa;
 pub mod server;

@@ -747,6 +747,9 @@ impl Authority {
                 Ok(n) => tracing::info!("removed {n} registrations that waited too long for approval"),
                 Err(e) => tracing::warn!("sweeping old registrations: {e}"),
             }
+            if let Err(e) = self.sweep_flows(credentials::now()).await {
+                tracing::warn!("sweeping old archived flows: {e}");
+            }
             if let Err(e) = self.refresh_generation().await {
                 tracing::warn!("reading the generation: {e}");
             }

@@ -278,6 +278,26 @@ jsonrpc::params! {
         /// `unchanged` (a long poll); 0 or absent answers at once.
         pub wait: Option<u64>,
     }
+    /// `ArchiveFlows(auth, node_id, flows)`.
+    pub struct ArchiveFlowsParams {
+        /// The node the flows were recorded on.
+        pub node_id: i64,
+        /// Finished flows, each with the node's id for it.
+        pub flows: Vec<ArchivedFlow>,
+    }
+    /// `QueryFlows(auth, src, dst?, from?, to?)`: the public query (as on each node's
+    /// page; `from` and `to` are Unix seconds or RFC 3339, the window defaults to the last
+    /// hour).
+    pub struct QueryFlowsParams {
+        /// The packet's source, `ADDR[:PORT]`.
+        pub src: String,
+        /// Its destination, `ADDR[:PORT]`.
+        pub dst: Option<String>,
+        /// The window's start.
+        pub from: Option<String>,
+        /// Its end.
+        pub to: Option<String>,
+    }
     /// `ReportSlivers(auth, node_id, slivers)`.
     pub struct ReportSliversParams {
         /// The node.
@@ -572,6 +592,39 @@ pub struct SliceStatusResult {
     pub expires: i64,
     /// One entry per node the slice is assigned to.
     pub slivers: Vec<SliverStatus>,
+}
+
+/// A finished flow in the archive: the node's record of it and the node's id for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedFlow {
+    /// The node's id for the flow (its row in the node's database).
+    pub id: i64,
+    /// The node it was recorded on (set by the archive in answers; ignored in uploads,
+    /// where the caller's node counts).
+    #[serde(default)]
+    pub node_id: Option<i64>,
+    /// The flow.
+    pub flow: crate::flows::FlowRecord,
+    /// In answers: the slice's principals at this authority (`name <email>`), when the
+    /// slice is this authority's (the node's record has only its users' key comments).
+    #[serde(default)]
+    pub responsible: Vec<String>,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedResult {
+    /// Flows stored now.
+    pub stored: usize,
+    /// Flows the archive already had (an upload repeated).
+    pub duplicates: usize,
+}
+
+/// The flows that answer a query, earliest first, from every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsResult {
+    /// The flows.
+    pub flows: Vec<ArchivedFlow>,
 }
 
 /// How many reports were recorded.

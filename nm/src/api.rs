@@ -121,6 +121,9 @@ jsonrpc::params! {
         /// listens there, such as the slice creation service's ticket endpoint) instead of
         /// a client certificate.
         pub server: Option<bool>,
+        /// The owner only: one of the node's local services (`slice_uids`) to certify the
+        /// key for, for a daemon that runs as root (the auditing service).
+        pub slice: Option<SliceName>,
     }
 }
 

@@ -224,7 +224,8 @@ impl Scs {
     /// A certificate for this service's key from the node manager: a client certificate,
     /// or (`server`) one for the node's public address. Returns (chain, key) PEM.
     pub async fn certificate(&self, server: bool) -> Result<(String, String), ClientError> {
-        let params = nm_api::SignCertificateParams { public_key: self.key.public_key_pem(), server: Some(server) };
+        let params =
+            nm_api::SignCertificateParams { public_key: self.key.public_key_pem(), server: Some(server), slice: None };
         let c = self.nm.call::<nm_calls::SignCertificate>(params).await?;
         Ok((c.certificate, self.key.to_pem()))
     }

@@ -288,9 +288,10 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
     assert_eq!(a_flow["src4_xlt_ip"], "10.77.0.1", "{a_flow}");
     // nfdump prints times in its zone (UTC here), to the millisecond: those the node stored.
     let utc = |ms: i64| {
-        let format =
-            time::format_description::parse_borrowed::<2>("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]")
-                .unwrap();
+        let format = time::format_description::parse_borrowed::<2>(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]",
+        )
+        .unwrap();
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap().format(&format).unwrap()
     };
     assert_eq!(a_flow["first"], utc(f["first_ms"].as_i64().unwrap()), "{a_flow}");

@@ -57,6 +57,13 @@ enum Cmd {
         /// slivers (repeatable; default `<name>.scs`).
         #[arg(long = "node-service")]
         node_services: Vec<String>,
+        /// A slice whose services on a node may upload the node's flows to the archive
+        /// (repeatable; default `<name>.audit`).
+        #[arg(long = "audit-service")]
+        audit_services: Vec<String>,
+        /// Days the flow archive keeps a flow.
+        #[arg(long, default_value_t = 90)]
+        flow_retention_days: i64,
     },
 }
 
@@ -90,9 +97,15 @@ fn main() -> anyhow::Result<()> {
                 println!("operator {operator}: export PLAB_AUTHORITY_CONFIG={}", creds.config.display());
                 Ok(())
             }
-            Cmd::Serve { listen, db, roles, node_services } => {
+            Cmd::Serve { listen, db, roles, node_services, audit_services, flow_retention_days } => {
                 for s in &node_services {
                     vm_types::SliceName::parse(s).map_err(|e| anyhow::anyhow!("--node-service {s}: {e}"))?;
+                }
+                for s in &audit_services {
+                    vm_types::SliceName::parse(s).map_err(|e| anyhow::anyhow!("--audit-service {s}: {e}"))?;
+                }
+                if !(1..=3650).contains(&flow_retention_days) {
+                    anyhow::bail!("--flow-retention-days: {flow_retention_days} must be 1 to 3650");
                 }
                 let ca = Ca::load(&cli.state_dir, &cli.name)?;
                 let db = Db::open(&db_url(&cli.state_dir, db)).await?;
@@ -100,6 +113,8 @@ fn main() -> anyhow::Result<()> {
                     sa: roles.contains("sa"),
                     ma: roles.contains("ma"),
                     node_services,
+                    audit_services,
+                    flow_retention_days,
                     ..Settings::default()
                 };
                 let a = Arc::new(Authority::new(db, ca, settings).await?);

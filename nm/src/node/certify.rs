@@ -5,6 +5,7 @@ use super::{Caller, NmError, NodeManager};
 use crate::api::CertificateResult;
 use credentials::pki::{issue, Cert, KeyPair, Profile};
 use credentials::Identity;
+use vm_types::SliceName;
 
 /// How long a service certificate is valid, in days.
 pub const SERVICE_CERT_DAYS: i64 = 7;
@@ -24,11 +25,28 @@ impl NodeManager {
         caller: &Caller,
         public_key: &str,
         server: bool,
+        for_slice: Option<&SliceName>,
     ) -> Result<CertificateResult, NmError> {
-        let Caller::Slice(slice) = caller else {
-            return Err(NmError::PermissionDenied(
-                "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice)".into(),
-            ));
+        // A slice is certified as itself; the owner (root) may certify one of the node's
+        // services (`slice_uids`) for a daemon it runs as root, such as the auditing
+        // service, which captures packets and so cannot run as the service's uid.
+        let slice = match (caller, for_slice) {
+            (Caller::Slice(s), None) => s,
+            (Caller::Slice(s), Some(f)) if s == f => s,
+            (Caller::Slice(s), Some(f)) => {
+                return Err(NmError::PermissionDenied(format!("slice: {s} is certified only as itself, not as {f}")))
+            }
+            (Caller::Owner, Some(f)) if self.tables().services.contains(f) => f,
+            (Caller::Owner, Some(f)) => {
+                return Err(NmError::PermissionDenied(format!(
+                    "slice: {f} is not one of this node's local services (slice_uids in the node manager's config)"
+                )))
+            }
+            (Caller::Owner, None) => {
+                return Err(NmError::PermissionDenied(
+                    "SignCertificate: certifies the calling slice; call it from the slice's VM (or as a uid mapped to a slice), or as the owner name one of the node's services with `slice`".into(),
+                ))
+            }
         };
         // A server certificate only for one of the node's services (a VM's slice would
         // otherwise serve on a forwarded port with a certificate naming the node).

@@ -356,9 +356,12 @@ impl NodeManager {
             Request::NodeInfo(_) => reply::<c::NodeInfo>(Ok(self.node_info())),
             Request::Orphans(_) => reply::<c::Orphans>(r(self.orphans_for(caller).await)),
             Request::CleanOrphans(_) => reply::<c::CleanOrphans>(r(self.clean_orphans(caller).await)),
-            Request::SignCertificate(p) => {
-                reply::<c::SignCertificate>(r(self.sign_certificate(caller, &p.public_key, p.server.unwrap_or(false))))
-            }
+            Request::SignCertificate(p) => reply::<c::SignCertificate>(r(self.sign_certificate(
+                caller,
+                &p.public_key,
+                p.server.unwrap_or(false),
+                p.slice.as_ref(),
+            ))),
             Request::UpdateVM(p) => reply::<c::UpdateVM>(r(self.update_vm(caller, p).await)),
             Request::Blacklist(p) => reply::<c::Blacklist>(r(self.blacklist(caller, p.name).await)),
             Request::Unblacklist(p) => reply::<c::Unblacklist>(r(self.unblacklist(caller, &p.name))),

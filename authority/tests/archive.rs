@@ -1,0 +1,139 @@
+//! The flow archive (issue 10, item 7) on a real server over TLS, with SQLite and with
+//! PostgreSQL: a node's auditing service uploads its flows (a repeat stores nothing new),
+//! anyone asks the public query across nodes and gets the node, the slice and its users;
+//! a node's service cannot upload for another node, nor another service for it; bad
+//! uploads are refused naming the flow and field, and store nothing.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod common;
+use common::{code, Backend, Harness};
+use serde_json::{json, Value};
+
+fn flow(id: i64, vm_addr: &str, sport: u16, nat: (u16, u16), slice: &str, first_ms: i64) -> Value {
+    json!({"id": id, "flow": {
+        "proto": 17, "src": vm_addr, "sport": sport, "dst": "198.51.100.7", "dport": 53,
+        "first_ms": first_ms, "last_ms": first_ms + 500, "bytes": 384, "packets": 3, "tcp_flags": 0,
+        "post_nat_src": format!("192.0.2.10:{}-{}", nat.0, nat.1),
+        "meta": {"vm": slice.replace('.', "_"), "slice": slice, "users": ["alice@example.org"], "iface": "pv1",
+                 "vm_addr": vm_addr, "public_addr": "192.0.2.10", "nat_ports": [nat.0, nat.1],
+                 "vm_net": ["10.213.0.0", 16]}}})
+}
+
+fn archive(backend: Backend) {
+    let h = Harness::start(backend);
+    let (mut op, node, plnode) = h.one_node("127.0.0.1");
+    let other = op.call("AddNode", vec![json!({"site": "pcs", "hostname": "n2.test", "ip": "127.0.0.3"})]).unwrap()
+        ["node_id"]
+        .as_i64()
+        .unwrap();
+    // The auditing service of node 1, as node 1's NM certifies it.
+    let nd = tempfile::tempdir().unwrap();
+    let (chain, key) = {
+        let pl = plab_authority::bootmgr::PlNode::parse(&plnode).unwrap();
+        plab_authority::bootmgr::BootManager::new(pl, &h.url, &h.root, nd.path()).unwrap().boot(None).unwrap();
+        let chain = std::fs::read_to_string(nd.path().join("node-cert.pem")).unwrap();
+        let key = std::fs::read_to_string(nd.path().join("node.key")).unwrap();
+        (chain, key)
+    };
+    let audit_cred = h.service_chain(&chain, &key, "plc.audit", node);
+    let scs_cred = h.service_chain(&chain, &key, "plc.scs", node);
+    let mut audit = h.client(None);
+    audit.start_session(&audit_cred.0, &audit_cred.1).unwrap();
+    let t = 1_795_000_000_000i64;
+    let batch = json!([
+        flow(1, "10.213.0.2", 40000, (32768, 33023), "plc.princeton.a", t),
+        flow(2, "10.213.0.3", 40000, (33024, 33279), "plc.princeton.b", t),
+    ]);
+    let r = audit.call("ArchiveFlows", vec![json!(node), batch.clone()]).unwrap();
+    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(2), Some(0)), "{r}");
+    // At least once: the same upload again stores nothing new.
+    let r = audit.call("ArchiveFlows", vec![json!(node), batch]).unwrap();
+    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(2)), "{r}");
+
+    // Anyone asks with what they saw: the node's address and a port of B's block.
+    let mut anon = h.client(None);
+    let q = |src: &str, from: i64| {
+        h.client(None)
+            .call("QueryFlows", vec![json!(src), json!("198.51.100.7:53"), json!(from.to_string()), Value::Null])
+    };
+    let r = q("192.0.2.10:33100", t / 1000 - 10).unwrap();
+    let flows = r["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{r}");
+    assert_eq!(flows[0]["node_id"], node);
+    assert_eq!(flows[0]["flow"]["meta"]["slice"], "plc.princeton.b");
+    assert_eq!(flows[0]["flow"]["meta"]["users"], json!(["alice@example.org"]));
+    assert_eq!(flows[0]["responsible"], json!([]), "a slice this authority does not have");
+    // A's slice is this authority's: its principals answer for it.
+    h.principal(&mut op, "alice", "princeton", "user");
+    op.call("CreateSlice", vec![json!("plc.princeton.a")]).unwrap();
+    op.call("AddSlicePrincipal", vec![json!("plc.princeton.a"), json!(["alice"])]).unwrap();
+    let a = q("192.0.2.10:32800", t / 1000 - 10).unwrap();
+    assert_eq!(a["flows"][0]["flow"]["meta"]["slice"], "plc.princeton.a", "{a}");
+    assert_eq!(a["flows"][0]["responsible"], json!(["alice <alice@x.test>"]), "{a}");
+    assert_eq!(q("192.0.2.10:40000", t / 1000 - 10).unwrap()["flows"], json!([]), "a port in no block");
+    assert_eq!(q("192.0.2.10:33100", t / 1000 + 10).unwrap()["flows"], json!([]), "outside the window");
+    // Bad queries name the field.
+    let e = anon.call("QueryFlows", vec![json!("192.0.2.10:99999")]).unwrap_err();
+    assert!(e.to_string().contains("src") && e.to_string().contains("not a port"), "{e}");
+    let e = anon.call("QueryFlows", vec![json!("192.0.2.10"), Value::Null, json!("yesterday")]).unwrap_err();
+    assert!(e.to_string().contains("from"), "{e}");
+
+    // Node 1's auditing service cannot upload for node 2, nor the slice creation service
+    // (or the operator) for anyone, nor an anonymous caller.
+    let e =
+        audit.call("ArchiveFlows", vec![json!(other), json!([flow(9, "10.213.0.2", 1, (32768, 33023), "plc.x", t)])]);
+    assert_eq!(code(&e.unwrap_err()), 1);
+    let mut scs = h.client(None);
+    scs.start_session(&scs_cred.0, &scs_cred.1).unwrap();
+    assert_eq!(code(&scs.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 1);
+    assert_eq!(code(&op.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 1);
+    assert_eq!(code(&anon.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 2);
+
+    // Bad uploads name the flow and field and store nothing, not even their good flows.
+    let good = flow(10, "10.213.0.2", 41000, (32768, 33023), "plc.princeton.a", t);
+    for (bad, says) in [
+        (json!({"id": 11, "flow": {"proto": 17}}), "flows"),
+        (
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["last_ms"] = json!(t - 1);
+                f
+            },
+            "[1].last_ms",
+        ),
+        (
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["meta"]["slice"] = json!("x".repeat(300));
+                f
+            },
+            "[1].meta.slice",
+        ),
+        (
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["src"] = json!("10.213.0.300");
+                f
+            },
+            "flows",
+        ),
+    ] {
+        let e = audit.call("ArchiveFlows", vec![json!(node), json!([good, bad])]).unwrap_err();
+        assert!(e.to_string().contains(says), "{says}: {e}");
+    }
+    let too_many: Vec<Value> = (0..1001).map(|i| flow(100 + i, "10.213.0.2", 1, (32768, 33023), "plc.a", t)).collect();
+    let e = audit.call("ArchiveFlows", vec![json!(node), json!(too_many)]).unwrap_err();
+    assert!(e.to_string().contains("at most 1000"), "{e}");
+    let r = anon.call("QueryFlows", vec![json!("10.213.0.2:41000"), Value::Null, json!((t / 1000 - 10).to_string())]);
+    assert_eq!(r.unwrap()["flows"], json!([]), "nothing of a refused upload is stored");
+}
+
+#[test]
+fn the_archive_stores_each_nodes_flows_once_and_answers_the_public_query_on_sqlite() {
+    archive(Backend::Sqlite);
+}
+
+#[test]
+fn the_archive_stores_each_nodes_flows_once_and_answers_the_public_query_on_postgres() {
+    archive(Backend::Postgres);
+}
