@@ -11,7 +11,7 @@
 //! ipfix_domain = 1                      # the IPFIX observation domain id of this node
 //! archive_url = "https://plc.example:8443"  # upload flows to the authority's archive; unset: no upload
 //! archive_root = "/etc/plab/root.pem"   # the root certificate the authority chains to
-//! archive_service = "plc.audit"         # the local service (NM slice_uids) the upload key is certified for
+//! archive_service = "plc.audit"         # the root-run service (NM root_services) the upload key is certified for
 //! ```
 
 use serde::Deserialize;
@@ -42,7 +42,7 @@ pub struct Config {
     pub archive_url: Option<String>,
     /// The root certificate (PEM file) the archive's authority chains to.
     pub archive_root: Option<PathBuf>,
-    /// The node's local service the upload key is certified for.
+    /// The node's root-run service (`root_services` of the node manager) the upload key is certified for.
     pub archive_service: String,
 }
 

@@ -98,16 +98,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(url) = &cfg.archive_url {
         let root = cfg.archive_root.as_ref().context("archive_root")?;
         let root_pem = std::fs::read_to_string(root).with_context(|| format!("archive_root: {}", root.display()))?;
-        let node_id = info["node_id"]
-            .as_i64()
-            .context("archive_url: this node has no node id yet (plab-boot gives it one when the node boots)")?;
-        tracing::info!(%url, node_id, service = %cfg.archive_service, "uploading flows to the archive");
+        let epoch = store.lock().unwrap_or_else(|p| p.into_inner()).epoch().context("db: its epoch")?;
+        tracing::info!(%url, service = %cfg.archive_service, "uploading flows to the archive");
         sinks.push(Box::new(spool::Archive::new(
             url.clone(),
             root_pem,
             cfg.archive_service.clone(),
             cfg.nm_socket.clone(),
-            node_id,
+            epoch,
         )));
     }
     if let Some(collector) = cfg.ipfix_collector {

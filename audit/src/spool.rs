@@ -123,22 +123,34 @@ pub struct Archive {
     pub service: String,
     /// The node manager's socket.
     pub nm_socket: std::path::PathBuf,
-    /// The node's id at its management authority.
-    pub node_id: i64,
-    client: Option<plab_authority::AuthorityClient>,
+    /// The flow database's id (see [`Store::epoch`]).
+    pub epoch: String,
+    client: Option<(plab_authority::AuthorityClient, i64)>,
 }
 
 impl Archive {
     /// An archive sink (connects on first use).
-    pub fn new(url: String, root_pem: String, service: String, nm_socket: std::path::PathBuf, node_id: i64) -> Archive {
-        Archive { url, root_pem, service, nm_socket, node_id, client: None }
+    pub fn new(
+        url: String,
+        root_pem: String,
+        service: String,
+        nm_socket: std::path::PathBuf,
+        epoch: String,
+    ) -> Archive {
+        Archive { url, root_pem, service, nm_socket, epoch, client: None }
     }
 
-    fn session(&self) -> anyhow::Result<plab_authority::AuthorityClient> {
+    /// A session, and the node's id (a node that has not booted yet has none: the flows
+    /// wait until it has).
+    fn session(&self) -> anyhow::Result<(plab_authority::AuthorityClient, i64)> {
         use anyhow::Context;
         let key = credentials::pki::KeyPair::generate();
-        let cert = plab_nm::NmClient::connect(&self.nm_socket)
-            .with_context(|| format!("the node manager at {}", self.nm_socket.display()))?
+        let mut nm = plab_nm::NmClient::connect(&self.nm_socket)
+            .with_context(|| format!("the node manager at {}", self.nm_socket.display()))?;
+        let node_id = nm.call_value("NodeInfo", serde_json::json!({}))?["node_id"]
+            .as_i64()
+            .context("this node has no node id yet (plab-boot gives it one when the node boots)")?;
+        let cert = nm
             .call_value(
                 "SignCertificate",
                 serde_json::json!({"public_key": key.public_key_pem(), "slice": self.service}),
@@ -148,7 +160,7 @@ impl Archive {
         let mut c = plab_authority::AuthorityClient::new(&self.url, &self.root_pem, None, None)
             .with_context(|| self.url.clone())?;
         c.start_session(chain, &key.to_pem()).with_context(|| format!("AuthenticateCertificate at {}", self.url))?;
-        Ok(c)
+        Ok((c, node_id))
     }
 }
 
@@ -164,12 +176,13 @@ impl Sink for Archive {
     fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
         use plab_authority::api::calls::ArchiveFlows;
         use plab_authority::types::{ArchiveFlowsParams, ArchivedFlow};
-        let mut client = match self.client.take() {
+        let (mut client, node_id) = match self.client.take() {
             Some(c) => c,
             None => self.session()?,
         };
         let params = ArchiveFlowsParams {
-            node_id: self.node_id,
+            node_id,
+            epoch: self.epoch.clone(),
             flows: flows
                 .iter()
                 .map(|(id, f)| ArchivedFlow { id: *id, node_id: None, flow: f.clone(), responsible: vec![] })
@@ -177,7 +190,7 @@ impl Sink for Archive {
         };
         let r = client.request::<ArchiveFlows>(&params)?;
         tracing::debug!(stored = r.stored, duplicates = r.duplicates, "archived");
-        self.client = Some(client);
+        self.client = Some((client, node_id));
         Ok(())
     }
 }

@@ -70,7 +70,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS flows (
-                id INTEGER PRIMARY KEY,
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
                 proto INTEGER NOT NULL, src TEXT NOT NULL, sport INTEGER NOT NULL,
                 dst TEXT NOT NULL, dport INTEGER NOT NULL,
                 first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
@@ -78,8 +78,13 @@ impl Store {
                 post_nat_src TEXT, meta TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS flows_last ON flows(last_ms);
              CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ms);
-             CREATE TABLE IF NOT EXISTS sinks (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS sinks (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS epoch (id TEXT NOT NULL);",
         )?;
+        // The database's own random id: flow ids count within it, so the archive tells a
+        // reinstalled node's flows from its earlier ones.
+        let fresh: String = credentials::random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
+        conn.execute("INSERT INTO epoch (id) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM epoch)", params![fresh])?;
         Ok(Store { conn })
     }
 
@@ -128,6 +133,11 @@ impl Store {
         Ok(self.conn.query_row("SELECT last_id FROM sinks WHERE sink = ?1", params![sink], |r| r.get(0))?)
     }
 
+    /// The database's own random id (made with it).
+    pub fn epoch(&self) -> anyhow::Result<String> {
+        Ok(self.conn.query_row("SELECT id FROM epoch", [], |r| r.get(0))?)
+    }
+
     /// Records that sink `sink` has every flow up to `last_id`.
     pub fn advance(&self, sink: &str, last_id: i64) -> anyhow::Result<()> {
         self.conn.execute("UPDATE sinks SET last_id = max(last_id, ?2) WHERE sink = ?1", params![sink, last_id])?;
@@ -144,7 +154,12 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, row) = row?;
-            out.push((id, row.record()?));
+            // A row that does not decode (written by something else) is passed over, not
+            // allowed to stop every sink.
+            match row.record() {
+                Ok(r) => out.push((id, r)),
+                Err(e) => tracing::warn!(id, "flow {id} does not decode, not sent: {e:#}"),
+            }
         }
         Ok(out)
     }

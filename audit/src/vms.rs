@@ -6,14 +6,26 @@ use crate::store::VmMeta;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 
+/// The most users a flow names.
+pub const MAX_USERS: usize = 16;
+/// The longest user name kept, in characters.
+pub const MAX_USER_CHARS: usize = 64;
+
 /// The people responsible for a VM, from its RSpec's keys (their comments).
 pub fn users_of(rspec_xml: &str) -> Vec<String> {
     let Ok(r) = vm_types::RSpec::from_xml(rspec_xml) else { return vec![] };
     let vm_types::RSpecClass::Slice(s) = r.class else { return vec![] };
-    let mut users: Vec<String> =
-        s.keys.iter().filter_map(|k| k.as_str().split_whitespace().nth(2).map(str::to_owned)).collect();
+    let mut users: Vec<String> = s
+        .keys
+        .iter()
+        .filter_map(|k| k.as_str().split_whitespace().nth(2))
+        .map(|c| c.chars().take(MAX_USER_CHARS).collect())
+        .collect();
     users.sort();
     users.dedup();
+    // A slice chooses its keys' comments: a few short names, so that no slice can make
+    // its flows too big to archive.
+    users.truncate(MAX_USERS);
     users
 }
 

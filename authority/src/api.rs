@@ -237,7 +237,15 @@ pub struct Authority {
     pub roots: Vec<Cert>,
     /// Anonymous registrations per source address.
     pub(crate) registrations: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Anonymous flow queries per source address.
+    pub(crate) flow_queries: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
+
+/// Anonymous `QueryFlows` calls one address may make: this many at once, then this many
+/// a second.
+pub const FLOW_QUERY_BURST: u32 = 20;
+/// See [`FLOW_QUERY_BURST`].
+pub const FLOW_QUERIES_PER_SEC: u32 = 5;
 
 /// Anonymous `RegisterPrincipal` calls one address may make: this many at once, then one
 /// more every [`REGISTRATION_EVERY_SECS`].
@@ -294,6 +302,12 @@ impl Authority {
                 governor::Quota::with_period(std::time::Duration::from_secs(REGISTRATION_EVERY_SECS))
                     .ok_or_else(|| anyhow::anyhow!("registration period is zero"))?
                     .allow_burst(std::num::NonZeroU32::new(REGISTRATION_BURST).unwrap_or(std::num::NonZeroU32::MIN)),
+            ),
+            flow_queries: governor::RateLimiter::keyed(
+                governor::Quota::per_second(
+                    std::num::NonZeroU32::new(FLOW_QUERIES_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .allow_burst(std::num::NonZeroU32::new(FLOW_QUERY_BURST).unwrap_or(std::num::NonZeroU32::MIN)),
             ),
         })
     }
@@ -439,6 +453,16 @@ impl Authority {
         if matches!(req, Request::RegisterPrincipal(_)) && matches!(caller, Caller::Anonymous) {
             self.admit_registration(peer.ip).await?;
         }
+        if matches!(req, Request::QueryFlows(_))
+            && matches!(caller, Caller::Anonymous)
+            && self.flow_queries.check_key(&registration_key(peer.ip)).is_err()
+        {
+            return Err(AuthError::Unavailable(format!(
+                "QueryFlows: too many queries from {}: {FLOW_QUERY_BURST} at once, then {FLOW_QUERIES_PER_SEC} a second; try again later",
+                peer.ip
+            ))
+            .into());
+        }
         self.dispatch(&caller, req, now).await
     }
 
@@ -479,7 +503,7 @@ impl Authority {
             Request::GetSlicesForNode(p) => reply::<k::GetSlicesForNode>(r(self.get_slices_for_node(c, p).await)),
             Request::ReportSlivers(p) => reply::<k::ReportSlivers>(r(self.report_slivers(c, p, now).await)),
             Request::ArchiveFlows(p) => reply::<k::ArchiveFlows>(r(self.archive_flows(c, p, now).await)),
-            Request::QueryFlows(p) => reply::<k::QueryFlows>(r(self.query_flows(p).await)),
+            Request::QueryFlows(p) => reply::<k::QueryFlows>(r(self.query_flows(c, p).await)),
             Request::GetSliceStatus(p) => reply::<k::GetSliceStatus>(r(self.get_slice_status(c, p).await)),
             Request::AddSite(p) => reply::<k::AddSite>(r(self.add_site(c, p, now).await)),
             Request::GetSites(_) => reply::<k::GetSites>(r(self.get_sites().await)),

@@ -13,13 +13,20 @@ pub const MAX_UPLOAD: usize = 1000;
 /// Flows one answer lists.
 pub const MAX_ANSWER: usize = 1000;
 /// Candidates one query reads from the database before matching.
-const MAX_CANDIDATES: i64 = 20_000;
+const MAX_CANDIDATES: i64 = 5000;
+/// The longest flow the archive takes: a node's active timeout is at most a day.
+pub const MAX_FLOW_MS: i64 = 86_400_000;
+/// How far in the future a flow may end (clock skew between node and authority).
+const MAX_SKEW_MS: i64 = 300_000;
 
-/// Checks one uploaded flow; the reason names the field.
-fn check(i: usize, f: &FlowRecord) -> Result<(), AuthError> {
+/// Checks one uploaded flow from the node at `node_ip`; the reason names the field.
+fn check(i: usize, f: &FlowRecord, now_ms: i64, oldest_ms: i64, node_ip: &str) -> Result<(), AuthError> {
     let bad = |field: &str, why: &str| AuthError::invalid("flows", format!("[{i}].{field}: {why}"));
-    if f.first_ms < 0 || f.last_ms < f.first_ms {
-        return Err(bad("last_ms", "before first_ms (or a time before 1970)"));
+    if f.first_ms < oldest_ms || f.first_ms > f.last_ms {
+        return Err(bad("first_ms", "after last_ms, or older than the archive keeps"));
+    }
+    if f.last_ms - f.first_ms > MAX_FLOW_MS || f.last_ms > now_ms + MAX_SKEW_MS {
+        return Err(bad("last_ms", "more than a day after first_ms, or in the future"));
     }
     if f.packets == 0 || f.bytes > i64::MAX as u64 || f.packets > i64::MAX as u64 {
         return Err(bad("packets", "a flow has at least one packet, and counts fit in 63 bits"));
@@ -39,12 +46,17 @@ fn check(i: usize, f: &FlowRecord) -> Result<(), AuthError> {
     if m.nat_ports.is_some_and(|(a, b)| a > b) {
         return Err(bad("meta.nat_ports", "the block's first port is after its last"));
     }
+    // The public address is the node's own, as the authority has it: a node cannot file
+    // flows under another address.
+    if m.public_addr.is_some_and(|a| a.to_string() != node_ip) {
+        return Err(bad("meta.public_addr", &format!("is not this node's address ({node_ip})")));
+    }
     Ok(())
 }
 
 impl Authority {
     /// Is `slice` one of the services this authority lets upload a node's flows?
-    fn is_audit_service(&self, slice: &str) -> bool {
+    pub(crate) fn is_audit_service(&self, slice: &str) -> bool {
         if self.settings.audit_services.is_empty() {
             slice == format!("{}.audit", self.ca.name)
         } else {
@@ -77,26 +89,37 @@ impl Authority {
         if p.flows.len() > MAX_UPLOAD {
             return Err(AuthError::invalid("flows", format!("at most {MAX_UPLOAD} per upload")));
         }
+        if p.epoch.is_empty() || p.epoch.len() > 64 || !p.epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(AuthError::invalid("epoch", "1 to 64 letters and digits"));
+        }
+        let (node_ip,): (String,) = sqlx::query_as(&self.db.q("SELECT ip FROM nodes WHERE id = ?"))
+            .bind(p.node_id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| AuthError::not_found(format!("node_id: no node {}", p.node_id)))?;
+        let oldest = now * 1000 - self.settings.flow_retention_days * 86_400_000;
         for (i, f) in p.flows.iter().enumerate() {
-            check(i, &f.flow)?;
+            check(i, &f.flow, now * 1000, oldest, &node_ip)?;
         }
         let mut tx = self.db.begin().await?;
         let mut stored = 0;
         let sql = self.db.q(
-            "INSERT INTO flows (node_id, flow_id, proto, src, sport, dst, dport, first_ms, last_ms, record, received)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO flows (node_id, epoch, flow_id, proto, src, sport, dst, dport, public_addr, first_ms, last_ms, record, received)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         );
         for f in &p.flows {
             let r = &f.flow;
             let record = serde_json::to_string(r).map_err(AuthError::internal)?;
             let done = sqlx::query(&sql)
                 .bind(p.node_id)
+                .bind(p.epoch.clone())
                 .bind(f.id)
                 .bind(i32::from(r.proto))
                 .bind(r.src.to_string())
                 .bind(i32::from(r.sport))
                 .bind(r.dst.to_string())
                 .bind(i32::from(r.dport))
+                .bind(r.meta.public_addr.map(|a| a.to_string()))
                 .bind(r.first_ms)
                 .bind(r.last_ms)
                 .bind(record)
@@ -109,7 +132,7 @@ impl Authority {
         Ok(ArchivedResult { stored, duplicates: p.flows.len() - stored })
     }
 
-    pub(crate) async fn query_flows(&self, p: QueryFlowsParams) -> Result<FlowsResult, AuthError> {
+    pub(crate) async fn query_flows(&self, c: &Caller, p: QueryFlowsParams) -> Result<FlowsResult, AuthError> {
         let qs = {
             let mut qs = url::form_urlencoded::Serializer::new(String::new());
             qs.append_pair("src", &p.src);
@@ -121,45 +144,60 @@ impl Authority {
             qs.finish()
         };
         let q = Query::parse(&qs).map_err(|e| AuthError::invalid(e.field, e.reason))?;
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            &self.db.q("SELECT node_id, flow_id, record FROM flows WHERE first_ms <= ? AND last_ms >= ?
-             ORDER BY first_ms, node_id, flow_id LIMIT ?"),
-        )
+        // Candidates by the source's address (on a VM's interface, or the node's public
+        // one), within the window widened by the longest flow: each of the three is an
+        // index range.
+        let addr = q.src.addr.to_string();
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(&self.db.q("SELECT node_id, flow_id, record FROM flows
+             WHERE (src = ? OR public_addr = ?) AND first_ms BETWEEN ? AND ? AND last_ms >= ?
+             ORDER BY first_ms, node_id, flow_id LIMIT ?"))
+        .bind(addr.clone())
+        .bind(addr)
+        .bind(q.from_ms - MAX_FLOW_MS)
         .bind(q.to_ms)
         .bind(q.from_ms)
-        .bind(MAX_CANDIDATES)
+        .bind(MAX_CANDIDATES + 1)
         .fetch_all(self.db.pool())
         .await?;
+        let mut truncated = rows.len() as i64 > MAX_CANDIDATES;
+        let emails = !matches!(c, Caller::Anonymous);
         let mut flows = Vec::new();
-        let mut responsible: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (node, id, record) in rows {
+        let mut people: std::collections::BTreeMap<(String, i64, i64), Vec<String>> = Default::default();
+        for (node, id, record) in rows.into_iter().take(MAX_CANDIDATES as usize) {
             let Ok(flow) = serde_json::from_str::<FlowRecord>(&record) else { continue };
-            if flow.matches(&q) {
-                let slice = flow.meta.slice.clone();
-                if !responsible.contains_key(&slice) {
-                    let people = self.slice_people(&slice).await?;
-                    responsible.insert(slice.clone(), people);
-                }
-                let responsible = responsible.get(&slice).cloned().unwrap_or_default();
-                flows.push(ArchivedFlow { id, node_id: Some(node), flow, responsible });
-                if flows.len() >= MAX_ANSWER {
-                    break;
-                }
+            if !flow.matches(&q) {
+                continue;
             }
+            if flows.len() >= MAX_ANSWER {
+                truncated = true;
+                break;
+            }
+            let key = (flow.meta.slice.clone(), node, flow.first_ms / 1000);
+            if !people.contains_key(&key) {
+                let found = self.slice_people(&key.0, node, key.2, emails).await?;
+                people.insert(key.clone(), found);
+            }
+            let responsible = people.get(&key).cloned().unwrap_or_default();
+            flows.push(ArchivedFlow { id, node_id: Some(node), flow, responsible });
         }
-        Ok(FlowsResult { flows })
+        Ok(FlowsResult { flows, truncated })
     }
 
-    /// The principals of this authority's newest slice named `slice`, as `name <email>`.
-    async fn slice_people(&self, slice: &str) -> Result<Vec<String>, AuthError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            &self.db.q("SELECT p.name, p.email FROM slice_principals sp JOIN principals p ON p.id = sp.principal_id
-             WHERE sp.slice_id = (SELECT max(id) FROM slices WHERE name = ?) ORDER BY p.name"),
-        )
+    /// The principals of this authority's slice `slice` as it was at `at` (Unix seconds;
+    /// a name made again later is another slice), if it had node `node`.
+    async fn slice_people(&self, slice: &str, node: i64, at: i64, emails: bool) -> Result<Vec<String>, AuthError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(&self.db.q(
+            "SELECT p.name, p.email FROM slice_principals sp JOIN principals p ON p.id = sp.principal_id
+             WHERE sp.slice_id = (SELECT max(id) FROM slices WHERE name = ? AND created <= ?)
+               AND EXISTS (SELECT 1 FROM slice_nodes sn WHERE sn.slice_id = sp.slice_id AND sn.node_id = ?)
+             ORDER BY p.name",
+        ))
         .bind(slice.to_owned())
+        .bind(at)
+        .bind(node)
         .fetch_all(self.db.pool())
         .await?;
-        Ok(rows.into_iter().map(|(n, e)| format!("{n} <{e}>")).collect())
+        Ok(rows.into_iter().map(|(n, e)| if emails { format!("{n} <{e}>") } else { n }).collect())
     }
 
     /// Removes archived flows whose last packet is older than the retention; how many.

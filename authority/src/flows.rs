@@ -143,7 +143,9 @@ impl FlowRecord {
             return false;
         }
         let inside = e.addr == addr && e.port.is_none_or(|p| p == port);
-        let outside = Some(e.addr) == self.meta.public_addr
+        // The public address names the VM only for what left through the NAT.
+        let outside = self.post_nat_src.is_some()
+            && Some(e.addr) == self.meta.public_addr
             && match (e.port, self.meta.nat_ports) {
                 (None, _) => true,
                 (Some(p), Some((a, b))) => (a..=b).contains(&p),

@@ -403,7 +403,7 @@ impl Authority {
         if let Some((_, a)) = orgs.iter().find(|(_, a)| SliceName::parse(a).is_ok_and(|a| name.is_above(&a))) {
             return Err(AuthError::invalid("slice_name", format!("{name} is above the authority {a}")));
         }
-        if self.is_node_service(name.as_str()) {
+        if self.is_node_service(name.as_str()) || self.is_audit_service(name.as_str()) {
             return Err(AuthError::invalid("slice_name", format!("{name} is the name of the nodes' service")));
         }
         let live: Vec<(String,)> =
@@ -742,6 +742,7 @@ impl Authority {
             }
             // Addresses whose registration allowance is full again are forgotten.
             self.registrations.retain_recent();
+            self.flow_queries.retain_recent();
             match self.sweep_registrations(credentials::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("removed {n} registrations that waited too long for approval"),

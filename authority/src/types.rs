@@ -282,6 +282,9 @@ jsonrpc::params! {
     pub struct ArchiveFlowsParams {
         /// The node the flows were recorded on.
         pub node_id: i64,
+        /// The node's flow database's own id (random, made with it): flow ids count
+        /// within it.
+        pub epoch: String,
         /// Finished flows, each with the node's id for it.
         pub flows: Vec<ArchivedFlow>,
     }
@@ -605,8 +608,9 @@ pub struct ArchivedFlow {
     pub node_id: Option<i64>,
     /// The flow.
     pub flow: crate::flows::FlowRecord,
-    /// In answers: the slice's principals at this authority (`name <email>`), when the
-    /// slice is this authority's (the node's record has only its users' key comments).
+    /// In answers: the slice's principals at this authority, when the slice is this
+    /// authority's and had the node at the time (the node's record has only its users'
+    /// key comments): `name <email>` for authenticated callers, the name for anonymous ones.
     #[serde(default)]
     pub responsible: Vec<String>,
 }
@@ -625,6 +629,9 @@ pub struct ArchivedResult {
 pub struct FlowsResult {
     /// The flows.
     pub flows: Vec<ArchivedFlow>,
+    /// Whether there were more than one answer lists (narrow the window, give the port).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// How many reports were recorded.

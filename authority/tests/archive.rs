@@ -13,9 +13,9 @@ fn flow(id: i64, vm_addr: &str, sport: u16, nat: (u16, u16), slice: &str, first_
     json!({"id": id, "flow": {
         "proto": 17, "src": vm_addr, "sport": sport, "dst": "198.51.100.7", "dport": 53,
         "first_ms": first_ms, "last_ms": first_ms + 500, "bytes": 384, "packets": 3, "tcp_flags": 0,
-        "post_nat_src": format!("192.0.2.10:{}-{}", nat.0, nat.1),
+        "post_nat_src": format!("127.0.0.1:{}-{}", nat.0, nat.1),
         "meta": {"vm": slice.replace('.', "_"), "slice": slice, "users": ["alice@example.org"], "iface": "pv1",
-                 "vm_addr": vm_addr, "public_addr": "192.0.2.10", "nat_ports": [nat.0, nat.1],
+                 "vm_addr": vm_addr, "public_addr": "127.0.0.1", "nat_ports": [nat.0, nat.1],
                  "vm_net": ["10.213.0.0", 16]}}})
 }
 
@@ -36,19 +36,32 @@ fn archive(backend: Backend) {
         (chain, key)
     };
     let audit_cred = h.service_chain(&chain, &key, "plc.audit", node);
+    // A's slice is this authority's and has the node; its principals answer for it.
+    h.principal(&mut op, "alice", "princeton", "user");
+    op.call("CreateSlice", vec![json!("plc.princeton.a")]).unwrap();
+    op.call("AddSlicePrincipal", vec![json!("plc.princeton.a"), json!(["alice"])]).unwrap();
+    op.call("AddSliceNode", vec![json!("plc.princeton.a"), json!([node])]).unwrap();
+    // The slice creation service's name and the auditing service's are no slice's.
+    let e = op.call("CreateSlice", vec![json!("plc.audit")]).unwrap_err();
+    assert!(e.to_string().contains("service"), "{e}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let scs_cred = h.service_chain(&chain, &key, "plc.scs", node);
     let mut audit = h.client(None);
     audit.start_session(&audit_cred.0, &audit_cred.1).unwrap();
-    let t = 1_795_000_000_000i64;
+    // Flows of the last moment (the slice existed when they were sent).
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 100;
     let batch = json!([
         flow(1, "10.213.0.2", 40000, (32768, 33023), "plc.princeton.a", t),
         flow(2, "10.213.0.3", 40000, (33024, 33279), "plc.princeton.b", t),
     ]);
-    let r = audit.call("ArchiveFlows", vec![json!(node), batch.clone()]).unwrap();
+    let r = audit.call("ArchiveFlows", vec![json!(node), json!("e1"), batch.clone()]).unwrap();
     assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(2), Some(0)), "{r}");
     // At least once: the same upload again stores nothing new.
-    let r = audit.call("ArchiveFlows", vec![json!(node), batch]).unwrap();
+    let r = audit.call("ArchiveFlows", vec![json!(node), json!("e1"), batch.clone()]).unwrap();
     assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(2)), "{r}");
+    // The same ids from a new flow database (a reinstalled node) are new flows.
+    let r = audit.call("ArchiveFlows", vec![json!(node), json!("e2"), json!([batch[0].clone()])]).unwrap();
+    assert_eq!(r["stored"], 1, "{r}");
 
     // Anyone asks with what they saw: the node's address and a port of B's block.
     let mut anon = h.client(None);
@@ -56,38 +69,58 @@ fn archive(backend: Backend) {
         h.client(None)
             .call("QueryFlows", vec![json!(src), json!("198.51.100.7:53"), json!(from.to_string()), Value::Null])
     };
-    let r = q("192.0.2.10:33100", t / 1000 - 10).unwrap();
+    let r = q("127.0.0.1:33100", t / 1000 - 10).unwrap();
     let flows = r["flows"].as_array().unwrap();
-    assert_eq!(flows.len(), 1, "{r}");
+    assert_eq!((flows.len(), &r["truncated"]), (1, &json!(false)), "{r}");
     assert_eq!(flows[0]["node_id"], node);
     assert_eq!(flows[0]["flow"]["meta"]["slice"], "plc.princeton.b");
     assert_eq!(flows[0]["flow"]["meta"]["users"], json!(["alice@example.org"]));
     assert_eq!(flows[0]["responsible"], json!([]), "a slice this authority does not have");
-    // A's slice is this authority's: its principals answer for it.
-    h.principal(&mut op, "alice", "princeton", "user");
-    op.call("CreateSlice", vec![json!("plc.princeton.a")]).unwrap();
-    op.call("AddSlicePrincipal", vec![json!("plc.princeton.a"), json!(["alice"])]).unwrap();
-    let a = q("192.0.2.10:32800", t / 1000 - 10).unwrap();
+    // A's slice: its principals, by name to anyone and with their address to principals;
+    // the flow from the other database too.
+    let a = q("127.0.0.1:32800", t / 1000 - 10).unwrap();
+    assert_eq!(a["flows"].as_array().unwrap().len(), 2, "{a}");
     assert_eq!(a["flows"][0]["flow"]["meta"]["slice"], "plc.princeton.a", "{a}");
+    assert_eq!(a["flows"][0]["responsible"], json!(["alice"]), "{a}");
+    let a = op
+        .call(
+            "QueryFlows",
+            vec![json!("127.0.0.1:32800"), json!("198.51.100.7:53"), json!((t / 1000 - 10).to_string())],
+        )
+        .unwrap();
     assert_eq!(a["flows"][0]["responsible"], json!(["alice <alice@x.test>"]), "{a}");
-    assert_eq!(q("192.0.2.10:40000", t / 1000 - 10).unwrap()["flows"], json!([]), "a port in no block");
-    assert_eq!(q("192.0.2.10:33100", t / 1000 + 10).unwrap()["flows"], json!([]), "outside the window");
+    assert_eq!(q("127.0.0.1:40000", t / 1000 - 10).unwrap()["flows"], json!([]), "a port in no block");
+    let before = h
+        .client(None)
+        .call(
+            "QueryFlows",
+            vec![
+                json!("127.0.0.1:33100"),
+                Value::Null,
+                json!((t / 1000 - 100).to_string()),
+                json!((t / 1000 - 5).to_string()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(before["flows"], json!([]), "outside the window");
     // Bad queries name the field.
-    let e = anon.call("QueryFlows", vec![json!("192.0.2.10:99999")]).unwrap_err();
+    let e = anon.call("QueryFlows", vec![json!("127.0.0.1:99999")]).unwrap_err();
     assert!(e.to_string().contains("src") && e.to_string().contains("not a port"), "{e}");
-    let e = anon.call("QueryFlows", vec![json!("192.0.2.10"), Value::Null, json!("yesterday")]).unwrap_err();
+    let e = anon.call("QueryFlows", vec![json!("127.0.0.1"), Value::Null, json!("yesterday")]).unwrap_err();
     assert!(e.to_string().contains("from"), "{e}");
 
     // Node 1's auditing service cannot upload for node 2, nor the slice creation service
     // (or the operator) for anyone, nor an anonymous caller.
-    let e =
-        audit.call("ArchiveFlows", vec![json!(other), json!([flow(9, "10.213.0.2", 1, (32768, 33023), "plc.x", t)])]);
+    let e = audit.call(
+        "ArchiveFlows",
+        vec![json!(other), json!("e1"), json!([flow(9, "10.213.0.2", 1, (32768, 33023), "plc.x", t)])],
+    );
     assert_eq!(code(&e.unwrap_err()), 1);
     let mut scs = h.client(None);
     scs.start_session(&scs_cred.0, &scs_cred.1).unwrap();
-    assert_eq!(code(&scs.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 1);
-    assert_eq!(code(&op.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 1);
-    assert_eq!(code(&anon.call("ArchiveFlows", vec![json!(node), json!([])]).unwrap_err()), 2);
+    assert_eq!(code(&scs.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([])]).unwrap_err()), 1);
+    assert_eq!(code(&op.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([])]).unwrap_err()), 1);
+    assert_eq!(code(&anon.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([])]).unwrap_err()), 2);
 
     // Bad uploads name the flow and field and store nothing, not even their good flows.
     let good = flow(10, "10.213.0.2", 41000, (32768, 33023), "plc.princeton.a", t);
@@ -99,7 +132,7 @@ fn archive(backend: Backend) {
                 f["flow"]["last_ms"] = json!(t - 1);
                 f
             },
-            "[1].last_ms",
+            "[1].first_ms: after last_ms",
         ),
         (
             {
@@ -117,15 +150,50 @@ fn archive(backend: Backend) {
             },
             "flows",
         ),
+        (
+            // A node files flows only under its own address.
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["meta"]["public_addr"] = json!("198.51.100.1");
+                f
+            },
+            "[1].meta.public_addr",
+        ),
+        (
+            // An "eternal" flow, to crowd every query's window, and one from the future.
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", 0);
+                f["flow"]["last_ms"] = json!(t);
+                f
+            },
+            "[1].first_ms",
+        ),
+        (
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t + 3_600_000);
+                f["flow"]["first_ms"] = json!(t);
+                f
+            },
+            "[1].last_ms",
+        ),
     ] {
-        let e = audit.call("ArchiveFlows", vec![json!(node), json!([good, bad])]).unwrap_err();
+        let e = audit.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([good, bad])]).unwrap_err();
         assert!(e.to_string().contains(says), "{says}: {e}");
     }
     let too_many: Vec<Value> = (0..1001).map(|i| flow(100 + i, "10.213.0.2", 1, (32768, 33023), "plc.a", t)).collect();
-    let e = audit.call("ArchiveFlows", vec![json!(node), json!(too_many)]).unwrap_err();
+    let e = audit.call("ArchiveFlows", vec![json!(node), json!("e1"), json!(too_many)]).unwrap_err();
     assert!(e.to_string().contains("at most 1000"), "{e}");
+    let e = audit.call("ArchiveFlows", vec![json!(node), json!("../x"), json!([])]).unwrap_err();
+    assert!(e.to_string().contains("epoch"), "{e}");
     let r = anon.call("QueryFlows", vec![json!("10.213.0.2:41000"), Value::Null, json!((t / 1000 - 10).to_string())]);
     assert_eq!(r.unwrap()["flows"], json!([]), "nothing of a refused upload is stored");
+    // Anonymous queries are rationed per address; a principal's are not.
+    let refused = (0..40)
+        .filter_map(|_| anon.call("QueryFlows", vec![json!("127.0.0.1")]).err())
+        .filter(|e| e.to_string().contains("too many queries"))
+        .count();
+    assert!(refused > 0, "40 queries at once from one address all answered");
+    op.call("QueryFlows", vec![json!("127.0.0.1")]).unwrap();
 }
 
 #[test]

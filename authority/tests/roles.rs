@@ -203,7 +203,7 @@ fn every_method_by_every_caller() {
                 vec![json!(node), json!([{"slice": slice, "state": "running", "ssh": "ssh -p 22001 x@n1"}])],
             ),
             ("GetSliceStatus".into(), "GetSliceStatus", vec![json!(slice)]),
-            ("ArchiveFlows".into(), "ArchiveFlows", vec![json!(node), json!([])]),
+            ("ArchiveFlows".into(), "ArchiveFlows", vec![json!(node), json!("e1"), json!([])]),
             ("QueryFlows".into(), "QueryFlows", vec![json!("192.0.2.10:33000")]),
             ("DeleteSlice".into(), "DeleteSlice", vec![json!(slice)]),
             ("AddSite".into(), "AddSite", vec![json!({"org": "princeton", "name": format!("site{i}")})]),

@@ -27,6 +27,8 @@
 //! default_burst_rate = 100              # Mbps: the ceiling of a VM whose RSpec has no burst_rate
 //! node_rate = 1000                      # Mbps the node's VMs share (each in each direction):
 //!                                       #   base rates are guaranteed out of it
+//! root_services = ["plc.audit"]         # services run as root (the auditing service) the owner
+//!                                       #   may have a client certificate made for
 //!
 //! [slice_uids]                          # unprivileged local services acting as a slice
 //! 998 = "plc.scs"
@@ -78,6 +80,9 @@ pub struct Config {
     /// running as an unprivileged user).
     #[serde(deserialize_with = "slice_uids")]
     pub slice_uids: BTreeMap<u32, SliceName>,
+    /// Node services that run as root (they capture packets, say), for which the owner
+    /// may have a client certificate made (`SignCertificate` with `slice`).
+    pub root_services: Vec<SliceName>,
     /// A network namespace (under /var/run/netns) that holds the node's networking.
     pub node_netns: Option<String>,
     /// The node bridge.
@@ -159,6 +164,7 @@ impl Default for Config {
             socket: "/run/plab/nm.sock".into(),
             owner_uids: vec![],
             slice_uids: BTreeMap::new(),
+            root_services: SliceName::parse("plc.audit").into_iter().collect(),
             node_netns: None,
             bridge: "plab0".into(),
             vm_prefix: Prefix { network: Ipv4Addr::new(10, 213, 0, 0), len: 16 },

@@ -599,7 +599,6 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
         state_dir: dir.path().join("state"),
         node_cert: dir.path().join("node-cert.pem"),
         node_key: dir.path().join("node.key"),
-        slice_uids: [(990, SliceName::parse("plc.audit").unwrap())].into_iter().collect(),
         ..Config::default()
     };
     let mut reg = Registry::new();
@@ -624,7 +623,7 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
     let id = verify_pem(r["certificate"].as_str().unwrap(), &[Cert::from_pem(&root).unwrap()]).unwrap();
     assert_eq!(id, Identity::Service { slice: SliceName::parse("plc.audit").unwrap(), node: 7 });
     for (caller, for_slice, says) in [
-        (Caller::Owner, "plc.other", "not one of this node's local services"),
+        (Caller::Owner, "plc.scs", "not one of this node's root-run services"),
         (slice("plc.scs"), "plc.audit", "only as itself"),
     ] {
         let e = call(&n, &caller, "SignCertificate", json!({"public_key": sk.public_key_pem(), "slice": for_slice}))
@@ -633,6 +632,15 @@ async fn slices_get_service_certificates_that_verify_back_to_the_root() {
         assert_eq!(e.0, ErrorCode::PERMISSION_DENIED);
         assert!(e.1.contains(says), "{e:?}");
     }
+    let e = call(
+        &n,
+        &Caller::Owner,
+        "SignCertificate",
+        json!({"public_key": sk.public_key_pem(), "slice": "plc.audit", "server": true}),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.1.starts_with("server:"), "{e:?}");
     let e = call(&n, &slice("plc.scs"), "SignCertificate", json!(["not a key"])).await.unwrap_err();
     assert_eq!(e.0, ErrorCode::INVALID_PARAMS);
     assert!(e.1.starts_with("public_key:"), "{e:?}");

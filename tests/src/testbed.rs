@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 
 /// The uid slice creation services run as (mapped to `plc.scs` by each node manager).
 pub const SCS_UID: u32 = 64100;
-/// The uid the node managers map to the auditing service `plc.audit` (the service runs
-/// as root, and the node manager certifies its upload key for this slice).
-pub const AUDIT_UID: u32 = 64101;
 /// The ticket endpoint's port on each node.
 pub const TICKET_PORT: u16 = 8444;
 
@@ -370,7 +367,7 @@ impl Testbed {
                 format!(
                     "state_dir = \"{d}/nm\"\nsocket = \"{d}/nm.sock\"\nnode_netns = \"{ns}\"\nvm_prefix = \"10.213.0.0/24\"\n\
                      node_cert = \"{d}/node/node-cert.pem\"\nnode_key = \"{d}/node/node.key\"\npublic_address = \"{addr}\"\n\
-                     guest_dir = \"{g}\"\nstop_timeout_secs = 60\ninstance = \"t{tag}n{n}\"\nvm_uid_base = {uids}\n{fake}[slice_uids]\n{SCS_UID} = \"plc.scs\"\n{AUDIT_UID} = \"plc.audit\"\n",
+                     guest_dir = \"{g}\"\nstop_timeout_secs = 60\ninstance = \"t{tag}n{n}\"\nvm_uid_base = {uids}\n{fake}[slice_uids]\n{SCS_UID} = \"plc.scs\"\n",
                     n = i + 1,
                     // Each node's VMs a uid range of their own (a /24 holds at most 256).
                     uids = (1u32 << 30) + ((i as u32 + 1) << 24),

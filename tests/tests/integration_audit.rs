@@ -9,15 +9,17 @@
 
 use plab_tests::{bin, http_get, keypair, prerequisites, try_http_get, Browser, Outside, TestNode};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A process that is killed when dropped (a failed assertion included).
+/// A process that is killed when dropped (a failed assertion included), with everything
+/// it started (it leads a process group of its own).
 struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -28,6 +30,7 @@ fn spawn_in(ns: &str, cmd: &str) -> Killed {
             .args(["netns", "exec", ns, "sh", "-c", cmd])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap(),
     )
@@ -138,6 +141,7 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
         .arg(&ipfix_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("nfcapd: {e} (apt-get install nfdump; make test's set-up does)"));
     let nfcapd = Killed(nfcapd);

@@ -27,19 +27,23 @@ impl NodeManager {
         server: bool,
         for_slice: Option<&SliceName>,
     ) -> Result<CertificateResult, NmError> {
-        // A slice is certified as itself; the owner (root) may certify one of the node's
-        // services (`slice_uids`) for a daemon it runs as root, such as the auditing
-        // service, which captures packets and so cannot run as the service's uid.
+        // A slice is certified as itself; the owner may have a client certificate made
+        // for one of the node's root-run services (`root_services`: the auditing service,
+        // which captures packets and so cannot run as an unprivileged uid), and for nothing
+        // else (not the slice creation service, no server certificate).
         let slice = match (caller, for_slice) {
             (Caller::Slice(s), None) => s,
             (Caller::Slice(s), Some(f)) if s == f => s,
             (Caller::Slice(s), Some(f)) => {
                 return Err(NmError::PermissionDenied(format!("slice: {s} is certified only as itself, not as {f}")))
             }
-            (Caller::Owner, Some(f)) if self.tables().services.contains(f) => f,
+            (Caller::Owner, Some(_)) if server => {
+                return Err(NmError::PermissionDenied("server: a root-run service gets a client certificate only".into()))
+            }
+            (Caller::Owner, Some(f)) if self.cfg.root_services.contains(f) => f,
             (Caller::Owner, Some(f)) => {
                 return Err(NmError::PermissionDenied(format!(
-                    "slice: {f} is not one of this node's local services (slice_uids in the node manager's config)"
+                    "slice: {f} is not one of this node's root-run services (root_services in the node manager's config)"
                 )))
             }
             (Caller::Owner, None) => {

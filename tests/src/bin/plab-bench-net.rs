@@ -250,8 +250,19 @@ fn main() {
         let o = Command::new("ip").args(["netns", "exec", &node, "sh", "-c", &format!("tc {args}")]).output().unwrap();
         assert!(o.status.success(), "tc {args}: {}", String::from_utf8_lossy(&o.stderr));
     };
-    println!("bandwidth towards a VM: {rounds} rounds of {secs} s each, node manager and hand-written tc alternating");
-    for (rate, udp) in [(1_500_000u64, false), (1_500_000, true), (50_000_000, false), (50_000_000, true)] {
+    // PLAB_BENCH_ONLY=capture or =bandwidth runs one half.
+    let only = std::env::var("PLAB_BENCH_ONLY").unwrap_or_default();
+    let bandwidth: &[(u64, bool)] = if only == "capture" {
+        &[]
+    } else {
+        &[(1_500_000u64, false), (1_500_000, true), (50_000_000, false), (50_000_000, true)]
+    };
+    if !bandwidth.is_empty() {
+        println!(
+            "bandwidth towards a VM: {rounds} rounds of {secs} s each, node manager and hand-written tc alternating"
+        );
+    }
+    for &(rate, udp) in bandwidth {
         let (mut nm, mut hand) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             in_ns(&node, || {
@@ -282,7 +293,7 @@ fn main() {
     }
     println!("capture of small UDP datagrams sent as fast as one sender can, {rounds} rounds of {secs} s, alternating");
     let mut results: std::collections::BTreeMap<&str, Vec<(u64, u64, f64)>> = Default::default();
-    for _ in 0..rounds {
+    for _ in 0..if only == "bandwidth" { 0 } else { rounds } {
         for tool in ["tcpdump", "softflowd", "plab-audit"] {
             results.entry(tool).or_default().push(capture_run(tool, &node, &vm, secs));
         }
