@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const SNAPLEN: i32 = 128;
 /// How long the thread sleeps waiting for packets before it looks at its timers.
 pub const READ_TIMEOUT_MS: i32 = 200;
+/// Packets handled between looks at the clock and the stop flag.
+pub const TIMER_EVERY: u32 = 256;
 /// The longest the kernel holds captured packets before handing them over (the
 /// TPACKET_V3 block timeout): also the most an interface that vanishes can take with it.
 pub const BLOCK_TIMEOUT_MS: i32 = 20;
@@ -89,16 +91,20 @@ pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<
             .spawn(move || {
                 let mut table = FlowTable::default();
                 let mut next_expiry = now_ms() + 1000;
+                // Per packet only the decode and the count: the clock, the stop flag and
+                // the shared counter are looked at every TIMER_EVERY packets, and
+                // whenever the ring is empty.
+                let mut since_timers = 0u32;
                 loop {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
                     match cap.next_packet() {
                         Ok(p) => {
-                            packets.fetch_add(1, Ordering::Relaxed);
                             if let Some(pkt) = decode(p.data) {
                                 let ts = p.header.ts;
                                 table.add(&pkt, ts.tv_sec * 1000 + ts.tv_usec / 1000);
+                            }
+                            since_timers += 1;
+                            if since_timers < TIMER_EVERY {
+                                continue;
                             }
                         }
                         Err(pcap::Error::TimeoutExpired) => {
@@ -116,6 +122,11 @@ pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<
                             break;
                         }
                     }
+                    packets.fetch_add(u64::from(since_timers), Ordering::Relaxed);
+                    since_timers = 0;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let now = now_ms();
                     if now >= next_expiry {
                         next_expiry = now + 1000;
@@ -125,6 +136,7 @@ pub fn start(meta: VmMeta, t: Timeouts, out: Sender<Vec<FlowRecord>>) -> Result<
                         }
                     }
                 }
+                packets.fetch_add(u64::from(since_timers), Ordering::Relaxed);
                 send(&out, table.drain(), &meta);
             })
             .map_err(|e| pcap::Error::IoError(e.kind()))?
