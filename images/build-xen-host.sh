@@ -122,6 +122,20 @@ PrintMotd no
 Subsystem sftp /usr/lib/openssh/sftp-server
 CONF
 echo "/dev/vda / ext4 rw 0 0" > "$tree/etc/fstab"
+# Guests' consoles also go to /var/log/xen/console/guest-NAME.log (xenconsoled).
+mkdir -p "$tree/var/log/xen/console"
+echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >> "$tree/etc/default/xen"
+# libvirt's libxl driver decodes the host CPU from Xen's feature words (no vendor) and fails
+# to start ("Cannot find suitable CPU model for given data") unless some model's features
+# are all present: QEMU's TCG has no VME, and Xen hides SEP on AMD-like CPUs, which rules
+# out every model libvirt ships. A model with qemu64's features less those two.
+cpumap="$tree/usr/share/libvirt/cpu_map"
+{ echo "<cpus>"; echo "  <model name='qemu64-xen'>"; echo "    <decode host='on' guest='off'/>"
+  for f in apic clflush cmov cx16 cx8 de fpu fxsr lm mca mce mmx msr mtrr nx pae pat pge pni \
+           pse pse36 sse sse2 syscall tsc; do echo "    <feature name='$f'/>"; done
+  echo "  </model>"; echo "</cpus>"; } > "$cpumap/x86_plab-qemu64-xen.xml"
+sed -i "s|^\( *\)<include filename='x86_qemu64.xml'/>|&\n\1<include filename='x86_plab-qemu64-xen.xml'/>|" "$cpumap/index.xml"
+grep -q plab-qemu64-xen "$cpumap/index.xml" || { echo "xen host: could not add the CPU model to libvirt's cpu_map" >&2; exit 1; }
 rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/* \
        "$tree"/usr/share/doc/* "$tree"/usr/share/man/* "$tree"/usr/share/locale/*
 

@@ -89,6 +89,7 @@ pub struct TbNode {
     pub url: String,
     nm: Option<Child>,
     scs: Option<Child>,
+    audit: Option<Child>,
     scs_bin: PathBuf,
     guest_dir: PathBuf,
 }
@@ -160,7 +161,47 @@ impl TbNode {
         }
     }
 
-    /// A log of this node (`nm.log`, `scs.log`, `boot.log`).
+    /// Starts the auditing service (`plab-audit serve`) on the node: capture on every
+    /// VM interface, the public query at `ADDR:8880`, upload to the archive at
+    /// `authority_url` (whose root certificate is `root`); flows idle 2 s end.
+    pub fn start_audit(&mut self, authority_url: &str, root: &Path) {
+        let config = self.dir.join("audit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "nm_socket = \"{d}/nm.sock\"\ndb = \"{d}/audit/flows.db\"\nlisten = \"{a}:8880\"\nidle_timeout_secs = 2\n\
+                 archive_url = \"{authority_url}\"\narchive_root = \"{r}\"\n",
+                d = self.dir.display(),
+                a = self.addr,
+                r = root.display(),
+            ),
+        )
+        .unwrap();
+        let log = log_file(&self.dir.join("audit.log"));
+        let child = Command::new(bin("plab-audit"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.audit = Some(child);
+    }
+
+    /// Whether the auditing service captures on a VM's interface yet.
+    pub fn audit_captures(&self) -> bool {
+        self.log("audit.log").contains("capturing")
+    }
+
+    /// Kills the auditing service.
+    pub fn kill_audit(&mut self) {
+        if let Some(mut c) = self.audit.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A log of this node (`nm.log`, `scs.log`, `boot.log`, `audit.log`).
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
@@ -398,8 +439,18 @@ impl Testbed {
                 ),
             )
             .unwrap();
-            let mut node =
-                TbNode { id, ns, addr, dir: ndir, url, nm: None, scs: None, scs_bin: scs_bin.clone(), guest_dir };
+            let mut node = TbNode {
+                id,
+                ns,
+                addr,
+                dir: ndir,
+                url,
+                nm: None,
+                scs: None,
+                audit: None,
+                scs_bin: scs_bin.clone(),
+                guest_dir,
+            };
             node.start_nm();
             let (ok, out) = node.site_admin(&["apply", &node.dir.join("site-admin.toml").to_string_lossy()]);
             assert!(ok, "site-admin apply on node {}: {out}", i + 1);
@@ -593,6 +644,7 @@ impl Drop for Testbed {
         }
         for n in &mut self.nodes {
             n.kill_scs();
+            n.kill_audit();
         }
         for n in &mut self.nodes {
             if n.nm.is_none() {

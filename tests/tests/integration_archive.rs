@@ -21,32 +21,6 @@ impl Drop for Audit {
     }
 }
 
-fn start_audit(tb: &Testbed, n: &TbNode) -> Audit {
-    let config = n.dir.join("audit.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "nm_socket = \"{d}/nm.sock\"\ndb = \"{d}/audit/flows.db\"\nlisten = \"{a}:8880\"\nidle_timeout_secs = 2\n\
-             archive_url = \"{u}\"\narchive_root = \"{r}\"\n",
-            d = n.dir.display(),
-            a = n.addr,
-            u = tb.urls[0],
-            r = tb.authority_dir.join("ca/root.pem").display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(n.dir.join("audit.log")).unwrap();
-    Audit(
-        Command::new(plab_tests::bin("plab-audit"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// Three datagrams from one socket in the VM that `ssh` logs in to, to `host`:`port`.
 fn send(tb: &Testbed, key: &std::path::Path, ssh: &str, host: &str, port: u16) {
     let cmd = format!("exec 3>/dev/udp/{host}/{port}; for k in 1 2 3; do echo datagram-$k >&3; done");
@@ -75,7 +49,10 @@ fn integration_archive_the_authority_answers_which_slice_sent_a_packet_from_any_
     let (st, _) = tb.wait_status(slice, Duration::from_secs(90), |st| {
         st["slivers"].as_array().is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["state"] == "running"))
     });
-    let audits: Vec<Audit> = tb.nodes.iter().map(|n| start_audit(&tb, n)).collect();
+    let (url, root) = (tb.urls[0].clone(), tb.authority_dir.join("ca/root.pem"));
+    for n in &mut tb.nodes {
+        n.start_audit(&url, &root);
+    }
     // The VMs send to a listener on the testbed's own address (without one, the ICMP
     // port unreachable would fail the next send on the VM's connected socket).
     let host = tb.urls[0].trim_start_matches("https://").split(':').next().unwrap().to_owned();
@@ -112,7 +89,7 @@ fn integration_archive_the_authority_answers_which_slice_sent_a_packet_from_any_
     };
     // Once each service captures on its VM's interface, each VM sends once.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !tb.nodes.iter().all(|n| n.log("audit.log").contains("capturing")) {
+    while !tb.nodes.iter().all(TbNode::audit_captures) {
         assert!(Instant::now() < deadline, "the services do not capture\n{}", logs(&tb));
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -180,7 +157,6 @@ fn integration_archive_the_authority_answers_which_slice_sent_a_packet_from_any_
         log.contains("they wait in the spool") && log.contains("sending again"),
         "the upload failed and resumed:\n{log}"
     );
-    drop(audits);
 }
 
 fn logs(tb: &Testbed) -> String {

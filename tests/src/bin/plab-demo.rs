@@ -2,8 +2,9 @@
 //! and three nodes, each a network namespace with its boot manager, node manager, the
 //! owner's site-admin pools and a slice creation service; a researcher namespace. A slice
 //! made at the authority becomes a VM on every node, researchers log in with OpenSSH, a
-//! ticket is redeemed at one node, an owner blacklists a slice, and everything is torn
-//! down at the end (or kept with `--keep` until Enter).
+//! datagram a VM sent is traced back to its slice (the node's auditing service and the
+//! authority's flow archive), a ticket is redeemed at one node, an owner blacklists a
+//! slice, and everything is torn down at the end (or kept with `--keep` until Enter).
 //!
 //! ```text
 //! plab-demo [--nodes N] [--vm-type linux-vserver-x86|linux-kvm-x86] [--keep]
@@ -57,7 +58,11 @@ fn main() {
     let started = Instant::now();
 
     step(&mut n, &format!("a testbed: an authority (SQLite) and {nodes} nodes, each booted by plab-boot, running plab-nm, the owner's site-admin pools for plc.scs, and plab-scs"));
-    let tb = Testbed::new(Options { nodes, ..Options::default() });
+    let mut tb = Testbed::new(Options { nodes, ..Options::default() });
+    let (url, root) = (tb.urls[0].clone(), tb.authority_dir.join("ca/root.pem"));
+    for node in &mut tb.nodes {
+        node.start_audit(&url, &root);
+    }
     println!("authority: {} (state in {})", tb.urls[0], tb.authority_dir.display());
     for (i, node) in tb.nodes.iter().enumerate() {
         println!("node {}: id {}, address {}, namespace {}", i + 1, node.id, node.addr, node.ns);
@@ -102,6 +107,10 @@ fn main() {
         let (_, out) = tb.ssh(&alice.ssh_key, ssh, "echo \"logged in as $(id -un) on $(hostname)\"; df -h / | tail -1");
         print!("{out}");
     }
+
+    step(&mut n, "alice's VM on node 1 sends a datagram out; its receiver asks who sent it");
+    let first = st["slivers"].as_array().unwrap().iter().find(|s| s["node_id"] == tb.nodes[0].id).unwrap();
+    trace(&tb, &alice, first["ssh"].as_str().unwrap());
 
     step(&mut n, "delegated creation: alice takes a ticket for plc.princeton.tkt and redeems it at node 1");
     let tkt = "plc.princeton.tkt";
@@ -172,6 +181,66 @@ fn main() {
     step(&mut n, "teardown: VMs, node managers, services, authority, namespaces");
     drop(tb);
     println!("done in {:.1} s; nothing left behind", started.elapsed().as_secs_f64());
+}
+
+/// A datagram from the VM `ssh` logs in to, to a receiver on the testbed's own address;
+/// the receiver asks node 1's public page and the authority's archive who sent it.
+fn trace(tb: &Testbed, alice: &plab_tests::testbed::Researcher, ssh: &str) {
+    let host = tb.urls[0].trim_start_matches("https://").split(':').next().unwrap().to_owned();
+    let receiver = std::net::UdpSocket::bind((host.as_str(), 0)).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tb.nodes[0].audit_captures() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1's auditing service does not capture:\n{}",
+            tb.nodes[0].log("audit.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cmd = format!("echo 'hello from the demo' > /dev/udp/{host}/{port}");
+    println!("$ {cmd}    # in alice's VM on node 1");
+    let (code, out) = tb.ssh(&alice.ssh_key, ssh, &cmd);
+    assert_eq!(code, 0, "{out}");
+    let mut buf = [0u8; 100];
+    let (_, from) = receiver.recv_from(&mut buf).unwrap();
+    println!("the receiver at {host}:{port} got a datagram from {from}: the node's address, a port of the VM's block");
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 60;
+    let path = format!("/api/flows?src={from}&dst={host}:{port}&from={since}");
+    println!("$ curl 'http://{}:8880{path}'    # node 1's public page (also a form at /)", tb.nodes[0].addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let (status, body) = plab_tests::try_http_get(&tb.researcher_ns, &format!("{}:8880", tb.nodes[0].addr), &path)
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200 && v["flows"].as_array().is_some_and(|f| !f.is_empty()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no answer from node 1: {status} {body}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let f = &answer["flows"][0];
+    println!(
+        "slice {}, users {}, {} packet(s), {} bytes, seen outside from {}",
+        f["meta"]["slice"], f["meta"]["users"], f["packets"], f["bytes"], f["post_nat_src"]
+    );
+    let args = ["--json", "sa", "query-flows", &from.to_string(), &format!("{host}:{port}"), &since.to_string()];
+    println!("$ plab {}    # as alice: the authority's archive, across every node", args.join(" "));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let v: Value = serde_json::from_str(&plab_quiet(&alice.config, &args)).unwrap_or_default();
+        if v["flows"].as_array().is_some_and(|f| !f.is_empty()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the archive never had the flow:\n{}", tb.nodes[0].log("audit.log"));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let f = &answer["flows"][0];
+    println!(
+        "node {}, slice {}, responsible {}, {} packet(s)",
+        f["node_id"], f["flow"]["meta"]["slice"], f["responsible"], f["flow"]["packets"]
+    );
 }
 
 fn plab_quiet(config: &std::path::Path, args: &[&str]) -> String {
