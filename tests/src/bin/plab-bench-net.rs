@@ -85,14 +85,22 @@ fn measure(node: &str, vm: &str, secs: f64, udp: bool) -> f64 {
 }
 
 /// Sends 18-byte UDP datagrams to `addr` for `secs` seconds; prints how many.
-fn blast(addr: &str, secs: f64) {
+/// Small datagrams to `addr` for `secs`: `pps` a second, in bursts of 64 (0: as fast as
+/// one sender can).
+fn blast(addr: &str, secs: f64, pps: u64) {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     let payload = [0u8; 18];
     let (start, mut n) = (Instant::now(), 0u64);
     while start.elapsed().as_secs_f64() < secs {
-        for _ in 0..256 {
+        for _ in 0..64 {
             if s.send_to(&payload, addr).is_ok() {
                 n += 1;
+            }
+        }
+        if pps > 0 {
+            let due = start + Duration::from_secs_f64(n as f64 / pps as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
             }
         }
     }
@@ -123,14 +131,14 @@ fn rx_packets(ns: &str, dev: &str) -> u64 {
 }
 
 /// One capture run: (packets the tool saw, packets that crossed, CPU seconds).
-fn capture_run(tool: &str, node: &str, vm: &str, secs: f64) -> (u64, u64, f64) {
+fn capture_run(tool: &str, node: &str, vm: &str, secs: f64, pps: u64) -> (u64, u64, f64) {
     let before = rx_packets(node, "pv1");
     let me = std::env::current_exe().unwrap();
     let blast = || {
         Command::new("ip")
             .args(["netns", "exec", vm])
             .arg(&me)
-            .args(["blast", "10.99.0.1:9", &secs.to_string()])
+            .args(["blast", "10.99.0.1:9", &secs.to_string(), &pps.to_string()])
             .output()
             .unwrap()
     };
@@ -222,7 +230,7 @@ fn capture_run(tool: &str, node: &str, vm: &str, secs: f64) -> (u64, u64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("blast") {
-        blast(&args[2], args[3].parse().unwrap());
+        blast(&args[2], args[3].parse().unwrap(), args.get(4).and_then(|p| p.parse().ok()).unwrap_or(0));
         return;
     }
     let secs: f64 = std::env::var("PLAB_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5.0);
@@ -295,7 +303,7 @@ fn main() {
     let mut results: std::collections::BTreeMap<&str, Vec<(u64, u64, f64)>> = Default::default();
     for _ in 0..if only == "bandwidth" { 0 } else { rounds } {
         for tool in ["tcpdump", "softflowd", "plab-audit"] {
-            results.entry(tool).or_default().push(capture_run(tool, &node, &vm, secs));
+            results.entry(tool).or_default().push(capture_run(tool, &node, &vm, secs, 0));
         }
     }
     let mut per_mpkt = std::collections::BTreeMap::new();
@@ -311,6 +319,31 @@ fn main() {
     }
     if let (Some(a), Some(t)) = (per_mpkt.get("plab-audit"), per_mpkt.get("tcpdump")) {
         println!("  ratio plab-audit / tcpdump CPU per packet  {:.2}   (target <= 2)", a / t);
+    }
+    if only != "bandwidth" {
+        // The sweep: each tool at rising offered rates (one run each, alternating); the
+        // highest with under 0.1% lost. The last step is as fast as one sender goes.
+        println!("capture sweep: the highest offered rate each tool takes with under 0.1% lost ({secs} s per step)");
+        let steps = [50_000u64, 100_000, 150_000, 0];
+        let mut best: std::collections::BTreeMap<&str, f64> = Default::default();
+        for pps in steps {
+            for tool in ["tcpdump", "softflowd", "plab-audit"] {
+                let (seen, crossed, _) = capture_run(tool, &node, &vm, secs, pps);
+                let lost = crossed.saturating_sub(seen) as f64 / crossed.max(1) as f64 * 100.0;
+                let offered = crossed as f64 / secs;
+                println!("  {tool:<10} offered {offered:>9.0} packets/s: {lost:.3}% lost");
+                if lost < 0.1 {
+                    let b = best.entry(tool).or_default();
+                    *b = b.max(offered);
+                }
+            }
+        }
+        for tool in ["tcpdump", "softflowd", "plab-audit"] {
+            println!(
+                "  {tool:<10} highest rate with under 0.1% lost: {:.0} packets/s (the sender's limit is the last step)",
+                best.get(tool).copied().unwrap_or(0.0)
+            );
+        }
     }
     for ns in [&node, &vm] {
         ip(&format!("netns del {ns}"));
