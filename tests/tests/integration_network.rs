@@ -387,6 +387,15 @@ fn integration_network_bandwidth_base_burst_and_sustained_rates_hold() {
     let flooded: f64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
     println!("flooding VM (8 connections): {flooded:.0} bit/s; neighbour with a 5 Mbit/s base: {neighbour:.0} bit/s");
     assert!(neighbour > 5_000_000.0 * 0.9, "the neighbour got {neighbour:.0} bit/s, below its base rate");
+
+    // No VM is left running without its limits: with the node's upward tree gone, StartVM
+    // fails and the VM is stopped again.
+    c.call_value("StopVM", json!([g])).unwrap();
+    let o = std::process::Command::new("ip").args(["-n", &n, "link", "del", "plabup"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = c.call_value("StartVM", json!([g])).unwrap_err();
+    assert!(e.to_string().contains("bandwidth limits could not be applied"), "{e}");
+    assert_eq!(c.call_value("VmStatus", json!([g])).unwrap()["state"], "stopped");
 }
 
 #[test]

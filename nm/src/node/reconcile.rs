@@ -81,14 +81,23 @@ impl NodeManager {
                 (Wanted::Stopped, Ok(VmState::Stopped)) => {}
                 (Wanted::Running, _) if network.is_err() => report
                     .push(Repair::Failed(format!("{name}: not started, since the network policy is not in place"))),
-                (Wanted::Running, _) => match blocking(move || b.start(&spec))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| self.shape_vm(&name).map_err(|e| e.to_string()))
-                {
-                    Ok(()) => report.push(Repair::Restarted(name)),
-                    Err(e) => report.push(Repair::Failed(format!("{name}: should run but failed to start: {e}"))),
-                },
+                (Wanted::Running, _) => {
+                    let b2 = b.clone();
+                    match blocking(move || b2.start(&spec)).await {
+                        Err(e) => report.push(Repair::Failed(format!("{name}: should run but failed to start: {e}"))),
+                        Ok(()) => match self.shape_vm(&name) {
+                            Ok(()) => report.push(Repair::Restarted(name)),
+                            Err(e) => {
+                                // Not left running without its bandwidth limits.
+                                let n = name.clone();
+                                let _ = blocking(move || b.stop(&n)).await;
+                                report.push(Repair::Failed(format!(
+                                    "{name}: stopped again, since its bandwidth limits could not be applied: {e}"
+                                )))
+                            }
+                        },
+                    }
+                }
                 (_, _) => {
                     let n = name.clone();
                     match blocking(move || b.stop(&n)).await {

@@ -105,7 +105,18 @@ impl NodeManager {
         let (spec, b) = self.vm_for(caller, name)?;
         blocking(move || b.start(&spec)).await.map_err(NmError::backend("StartVM"))?;
         self.set_wanted(name, Wanted::Running)?;
-        self.shape_vm(name)?;
+        if let Err(e) = self.shape_vm(name) {
+            // No VM runs without its bandwidth limits: stop it again (reconciliation
+            // starts it, and shapes it, once shaping works).
+            let (_, b) = self.vm_for(caller, name)?;
+            let n = name.to_owned();
+            if let Err(se) = blocking(move || b.stop(&n)).await {
+                tracing::error!(vm = %name, "StartVM: stopping the unshaped VM failed: {se}");
+            }
+            return Err(NmError::Internal(format!(
+                "StartVM: its bandwidth limits could not be applied, so it was stopped: {e}"
+            )));
+        }
         self.vm_info(caller, name, None)
     }
 
