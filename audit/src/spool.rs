@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Flows sent in one batch.
 pub const BATCH: usize = 500;
+/// Flows sent to an IPFIX collector in one round.
+pub const IPFIX_BATCH: usize = 2000;
 /// The longest wait before trying a sink that failed again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -20,6 +22,10 @@ pub trait Sink {
     fn name(&self) -> String;
     /// Whether a new sink starts with the flows stored from now on (else with all).
     fn starts_at_end(&self) -> bool;
+    /// Flows sent in one batch.
+    fn batch(&self) -> usize {
+        BATCH
+    }
     /// Sends a batch (flows with their ids in the database); an error means it may not
     /// have arrived.
     fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()>;
@@ -35,7 +41,7 @@ pub fn round(store: &Mutex<Store>, sink: &mut dyn Sink) -> anyhow::Result<usize>
     let batch = {
         let s = lock(store);
         let at = s.cursor(&name, sink.starts_at_end())?;
-        s.after(at, BATCH)?
+        s.after(at, sink.batch())?
     };
     let Some((last, _)) = batch.last() else { return Ok(0) };
     let last = *last;
@@ -58,7 +64,7 @@ pub fn run(store: &Mutex<Store>, sink: &mut dyn Sink, stop: &AtomicBool) {
                     failing = false;
                 }
                 backoff = Duration::from_secs(1);
-                if n == BATCH {
+                if n == sink.batch() {
                     continue;
                 }
                 if stopping {
@@ -103,6 +109,12 @@ impl Sink for Ipfix {
 
     fn starts_at_end(&self) -> bool {
         true
+    }
+
+    /// Each round waits for the collector's host to object: big rounds keep up with a
+    /// node that ends many flows (2,000 per 200 ms).
+    fn batch(&self) -> usize {
+        IPFIX_BATCH
     }
 
     fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
