@@ -578,6 +578,21 @@ impl Browser {
         self.call("POST", &self.at(&format!("/element/{e}/click")), Some(json!({})));
     }
 
+    /// Waits up to 20 s until the page shown has an element `css` selects (a click that
+    /// submits a form returns before the next page is there).
+    pub fn wait_for(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = json!({"using": "css selector", "value": css}).to_string();
+            let (status, _) = try_http(&self.ns, DRIVER, "POST", &self.at("/element"), Some(&body)).unwrap();
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no element {css} on {} within 20 s", self.url());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The visible text of what `css` selects.
     pub fn text(&self, css: &str) -> String {
         let e = self.find(css);

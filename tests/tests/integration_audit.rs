@@ -200,6 +200,7 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
         browser.type_into("#dst", "10.77.0.2:8081");
         browser.type_into("#from", &format!("{}", t0 as i64));
         browser.click("#ask");
+        browser.wait_for("#answer");
         assert!(browser.url().contains("/query?src=10.77.0.1%3A"), "the form was sent: {}", browser.url());
         assert_eq!(browser.text("tr.flow td.slice"), "plc.aud.a");
         assert_eq!(browser.text("tr.flow td.users"), "alice@test");
@@ -209,6 +210,7 @@ fn integration_audit_the_public_query_names_the_slice_that_sent_a_packet() {
         browser.goto("http://10.77.0.1:8880/");
         browser.type_into("#src", "10.77.0.1:1");
         browser.click("#ask");
+        browser.wait_for("#answer");
         assert!(browser.text("#answer").starts_with("No flow matches"), "{}", browser.text("#answer"));
     }
     // Metrics: A's bandwidth class counted at least what it sent (3 datagrams of 142
