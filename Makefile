@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test lint setup image cloud-image build bench clean-demo
+.PHONY: demo test lint setup image cloud-image build bench clean-demo xen-host xen-host-stop
 
 ## make demo: a whole small testbed on this machine (an authority and three nodes, each with
 ## its node manager, owner pools and slice creation service); `make demo ARGS="--keep"`
@@ -35,6 +35,7 @@ bench: setup
 	target/release/plab-bench-authority
 	target/release/plab-bench-testbed
 	target/release/plab-bench-net
+	target/release/plab-bench-xen
 
 setup:
 	bash ci/setup.sh
@@ -42,6 +43,20 @@ setup:
 image:
 	bash images/build-rootfs.sh
 	bash images/build-guest.sh
+
+## make xen-host: an emulated Xen host to try linux-xen-x86 by hand (Xen 4.17 and a PV dom0
+## under QEMU TCG, in network namespace plab-xenhost; docs/hypervisors.md): the build and
+## the guest image shared into dom0 at /mnt/plab and /mnt/images. Then
+## `bash images/xen-host.sh ssh` for a root shell in dom0; `make xen-host-stop` ends it.
+xen-host: setup
+	$(CARGO) build --bins
+	bash images/build-guest.sh
+	bash images/build-xen-host.sh
+	PLAB_XENHOST_SHARES="plab=$(CURDIR)/target/debug:ro images=/var/cache/plab/images/guest-bookworm:ro" \
+	  bash images/xen-host.sh start
+
+xen-host-stop:
+	bash images/xen-host.sh stop
 
 ## make cloud-image: a stock-style Debian cloud image (GRUB, cloud-init) for guest_image.
 cloud-image:

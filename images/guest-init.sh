@@ -55,7 +55,9 @@ fi
 # does not slow the way to sshd.
 ( nice -n 19 resize2fs "$root" >/dev/null 2>&1 || echo "plab-guest-init: could not grow $root" ) &
 # libvirt's shutdown presses the ACPI power button; acpid hands it to plab-init, which
-# stops the VM cleanly (see /etc/acpi/PWRF/00000080).
+# stops the VM cleanly (see /etc/acpi/PWRF/00000080). A Xen PV guest has no ACPI: Xen's
+# shutdown request makes the kernel run poweroff_cmd, which does the same.
 /bin/busybox acpid -c /etc/acpi -l /run/acpid.log
+echo /etc/acpi/PWRF/00000080 > /proc/sys/kernel/poweroff_cmd 2>/dev/null || true
 export PLAB_GUEST=1
 exec /usr/bin/tini -s -- /sbin/plab-init

@@ -150,9 +150,11 @@ fn registry(cfg: &Config, accel: &str, host_netns: &Path) -> anyhow::Result<Regi
                 lxcfs_dir: (!cfg.lxcfs_dir.as_os_str().is_empty()).then(|| cfg.lxcfs_dir.clone()),
             },
             vm_types::host::linux(),
-        )?;
-        match vserver.check() {
-            Ok(()) => reg.register(Arc::new(vserver)),
+        );
+        // A node without what containers need (a Xen dom0, say) still offers the
+        // hypervisor VM types; NodeInfo says why containers are not offered.
+        match vserver.and_then(|v| v.check().map(|()| v)) {
+            Ok(vserver) => reg.register(Arc::new(vserver)),
             Err(e) => {
                 tracing::warn!("{} is unavailable on this node: {e}", VmType::LinuxVserverX86);
                 reg.mark_unavailable(VmType::LinuxVserverX86, e.to_string());

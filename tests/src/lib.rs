@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 pub mod testbed;
+pub mod xen;
 
 use plab_nm::NmClient;
 use serde_json::json;
