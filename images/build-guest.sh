@@ -17,7 +17,7 @@ bash "$here/build-rootfs.sh" "$tree"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)/\1/p' | head -n1)
 [ -n "$kpkg" ] || { echo "guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver=${kpkg#linux-image-}
-stamp=$(cat "$0" "$here/guest-init.sh" "$here/initramfs-init.sh" "$tree/.plab-image" | sha256sum | cut -c1-16)-$kver
+stamp=$(cat "$0" "$here/guest-init.sh" "$here/initramfs-init.sh" "$here/kernel-elf.py" "$tree/.plab-image" | sha256sum | cut -c1-16)-$kver
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp" ]; then
   echo "guest image: $out is up to date" >&2; exit 0
 fi
@@ -63,16 +63,7 @@ rm -f "$root/.plab-image"
 mkfs.ext4 -q -F -L plab-root -d "$root" "$work/root.raw" 512M
 mkdir -p "$out.tmp"
 qemu-img convert -O qcow2 "$work/root.raw" "$out.tmp/base.qcow2"
-python3 - "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz" <<'PY'
-import lzma, sys
-# The bzImage carries the kernel as an xz stream; its payload is an ELF with a PVH entry.
-data = open(sys.argv[1], "rb").read()
-start = data.find(b"\xfd7zXZ\x00")
-elf = lzma.LZMADecompressor().decompress(data[start:]) if start >= 0 else b""
-if not elf.startswith(b"\x7fELF"):
-    sys.exit("guest image: could not extract the kernel ELF from the bzImage")
-open(sys.argv[2], "wb").write(elf)
-PY
+python3 "$here/kernel-elf.py" "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 cp "$work/initrd.img" "$out.tmp/initrd.img"
 echo "$stamp" > "$out.tmp/.plab-image"
 rm -rf "$out"; mv "$out.tmp" "$out"

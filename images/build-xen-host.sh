@@ -49,7 +49,7 @@ else
 fi
 # shellcheck disable=SC2086 # $versioned is a space-separated list of package names.
 versions=$(apt-cache policy $versioned | awk '/^[^ ]/{p=$1} /Candidate:/{print p, $2}')
-stamp=$( { cat "$0" "$here/xen-host-init.sh" "$here/xen-host-initramfs-init.sh"
+stamp=$( { cat "$0" "$here/xen-host-init.sh" "$here/xen-host-initramfs-init.sh" "$here/kernel-elf.py"
            echo "$pubkey $kpkg $versions"; } | sha256sum | cut -c1-16)-$kver
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp" ]; then
   echo "xen host: $out is up to date" >&2; exit 0
@@ -160,16 +160,7 @@ mkdir -p "$out.tmp"
 nice -n 15 mkfs.ext4 -q -F -L plab-xenhost -d "$tree" "$work/root.raw" "$disk_size" >/dev/null
 nice -n 15 qemu-img convert -O qcow2 "$work/root.raw" "$out.tmp/dom0.qcow2"
 gzip -dc "$hv" > "$out.tmp/xen.bin"
-python3 - "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz" <<'PY'
-import lzma, sys
-# The bzImage carries the kernel as an xz stream; its payload is the ELF Xen loads as dom0.
-data = open(sys.argv[1], "rb").read()
-start = data.find(b"\xfd7zXZ\x00")
-elf = lzma.LZMADecompressor().decompress(data[start:]) if start >= 0 else b""
-if not elf.startswith(b"\x7fELF"):
-    sys.exit("xen host: could not extract the kernel ELF from the bzImage")
-open(sys.argv[2], "wb").write(elf)
-PY
+python3 "$here/kernel-elf.py" "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 cp "$work/initrd.img" "$out.tmp/initrd.img"
 awk '{print "plab-xenhost", $1, $2}' "$tree/etc/ssh/ssh_host_ed25519_key.pub" > "$out.tmp/known_hosts"
 rm -f "$out/.plab-image"
