@@ -113,10 +113,10 @@ impl Encoder {
     }
 
     /// `flows` as messages of at most [`MAX_MESSAGE`] bytes, exported at `export_secs`.
-    pub fn messages(&mut self, flows: &[FlowRecord], export_secs: u32) -> Vec<Vec<u8>> {
+    pub fn messages<'a>(&mut self, flows: impl IntoIterator<Item = &'a FlowRecord>, export_secs: u32) -> Vec<Vec<u8>> {
         let templates = template_set();
         let mut out = Vec::new();
-        let mut records = flows.iter().map(record).peekable();
+        let mut records = flows.into_iter().map(record).peekable();
         while records.peek().is_some() {
             let mut msg = vec![0u8; 16];
             msg.extend_from_slice(&templates);
@@ -169,7 +169,7 @@ impl Exporter {
 
     /// Sends `flows`, then waits [`CONFIRM`] for an error from the collector's host. An
     /// error means the round may not have arrived: the caller sends it again later.
-    pub fn send(&mut self, flows: &[FlowRecord]) -> io::Result<()> {
+    pub fn send<'a>(&mut self, flows: impl IntoIterator<Item = &'a FlowRecord>) -> io::Result<()> {
         // An error left from before this round (a collector that was down) is cleared first.
         let _ = self.socket.take_error();
         let now = crate::capture::now_ms() / 1000;

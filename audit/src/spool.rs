@@ -118,8 +118,7 @@ impl Sink for Ipfix {
     }
 
     fn send(&mut self, flows: &[(i64, FlowRecord)]) -> anyhow::Result<()> {
-        let flows: Vec<FlowRecord> = flows.iter().map(|(_, f)| f.clone()).collect();
-        Ok(self.exporter.send(&flows)?)
+        Ok(self.exporter.send(flows.iter().map(|(_, f)| f))?)
     }
 }
 

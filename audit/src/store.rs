@@ -78,6 +78,7 @@ impl Store {
                 post_nat_src TEXT, meta TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS flows_last ON flows(last_ms);
              CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ms);
+             CREATE INDEX IF NOT EXISTS flows_src ON flows(src, first_ms);
              CREATE TABLE IF NOT EXISTS sinks (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS epoch (id TEXT NOT NULL);",
         )?;
@@ -177,9 +178,13 @@ impl Store {
     /// The flows that answer `q`, at most `limit`, earliest first.
     pub fn query(&self, q: &Query, limit: usize) -> anyhow::Result<Vec<FlowRecord>> {
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM flows WHERE first_ms <= ?1 AND last_ms >= ?2 ORDER BY first_ms"
+            "SELECT {COLUMNS} FROM flows WHERE first_ms <= ?1 AND last_ms >= ?2
+             AND (src = ?3 OR post_nat_src LIKE ?4) ORDER BY first_ms"
         ))?;
-        let rows = st.query_map(params![q.to_ms, q.from_ms], Row::read)?;
+        // Candidates by the source's address: on the VM's interface, or the node's public
+        // address of a flow that left through the NAT; `matches` decides.
+        let addr = q.src.addr.to_string();
+        let rows = st.query_map(params![q.to_ms, q.from_ms, addr, format!("{addr}:%")], Row::read)?;
         let mut out = Vec::new();
         for row in rows {
             let rec = row?.record()?;

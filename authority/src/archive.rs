@@ -7,6 +7,7 @@ use crate::auth::Caller;
 use crate::error::AuthError;
 use crate::flows::{FlowRecord, Query};
 use crate::types::{ArchiveFlowsParams, ArchivedFlow, ArchivedResult, FlowsResult, QueryFlowsParams};
+use std::collections::btree_map::{BTreeMap, Entry};
 
 /// Flows one upload may carry.
 pub const MAX_UPLOAD: usize = 1000;
@@ -133,17 +134,8 @@ impl Authority {
     }
 
     pub(crate) async fn query_flows(&self, c: &Caller, p: QueryFlowsParams) -> Result<FlowsResult, AuthError> {
-        let qs = {
-            let mut qs = url::form_urlencoded::Serializer::new(String::new());
-            qs.append_pair("src", &p.src);
-            for (k, v) in [("dst", &p.dst), ("from", &p.from), ("to", &p.to)] {
-                if let Some(v) = v {
-                    qs.append_pair(k, v);
-                }
-            }
-            qs.finish()
-        };
-        let q = Query::parse(&qs).map_err(|e| AuthError::invalid(e.field, e.reason))?;
+        let q = Query::from_fields(Some(&p.src), p.dst.as_deref(), p.from.as_deref(), p.to.as_deref(), Query::now_ms())
+            .map_err(|e| AuthError::invalid(e.field, e.reason))?;
         // Candidates by the source's address (on a VM's interface, or the node's public
         // one), within the window widened by the longest flow: each of the three is an
         // index range.
@@ -162,7 +154,9 @@ impl Authority {
         let mut truncated = rows.len() as i64 > MAX_CANDIDATES;
         let emails = !matches!(c, Caller::Anonymous);
         let mut flows = Vec::new();
-        let mut people: std::collections::BTreeMap<(String, i64, i64), Vec<String>> = Default::default();
+        // Database work per distinct slice name and per distinct (slice, node), not per flow.
+        let mut slices: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        let mut people: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
         for (node, id, record) in rows.into_iter().take(MAX_CANDIDATES as usize) {
             let Ok(flow) = serde_json::from_str::<FlowRecord>(&record) else { continue };
             if !flow.matches(&q) {
@@ -172,28 +166,43 @@ impl Authority {
                 truncated = true;
                 break;
             }
-            let key = (flow.meta.slice.clone(), node, flow.first_ms / 1000);
-            if !people.contains_key(&key) {
-                let found = self.slice_people(&key.0, node, key.2, emails).await?;
-                people.insert(key.clone(), found);
+            if let Entry::Vacant(e) = slices.entry(flow.meta.slice.clone()) {
+                let made: Vec<(i64, i64)> =
+                    sqlx::query_as(&self.db.q("SELECT id, created FROM slices WHERE name = ? ORDER BY id"))
+                        .bind(flow.meta.slice.clone())
+                        .fetch_all(self.db.pool())
+                        .await?;
+                e.insert(made);
             }
-            let responsible = people.get(&key).cloned().unwrap_or_default();
+            // The slice of that name as it was when the flow began (a name made again
+            // later is another slice).
+            let at = flow.first_ms / 1000;
+            let slice_id = slices
+                .get(&flow.meta.slice)
+                .and_then(|made| made.iter().rev().find(|(_, created)| *created <= at).map(|(id, _)| *id));
+            let responsible = match slice_id {
+                None => vec![],
+                Some(sid) => {
+                    if let Entry::Vacant(e) = people.entry((sid, node)) {
+                        e.insert(self.slice_people(sid, node, emails).await?);
+                    }
+                    people.get(&(sid, node)).cloned().unwrap_or_default()
+                }
+            };
             flows.push(ArchivedFlow { id, node_id: Some(node), flow, responsible });
         }
         Ok(FlowsResult { flows, truncated })
     }
 
-    /// The principals of this authority's slice `slice` as it was at `at` (Unix seconds;
-    /// a name made again later is another slice), if it had node `node`.
-    async fn slice_people(&self, slice: &str, node: i64, at: i64, emails: bool) -> Result<Vec<String>, AuthError> {
+    /// The principals of slice `slice_id`, if it had node `node`.
+    async fn slice_people(&self, slice_id: i64, node: i64, emails: bool) -> Result<Vec<String>, AuthError> {
         let rows: Vec<(String, String)> = sqlx::query_as(&self.db.q(
             "SELECT p.name, p.email FROM slice_principals sp JOIN principals p ON p.id = sp.principal_id
-             WHERE sp.slice_id = (SELECT max(id) FROM slices WHERE name = ? AND created <= ?)
+             WHERE sp.slice_id = ?
                AND EXISTS (SELECT 1 FROM slice_nodes sn WHERE sn.slice_id = sp.slice_id AND sn.node_id = ?)
              ORDER BY p.name",
         ))
-        .bind(slice.to_owned())
-        .bind(at)
+        .bind(slice_id)
         .bind(node)
         .fetch_all(self.db.pool())
         .await?;

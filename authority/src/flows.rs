@@ -208,6 +208,11 @@ fn bad(field: &'static str, reason: impl Into<String>) -> QueryError {
     QueryError { field, reason: reason.into() }
 }
 
+/// A field that was given: present and not blank.
+fn given(v: Option<&str>) -> Option<&str> {
+    v.filter(|v| !v.trim().is_empty())
+}
+
 /// The longest window one query may cover: 31 days.
 pub const MAX_WINDOW_MS: i64 = 31 * 24 * 3600 * 1000;
 
@@ -246,17 +251,33 @@ impl Query {
         let (mut src, mut dst, mut from, mut to) = (None, None, None, None);
         for (k, v) in url::form_urlencoded::parse(qs.as_bytes()) {
             match k.as_ref() {
-                "src" => src = Some(endpoint("src", &v)?),
-                "dst" if !v.trim().is_empty() => dst = Some(endpoint("dst", &v)?),
-                "from" if !v.trim().is_empty() => from = Some(time_ms("from", &v)?),
-                "to" if !v.trim().is_empty() => to = Some(time_ms("to", &v)?),
-                "dst" | "from" | "to" | "format" => {}
+                "src" => src = Some(v),
+                "dst" => dst = Some(v),
+                "from" => from = Some(v),
+                "to" => to = Some(v),
+                "format" => {}
                 other => return Err(bad("query", format!("unknown parameter {other:?} (src, dst, from, to)"))),
             }
         }
-        let src = src.ok_or_else(|| bad("src", "missing: the packet's source address (and port, if known)"))?;
-        let to_ms = to.unwrap_or(now_ms);
-        let from_ms = from.unwrap_or(to_ms - 3_600_000);
+        Query::from_fields(src.as_deref(), dst.as_deref(), from.as_deref(), to.as_deref(), now_ms)
+    }
+
+    /// A query from its fields as a person gives them (empty ones count as absent, but
+    /// `src` is required). `to` defaults to `now_ms`, `from` to an hour before `to`.
+    pub fn from_fields(
+        src: Option<&str>,
+        dst: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Query, QueryError> {
+        let src = endpoint(
+            "src",
+            src.ok_or_else(|| bad("src", "missing: the packet's source address (and port, if known)"))?,
+        )?;
+        let dst = given(dst).map(|v| endpoint("dst", v)).transpose()?;
+        let to_ms = given(to).map(|v| time_ms("to", v)).transpose()?.unwrap_or(now_ms);
+        let from_ms = given(from).map(|v| time_ms("from", v)).transpose()?.unwrap_or(to_ms - 3_600_000);
         if from_ms > to_ms {
             return Err(bad("from", "is after to"));
         }
@@ -266,10 +287,14 @@ impl Query {
         Ok(Query { src, dst, from_ms, to_ms })
     }
 
+    /// Milliseconds since the Unix epoch now.
+    pub fn now_ms() -> i64 {
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
     /// Parses a URL query string, the window defaulting to the last hour.
     pub fn parse(qs: &str) -> Result<Query, QueryError> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        Query::parse_at(qs, now as i64)
+        Query::parse_at(qs, Query::now_ms())
     }
 }
 

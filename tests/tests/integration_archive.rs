@@ -12,9 +12,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A process killed on drop.
-struct Audit(Child);
+struct Killed(Child);
 
-impl Drop for Audit {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -56,10 +56,10 @@ fn integration_archive_the_authority_answers_which_slice_sent_a_packet_from_any_
     // The VMs send to a listener on the testbed's own address (without one, the ICMP
     // port unreachable would fail the next send on the VM's connected socket).
     let host = tb.urls[0].trim_start_matches("https://").split(':').next().unwrap().to_owned();
-    let _sinks: Vec<Audit> = [9001, 9002]
+    let _sinks: Vec<Killed> = [9001, 9002]
         .iter()
         .map(|p| {
-            Audit(
+            Killed(
                 Command::new("socat")
                     .args(["-u", &format!("UDP-RECV:{p},bind={host},reuseaddr"), "OPEN:/dev/null"])
                     .spawn()
