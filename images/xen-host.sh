@@ -19,7 +19,8 @@
 #   PLAB_XENHOST_NETNS    the namespace [plab-xenhost]
 #   PLAB_XENHOST_PORT     dom0's ssh port on the namespace's 127.0.0.1 [2222]
 #   PLAB_XENHOST_MEM      QEMU's memory in MiB, Xen's whole machine [3072]
-#   PLAB_XENHOST_DOM0_MEM dom0's memory (the rest is for guests) [768M]
+#   PLAB_XENHOST_DOM0_MEM dom0's memory, NNNM or NG (the rest is for guests) [768M];
+#                         at least 384M, and at least 256 MiB must be left for guests
 #   PLAB_XENHOST_CPUS     virtual CPUs (dom0 gets all) [2]
 #   PLAB_XENHOST_CPU      QEMU's CPU model [qemu64,+npt]
 #   PLAB_XENHOST_SHARES   9p shares, space-separated TAG=DIR or TAG=DIR:ro; dom0 mounts each
@@ -41,11 +42,37 @@ key=${key%.pub}
 ssh_opts=(-i "$key" -o HostKeyAlias=plab-xenhost -o UserKnownHostsFile="$img/known_hosts"
   -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR)
 
+# dom0 runs xenstored, xenconsoled, libvirtd, sshd, the node manager and one
+# qemu-system-xen per guest (its disk back end); below this it swaps or kills them.
+check_mem() {
+  dom0_min_mb=384
+  case "$dom0_mem" in
+    *[0-9]M) dom0_mb=${dom0_mem%M} ;;
+    *[0-9]G) dom0_mb=$(( ${dom0_mem%G} * 1024 )) ;;
+    *) dom0_mb= ;;
+  esac
+  case "$dom0_mb" in
+    ''|*[!0-9]*) echo "xen host: PLAB_XENHOST_DOM0_MEM=$dom0_mem: give dom0's memory as NNNM or NG (e.g. 768M)" >&2; exit 2 ;;
+  esac
+  case "$mem" in
+    ''|*[!0-9]*) echo "xen host: PLAB_XENHOST_MEM=$mem: give the machine's memory in MiB (e.g. 3072)" >&2; exit 2 ;;
+  esac
+  if [ "$dom0_mb" -lt "$dom0_min_mb" ]; then
+    echo "xen host: PLAB_XENHOST_DOM0_MEM=$dom0_mem is too little: dom0 runs xenstored, libvirtd, sshd, the node manager and a qemu-system-xen per guest; give it at least ${dom0_min_mb}M" >&2
+    exit 2
+  fi
+  if [ $(( mem - dom0_mb )) -lt 256 ]; then
+    echo "xen host: PLAB_XENHOST_DOM0_MEM=$dom0_mem leaves $(( mem - dom0_mb )) MiB of PLAB_XENHOST_MEM=$mem for Xen and its guests; leave at least 256 (raise PLAB_XENHOST_MEM)" >&2
+    exit 2
+  fi
+}
+
 running() { [ -f "$run/qemu.pid" ] && kill -0 "$(cat "$run/qemu.pid")" 2>/dev/null; }
 in_ns() { ip netns exec "$ns" "$@"; }
 dom0_ssh() { in_ns ssh "${ssh_opts[@]}" -p "$port" root@127.0.0.1 "$@"; }
 
 start() {
+  check_mem
   if running; then echo "xen host: already running (pid $(cat "$run/qemu.pid"))" >&2; return 0; fi
   for f in xen.bin vmlinuz initrd.img dom0.qcow2 known_hosts; do
     [ -f "$img/$f" ] || { echo "xen host: $img/$f missing: run images/build-xen-host.sh" >&2; exit 1; }

@@ -27,6 +27,7 @@
 //! default_burst_rate = 100              # Mbps: the ceiling of a VM whose RSpec has no burst_rate
 //! node_rate = 1000                      # Mbps the node's VMs share (each in each direction):
 //!                                       #   base rates are guaranteed out of it
+//! xen_dom0_min_available_mb = 64       # linux-xen-x86: dom0 memory a guest's back ends need
 //! root_services = ["plc.audit"]         # services run as root (the auditing service) the owner
 //!                                       #   may have a client certificate made for
 //!
@@ -151,6 +152,9 @@ pub struct Config {
     /// Every VM type is an in-memory fake: no VM is made. For measuring the control path
     /// (the slice creation service and the authorities) with many nodes on one machine.
     pub fake_backend: bool,
+    /// linux-xen-x86: the memory (MiB) dom0 must have available (`MemAvailable`) before a
+    /// guest is made or started; each guest's disk back end (`qemu-system-xen`) runs there.
+    pub xen_dom0_min_available_mb: u64,
     /// Guest disks, seeds and console logs. Kept apart from `state_dir` (which holds the
     /// rcap table and stays private): QEMU runs as libvirt's unprivileged user and must
     /// be able to traverse this directory.
@@ -189,6 +193,7 @@ impl Default for Config {
             node_rate: 1000,
             fake_backend: false,
             instance: String::new(),
+            xen_dom0_min_available_mb: 64,
         }
     }
 }

@@ -217,6 +217,7 @@ fn libvirt_backend(
             tap_move: if xen { None } else { cfg.node_netns.clone().map(|ns| (host_netns.to_owned(), ns)) },
             owner: LibvirtConfig::owner_of(&cfg.guest_dir),
             scope: cfg.instance.clone(),
+            dom0_min_available_mb: if xen { cfg.xen_dom0_min_available_mb } else { 0 },
         },
         vm_types::host::linux(),
     )?;

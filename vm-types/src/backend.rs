@@ -157,6 +157,11 @@ pub trait Backend: Send + Sync {
     /// Names of every VM this backend holds on the node, including ones the node manager
     /// has no record of.
     fn list(&self) -> Result<Vec<String>, BackendError>;
+    /// The memory, in MiB, this backend's VMs share, when it is not the node manager's
+    /// host's (a Xen host's, seen from dom0): no VM may ask for more.
+    fn memory_mb(&self) -> Option<u64> {
+        None
+    }
     /// The last `max_bytes` of the VM's console output (init and bootscript output),
     /// rotated part included.
     fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, BackendError> {

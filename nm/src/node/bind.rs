@@ -184,7 +184,14 @@ impl NodeManager {
             let mut t = self.tables();
             let pool = t.pool(rcap)?;
             let pool_id = pool.id;
-            let plan = plan(&t, caller, pool, &slice, &self.cfg.vm_prefix, node_memory_mb())?;
+            // A VM may not be larger than the memory its VM type shares: a Xen host's, not
+            // dom0's, where the node manager runs.
+            let memory = match &pool.rspec.class {
+                RSpecClass::Slice(s) => self.backend(s.vm_type).ok().and_then(|b| b.memory_mb()),
+                RSpecClass::Pool(_) => None,
+            }
+            .or_else(node_memory_mb);
+            let plan = plan(&t, caller, pool, &slice, &self.cfg.vm_prefix, memory)?;
             let backend = self.backend(plan.sliver().vm.vm_type)?;
             if let BindPlan::New(s) = &plan {
                 self.store.bind_new(pool_id, &row_of(s))?;

@@ -91,6 +91,7 @@ fn main() {
         tap_move: None,
         owner: "plab-bench".into(),
         scope: String::new(),
+        dom0_min_available_mb: 0,
     };
     let fresh_disk = || guest_files(&raw_dir, &spec);
     let xml_path = node.dir.path().join("raw.xml");

@@ -19,7 +19,7 @@ pub mod image;
 pub mod seed;
 
 pub use domain::{domain_name, domain_xml, tap_name, DIRECT_CMDLINE};
-pub use image::{disk_virtual_size, sector_floor, GuestBoot, GuestImage};
+pub use image::{disk_virtual_size, sector_floor, xen_pv_kernel, GuestBoot, GuestImage};
 pub use seed::{meta_data, network_config, user_data, write_seed};
 
 use crate::backend::{Backend, BackendError, VmSpec, VmState, VmStatus};
@@ -60,6 +60,9 @@ pub struct LibvirtConfig {
     /// Set apart this node manager's domain names from another's on the same libvirtd
     /// (several nodes on one machine); empty on a host with one node manager.
     pub scope: String,
+    /// linux-xen-x86: the memory, in MiB, dom0 must have available before a guest is made
+    /// or started (each guest's disk back end, `qemu-system-xen`, runs in dom0).
+    pub dom0_min_available_mb: u64,
 }
 
 impl LibvirtConfig {
@@ -103,6 +106,17 @@ pub fn qemu_user_can_open_kvm(kvm: &Path) -> Result<(), String> {
         meta.uid(),
         meta.gid()
     ))
+}
+
+/// `MemAvailable` of this host (dom0 on a Xen host), in MiB.
+fn dom0_available_mb() -> std::io::Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no MemAvailable line"))
 }
 
 static EVENT_LOOP: Once = Once::new();
@@ -168,6 +182,10 @@ impl LibvirtBackend {
     }
 
     fn create_inner(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if self.cfg.vm_type == VmType::LinuxXenX86 {
+            self.xen_kernel()?;
+            self.xen_room(spec)?;
+        }
         let d = self.cfg.vm_dir.join(&spec.name);
         crate::files::private_dir(&d, 0o711).map_err(io(d.display().to_string()))?;
         if !self.cfg.image.disk.exists() {
@@ -191,6 +209,51 @@ impl LibvirtBackend {
         Ok(())
     }
 
+    /// linux-xen-x86 boots the project's image PV: its kernel must have Xen's PV entry.
+    fn xen_kernel(&self) -> Result<(), BackendError> {
+        match &self.cfg.image.boot {
+            GuestBoot::Direct { kernel, .. } => xen_pv_kernel(kernel),
+            GuestBoot::Firmware => Ok(()),
+        }
+    }
+
+    /// Whether a Xen guest of `spec`'s memory fits now: Xen must have the memory free
+    /// (a Xen guest's memory is its own, never overcommitted), and dom0 enough for the
+    /// guest's back ends. Checked before anything is made or started, so a guest that
+    /// does not fit leaves nothing behind and the error says what to change.
+    fn xen_room(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        const MIB: u64 = 1 << 20;
+        let want = spec.resources.mem_limit_bytes();
+        // libvirt's Xen driver says; where a driver cannot (libvirt's test driver), Xen
+        // itself refuses the guest when it starts.
+        let free = match self.conn().get_free_memory() {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!(uri = %self.cfg.uri, "libvirt does not say how much memory is free: {e}");
+                u64::MAX
+            }
+        };
+        if want > free {
+            return Err(BackendError::Invalid(format!(
+                "mem_limit: VM {} needs {} MiB but the Xen host has {} MiB free (`xl info` free_memory): \
+                 stop or shrink other guests, ask for less, or give the host more memory",
+                spec.name,
+                want / MIB,
+                free / MIB
+            )));
+        }
+        let available = dom0_available_mb().map_err(io("/proc/meminfo"))?;
+        if available < self.cfg.dom0_min_available_mb {
+            return Err(BackendError::Unavailable(format!(
+                "dom0 has {available} MiB of memory available, under the {} MiB (dom0_min_available_mb) a Xen \
+                 guest's back ends need there (its disk's qemu-system-xen runs in dom0): give dom0 more memory \
+                 (Xen's dom0_mem= boot option) or stop other guests",
+                self.cfg.dom0_min_available_mb
+            )));
+        }
+        Ok(())
+    }
+
     /// Is this domain one of ours?
     fn owned(&self, dom: &Domain) -> bool {
         dom.get_metadata(2 /* VIR_DOMAIN_METADATA_ELEMENT */, Some(domain::METADATA_NS), 0)
@@ -207,6 +270,9 @@ impl Backend for LibvirtBackend {
 
     fn check(&self) -> Result<(), BackendError> {
         self.conn().get_lib_version().map_err(lv("version"))?;
+        if self.cfg.vm_type == VmType::LinuxXenX86 {
+            self.xen_kernel()?;
+        }
         for (tool, arg) in [("qemu-img", "--version"), ("mkfs.vfat", "--help"), ("mcopy", "-V")] {
             if let Err(BackendError::Unavailable(m)) = self.host.run(&Cmd::new(tool).arg(arg)) {
                 return Err(BackendError::Unavailable(m));
@@ -226,6 +292,9 @@ impl Backend for LibvirtBackend {
         let dom = self.domain(&spec.name).ok_or_else(|| BackendError::NotFound(spec.name.clone()))?;
         if dom.is_active().map_err(lv("is_active"))? {
             return Ok(());
+        }
+        if self.cfg.vm_type == VmType::LinuxXenX86 {
+            self.xen_room(spec)?;
         }
         dom.create().map_err(lv("start"))?;
         if self.cfg.vm_type == VmType::LinuxKvmX86 {
@@ -344,6 +413,15 @@ impl Backend for LibvirtBackend {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    fn memory_mb(&self) -> Option<u64> {
+        // A Xen host's memory, not dom0's (where the node manager runs); KVM guests share
+        // the node manager's host.
+        if self.cfg.vm_type != VmType::LinuxXenX86 {
+            return None;
+        }
+        self.conn().get_node_info().ok().map(|i| i.memory / 1024)
     }
 
     fn host_interface(&self, network: &crate::backend::VmNetwork) -> Option<String> {
