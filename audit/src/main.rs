@@ -2,8 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use plab_audit::authority::AuthorityLink;
 use plab_audit::capture::{self, Capture, Timeouts};
 use plab_audit::config::Config;
+use plab_audit::conntrack::{NatPorts, Tuple};
+use plab_audit::contacts::Contacts;
 use plab_audit::spool::{self, Sink};
 use plab_audit::store::{FlowRecord, Store};
 use std::collections::HashMap;
@@ -79,34 +82,62 @@ fn main() -> anyhow::Result<()> {
     }
     let store = Arc::new(Mutex::new(Store::open(&cfg.db).with_context(|| format!("db: {}", cfg.db.display()))?));
     let (tx, rx) = mpsc::channel::<Vec<FlowRecord>>();
-    let writer = {
-        let store = store.clone();
-        let retention_ms = i64::try_from(cfg.retention_days * 86_400_000).unwrap_or(i64::MAX);
-        std::thread::spawn(move || write_flows(&store, &rx, retention_ms))
-    };
     let stop = Arc::new(AtomicBool::new(false));
+    // The exact port the node's NAT gave each connection, from conntrack's events.
+    let ports = Arc::new(NatPorts::default());
+    let conntrack = {
+        let (ports, stop) = (ports.clone(), stop.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = plab_audit::conntrack::listen(&ports, &stop) {
+                tracing::warn!(
+                    "conntrack events: {e}: outbound flows name the VM's block of NAT ports, not the exact port"
+                );
+            }
+        })
+    };
+    let writer = {
+        let (store, ports) = (store.clone(), ports.clone());
+        let retention_ms = i64::try_from(cfg.retention_days * 86_400_000).unwrap_or(i64::MAX);
+        std::thread::spawn(move || write_flows(&store, &rx, retention_ms, &ports))
+    };
     let metrics = Arc::new(plab_audit::metrics::Metrics::default());
+    let link = match &cfg.archive_url {
+        Some(url) => {
+            let root = cfg.archive_root.as_ref().context("archive_root")?;
+            let root_pem =
+                std::fs::read_to_string(root).with_context(|| format!("archive_root: {}", root.display()))?;
+            Some(AuthorityLink {
+                url: url.clone(),
+                root_pem,
+                service: cfg.archive_service.clone(),
+                nm_socket: cfg.nm_socket.clone(),
+            })
+        }
+        None => None,
+    };
+    // The people responsible for each slice, from the authority when there is one.
+    let contacts = Contacts::default();
+    let contacts_thread = link.clone().map(|link| {
+        let (contacts, stop, metrics) = (contacts.clone(), stop.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            let slices =
+                || metrics.vms.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|v| v.slice.clone()).collect();
+            plab_audit::contacts::run(&link, slices, &contacts, &stop)
+        })
+    });
     let manager = {
-        let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
+        let (cfg, stop, metrics, contacts) = (cfg.clone(), stop.clone(), metrics.clone(), contacts.clone());
         let t = Timeouts {
             idle_ms: i64::try_from(cfg.idle_timeout_secs * 1000).unwrap_or(15_000),
             active_ms: i64::try_from(cfg.active_timeout_secs * 1000).unwrap_or(60_000),
         };
-        std::thread::spawn(move || manage(&cfg, (public, vm_net), t, &tx, &stop, &metrics))
+        std::thread::spawn(move || manage(&cfg, (public, vm_net), t, &tx, &stop, &metrics, &contacts))
     };
     let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
-    if let Some(url) = &cfg.archive_url {
-        let root = cfg.archive_root.as_ref().context("archive_root")?;
-        let root_pem = std::fs::read_to_string(root).with_context(|| format!("archive_root: {}", root.display()))?;
+    if let Some(link) = link {
         let epoch = store.lock().unwrap_or_else(|p| p.into_inner()).epoch().context("db: its epoch")?;
-        tracing::info!(%url, service = %cfg.archive_service, "uploading flows to the archive");
-        sinks.push(Box::new(spool::Archive::new(
-            url.clone(),
-            root_pem,
-            cfg.archive_service.clone(),
-            cfg.nm_socket.clone(),
-            epoch,
-        )));
+        tracing::info!(url = %link.url, service = %link.service, "uploading flows to the archive");
+        sinks.push(Box::new(spool::Archive::new(link, epoch)));
     }
     if let Some(collector) = cfg.ipfix_collector {
         let exporter = plab_audit::ipfix::Exporter::new(collector, cfg.ipfix_domain)
@@ -140,6 +171,10 @@ fn main() -> anyhow::Result<()> {
     // Every flow being counted is stored before the service ends.
     stop.store(true, Ordering::Relaxed);
     let _ = manager.join();
+    let _ = conntrack.join();
+    if let Some(t) = contacts_thread {
+        let _ = t.join();
+    }
     let _ = writer.join();
     sinks_stop.store(true, Ordering::Relaxed);
     for s in senders {
@@ -151,11 +186,17 @@ fn main() -> anyhow::Result<()> {
 
 /// Stores what the captures hand on; sweeps old flows every hour. Ends when every
 /// capture (and the manager) has gone.
-fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, retention_ms: i64) {
+fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, retention_ms: i64, ports: &NatPorts) {
     let mut swept = Instant::now() - Duration::from_secs(3600);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(flows) => {
+            Ok(mut flows) => {
+                for f in flows.iter_mut().filter(|f| f.post_nat_src.is_some()) {
+                    let orig = Tuple { proto: f.proto, src: f.src, sport: f.sport, dst: f.dst, dport: f.dport };
+                    if let Some(port) = ports.port(&orig) {
+                        f.set_post_nat_port(port);
+                    }
+                }
                 if let Err(e) = store.lock().unwrap_or_else(|p| p.into_inner()).insert(&flows) {
                     tracing::error!("storing {} flows failed: {e:#}", flows.len());
                 }
@@ -182,6 +223,7 @@ fn manage(
     tx: &mpsc::Sender<Vec<FlowRecord>>,
     stop: &AtomicBool,
     metrics: &plab_audit::metrics::Metrics,
+    contacts: &Contacts,
 ) {
     let mut captures: HashMap<String, Capture> = HashMap::new();
     let mut nm: Option<plab_nm::NmClient> = None;
@@ -192,7 +234,8 @@ fn manage(
         let list = nm.as_mut().map(|c| c.call_value("ListVMs", serde_json::json!({})));
         match list {
             Some(Ok(list)) => {
-                let vms = plab_audit::vms::from_list(&list, public, vm_net);
+                let mut vms = plab_audit::vms::from_list(&list, public, vm_net);
+                plab_audit::contacts::apply(contacts, vms.iter_mut());
                 // Ended captures (their interface went away) and VMs no longer running.
                 let live: Vec<&str> = vms.iter().map(|v| v.iface.as_str()).collect();
                 let gone: Vec<String> = captures
@@ -237,6 +280,10 @@ fn manage(
         let until = Instant::now() + capture::REFRESH;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
+            // The authority's names reach the flows being counted at once.
+            let mut metas: Vec<_> =
+                captures.values().map(|c| c.meta.lock().unwrap_or_else(|p| p.into_inner())).collect();
+            plab_audit::contacts::apply(contacts, metas.iter_mut().map(|m| &mut **m));
         }
     }
     for (_, c) in captures.drain() {

@@ -4,6 +4,7 @@
 //! once it is back (at least once: a batch whose confirmation was lost goes again).
 //! Flows older than `retention_days` are removed whether sent or not.
 
+use crate::authority::AuthorityLink;
 use crate::store::{FlowRecord, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -122,18 +123,12 @@ impl Sink for Ipfix {
     }
 }
 
-/// The authority's flow archive (`ArchiveFlows`), as the node's auditing service: a key
-/// of its own, certified by the node manager for the local service `service`, opens a
-/// session; a failed upload drops the session, and the next round makes a new one.
+/// The authority's flow archive (`ArchiveFlows`), as the node's auditing service
+/// ([`AuthorityLink`]); a failed upload drops the session, and the next round makes a new
+/// one.
 pub struct Archive {
-    /// The authority's URL.
-    pub url: String,
-    /// The root certificate it chains to (PEM).
-    pub root_pem: String,
-    /// The local service (in the node manager's `slice_uids`) the key is certified for.
-    pub service: String,
-    /// The node manager's socket.
-    pub nm_socket: std::path::PathBuf,
+    /// How to reach the authority.
+    pub link: AuthorityLink,
     /// The flow database's id (see [`Store::epoch`]).
     pub epoch: String,
     client: Option<(plab_authority::AuthorityClient, i64)>,
@@ -141,43 +136,14 @@ pub struct Archive {
 
 impl Archive {
     /// An archive sink (connects on first use).
-    pub fn new(
-        url: String,
-        root_pem: String,
-        service: String,
-        nm_socket: std::path::PathBuf,
-        epoch: String,
-    ) -> Archive {
-        Archive { url, root_pem, service, nm_socket, epoch, client: None }
-    }
-
-    /// A session, and the node's id (a node that has not booted yet has none: the flows
-    /// wait until it has).
-    fn session(&self) -> anyhow::Result<(plab_authority::AuthorityClient, i64)> {
-        use anyhow::Context;
-        let key = credentials::pki::KeyPair::generate();
-        let mut nm = plab_nm::NmClient::connect(&self.nm_socket)
-            .with_context(|| format!("the node manager at {}", self.nm_socket.display()))?;
-        let node_id = nm.call_value("NodeInfo", serde_json::json!({}))?["node_id"]
-            .as_i64()
-            .context("this node has no node id yet (plab-boot gives it one when the node boots)")?;
-        let cert = nm
-            .call_value(
-                "SignCertificate",
-                serde_json::json!({"public_key": key.public_key_pem(), "slice": self.service}),
-            )
-            .context("SignCertificate")?;
-        let chain = cert["certificate"].as_str().context("SignCertificate: no certificate")?;
-        let mut c = plab_authority::AuthorityClient::new(&self.url, &self.root_pem, None, None)
-            .with_context(|| self.url.clone())?;
-        c.start_session(chain, &key.to_pem()).with_context(|| format!("AuthenticateCertificate at {}", self.url))?;
-        Ok((c, node_id))
+    pub fn new(link: AuthorityLink, epoch: String) -> Archive {
+        Archive { link, epoch, client: None }
     }
 }
 
 impl Sink for Archive {
     fn name(&self) -> String {
-        format!("archive:{}", self.url)
+        format!("archive:{}", self.link.url)
     }
 
     fn starts_at_end(&self) -> bool {
@@ -189,7 +155,7 @@ impl Sink for Archive {
         use plab_authority::types::{ArchiveFlowsParams, ArchivedFlow};
         let (mut client, node_id) = match self.client.take() {
             Some(c) => c,
-            None => self.session()?,
+            None => self.link.session()?,
         };
         let params = ArchiveFlowsParams {
             node_id,

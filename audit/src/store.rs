@@ -262,8 +262,26 @@ mod tests {
         let found = s.query(&q("src=198.51.100.7&dst=10.213.0.3:22&from=0&to=100"), 10).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].post_nat_src, None);
+        // With the exact port the NAT chose (from conntrack), only that port names the flow.
+        let mut exact = FlowRecord::new(&flow([10, 213, 0, 2], 41000, [198, 51, 100, 7], 53, 10_000, 12_000), &a);
+        exact.set_post_nat_port(40000);
+        assert_eq!(
+            exact.post_nat_src.as_deref(),
+            Some("192.0.2.10:32768-33023"),
+            "a port outside the block is no VM's"
+        );
+        exact.set_post_nat_port(32900);
+        assert_eq!((exact.post_nat_src.as_deref(), exact.post_nat_port()), (Some("192.0.2.10:32900"), Some(32900)));
+        s.insert(&[exact]).unwrap();
+        let found = s.query(&q("src=192.0.2.10:32900&dst=198.51.100.7:53&from=5&to=15"), 10).unwrap();
+        // It, and A's flow whose exact port is not known (any port of the block may be it).
+        let ports: Vec<u16> = found.iter().map(|f| f.sport).collect();
+        assert_eq!(ports, [40000, 41000], "{found:?}");
+        let found = s.query(&q("src=192.0.2.10:32901&dst=198.51.100.7:53&from=5&to=15"), 10).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].sport, 40000, "another port of the block names only A's unported flow");
         // Retention, and the flows outlive the handle.
-        assert_eq!(s.sweep(15_000).unwrap(), 2);
+        assert_eq!(s.sweep(15_000).unwrap(), 3);
         drop(s);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.count().unwrap(), 1);

@@ -90,6 +90,10 @@ jsonrpc::api! {
         /// `audit_services`, certified by that node) uploads finished flows; at least once,
         /// a repeat is a no-op.
         ArchiveFlows(ArchiveFlowsParams) -> ArchivedResult;
+        /// `SliceContacts(auth, node_id, [slice names]) -> {contacts}`: a node's auditing
+        /// service (as for ArchiveFlows) asks who is responsible for the slices running on
+        /// its node, to name them on the node's public page.
+        SliceContacts(SliceContactsParams) -> SliceContactsResult;
         /// `QueryFlows(null, src, dst?, from?, to?) -> {flows}`: anyone; the public query of
         /// section 4.6 across every node that uploads here.
         QueryFlows(QueryFlowsParams) -> FlowsResult;
@@ -504,6 +508,7 @@ impl Authority {
             Request::ReportSlivers(p) => reply::<k::ReportSlivers>(r(self.report_slivers(c, p, now).await)),
             Request::ArchiveFlows(p) => reply::<k::ArchiveFlows>(r(self.archive_flows(c, p, now).await)),
             Request::QueryFlows(p) => reply::<k::QueryFlows>(r(self.query_flows(c, p).await)),
+            Request::SliceContacts(p) => reply::<k::SliceContacts>(r(self.slice_contacts(c, p).await)),
             Request::GetSliceStatus(p) => reply::<k::GetSliceStatus>(r(self.get_slice_status(c, p).await)),
             Request::AddSite(p) => reply::<k::AddSite>(r(self.add_site(c, p, now).await)),
             Request::GetSites(_) => reply::<k::GetSites>(r(self.get_sites().await)),

@@ -1,16 +1,22 @@
 //! The flow archive (section 4.6): each node's auditing service uploads its finished
 //! flows (`ArchiveFlows`, at least once from a disk spool, so a repeat is a no-op), and
-//! anyone asks the public query across every node (`QueryFlows`), as on a node's own page.
+//! anyone asks the public query across every node (`QueryFlows`), as on a node's own page;
+//! the node's page names each slice's principals from here (`SliceContacts`).
 
 use crate::api::Authority;
 use crate::auth::Caller;
 use crate::error::AuthError;
 use crate::flows::{FlowRecord, Query};
-use crate::types::{ArchiveFlowsParams, ArchivedFlow, ArchivedResult, FlowsResult, QueryFlowsParams};
+use crate::types::{
+    ArchiveFlowsParams, ArchivedFlow, ArchivedResult, FlowsResult, QueryFlowsParams, SliceContactsParams,
+    SliceContactsResult,
+};
 use std::collections::btree_map::{BTreeMap, Entry};
 
 /// Flows one upload may carry.
 pub const MAX_UPLOAD: usize = 1000;
+/// Slice names one `SliceContacts` call may ask about.
+pub const MAX_CONTACT_SLICES: usize = 256;
 /// Flows one answer lists.
 pub const MAX_ANSWER: usize = 1000;
 /// Candidates one query reads from the database before matching.
@@ -73,20 +79,7 @@ impl Authority {
     ) -> Result<ArchivedResult, AuthError> {
         // Only the auditing service the node itself certified uploads for it: a node
         // cannot put flows under another node's name, nor a slice under anyone's.
-        match c {
-            Caller::Service { slice, node } if *node == p.node_id && self.is_audit_service(slice) => {}
-            _ => {
-                let services = if self.settings.audit_services.is_empty() {
-                    format!("{}.audit", self.ca.name)
-                } else {
-                    self.settings.audit_services.join(", ")
-                };
-                return Err(AuthError::denied(
-                    "ArchiveFlows",
-                    &format!("the auditing service ({services}) of node {}", p.node_id),
-                ));
-            }
-        }
+        self.node_audit_service(c, p.node_id, "ArchiveFlows")?;
         if p.flows.len() > MAX_UPLOAD {
             return Err(AuthError::invalid("flows", format!("at most {MAX_UPLOAD} per upload")));
         }
@@ -131,6 +124,51 @@ impl Authority {
         }
         tx.commit().await?;
         Ok(ArchivedResult { stored, duplicates: p.flows.len() - stored })
+    }
+
+    /// Is `c` the auditing service that node `node_id` certified?
+    fn node_audit_service(&self, c: &Caller, node_id: i64, method: &str) -> Result<(), AuthError> {
+        match c {
+            Caller::Service { slice, node } if *node == node_id && self.is_audit_service(slice) => Ok(()),
+            _ => {
+                let services = if self.settings.audit_services.is_empty() {
+                    format!("{}.audit", self.ca.name)
+                } else {
+                    self.settings.audit_services.join(", ")
+                };
+                Err(AuthError::denied(method, &format!("the auditing service ({services}) of node {node_id}")))
+            }
+        }
+    }
+
+    /// Who is responsible for the slices on a node, for the node's public page: the
+    /// principals (names) of each slice of that name, newest, that has the node.
+    pub(crate) async fn slice_contacts(
+        &self,
+        c: &Caller,
+        p: SliceContactsParams,
+    ) -> Result<SliceContactsResult, AuthError> {
+        self.node_audit_service(c, p.node_id, "SliceContacts")?;
+        if p.slices.len() > MAX_CONTACT_SLICES {
+            return Err(AuthError::invalid("slices", format!("at most {MAX_CONTACT_SLICES} names per call")));
+        }
+        let mut contacts = BTreeMap::new();
+        for name in p.slices {
+            if contacts.contains_key(&name) {
+                continue;
+            }
+            let id: Option<(i64,)> =
+                sqlx::query_as(&self.db.q("SELECT id FROM slices WHERE name = ? ORDER BY id DESC LIMIT 1"))
+                    .bind(name.clone())
+                    .fetch_optional(self.db.pool())
+                    .await?;
+            let Some((id,)) = id else { continue };
+            let people = self.slice_people(id, p.node_id, false).await?;
+            if !people.is_empty() {
+                contacts.insert(name, people);
+            }
+        }
+        Ok(SliceContactsResult { contacts })
     }
 
     pub(crate) async fn query_flows(&self, c: &Caller, p: QueryFlowsParams) -> Result<FlowsResult, AuthError> {

@@ -105,7 +105,9 @@ pub struct FlowRecord {
     pub packets: u64,
     /// OR of TCP flags.
     pub tcp_flags: u8,
-    /// The source as the outside saw it (after NAT), when the VM sent the flow out.
+    /// The source as the outside saw it (after NAT), when the VM sent the flow out:
+    /// `ADDR:PORT` when the node's connection tracking told the port its NAT chose, else
+    /// `ADDR:FIRST-LAST`, the VM's block of ports (any port the outside saw is in it).
     pub post_nat_src: Option<String>,
     /// Whose it is.
     pub meta: VmMeta,
@@ -136,6 +138,21 @@ impl FlowRecord {
         }
     }
 
+    /// Records the exact source port the node's NAT gave this outbound flow.
+    pub fn set_post_nat_port(&mut self, port: u16) {
+        // Only a port of the VM's own block: the blocks are what names the VM.
+        let in_block = self.meta.nat_ports.is_some_and(|(a, b)| (a..=b).contains(&port));
+        if let (Some(_), Some(public), true) = (&self.post_nat_src, self.meta.public_addr, in_block) {
+            self.post_nat_src = Some(format!("{public}:{port}"));
+        }
+    }
+
+    /// The exact source port the outside saw, when the node knew it.
+    pub fn post_nat_port(&self) -> Option<u16> {
+        let (_, port) = self.post_nat_src.as_deref()?.rsplit_once(':')?;
+        port.parse().ok()
+    }
+
     /// Does endpoint `e` name the VM's side of this flow, whose address and port on the
     /// VM's interface are `addr`:`port`?
     fn vm_side(&self, e: &Endpoint, addr: Ipv4Addr, port: u16) -> bool {
@@ -146,10 +163,11 @@ impl FlowRecord {
         // The public address names the VM only for what left through the NAT.
         let outside = self.post_nat_src.is_some()
             && Some(e.addr) == self.meta.public_addr
-            && match (e.port, self.meta.nat_ports) {
-                (None, _) => true,
-                (Some(p), Some((a, b))) => (a..=b).contains(&p),
-                (Some(_), None) => false,
+            && match (e.port, self.post_nat_port(), self.meta.nat_ports) {
+                (None, _, _) => true,
+                (Some(p), Some(exact), _) => p == exact,
+                (Some(p), None, Some((a, b))) => (a..=b).contains(&p),
+                (Some(_), None, None) => false,
             };
         inside || outside
     }

@@ -288,6 +288,13 @@ jsonrpc::params! {
         /// Finished flows, each with the node's id for it.
         pub flows: Vec<ArchivedFlow>,
     }
+    /// `SliceContacts(auth, node_id, slices)`.
+    pub struct SliceContactsParams {
+        /// The node asking (its auditing service).
+        pub node_id: i64,
+        /// Slice names, of VMs on that node.
+        pub slices: Vec<String>,
+    }
     /// `QueryFlows(auth, src, dst?, from?, to?)`: the public query (as on each node's
     /// page; `from` and `to` are Unix seconds or RFC 3339, the window defaults to the last
     /// hour).
@@ -622,6 +629,15 @@ pub struct ArchivedResult {
     pub stored: usize,
     /// Flows the archive already had (an upload repeated).
     pub duplicates: usize,
+}
+
+/// The principals responsible for slices on a node, by slice name: names only (the node
+/// shows them on its public page). A slice this authority does not have, or that does not
+/// have the node, is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceContactsResult {
+    /// Slice name to its principals' names.
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The flows that answer a query, earliest first, from every node.

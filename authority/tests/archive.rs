@@ -122,6 +122,23 @@ fn archive(backend: Backend) {
     assert_eq!(code(&op.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([])]).unwrap_err()), 1);
     assert_eq!(code(&anon.call("ArchiveFlows", vec![json!(node), json!("e1"), json!([])]).unwrap_err()), 2);
 
+    // The node's page names the principals of its slices (SliceContacts): only the
+    // node's own auditing service may ask, and only slices that have the node answer.
+    let names = json!(["plc.princeton.a", "plc.princeton.b", "plc.princeton.a"]);
+    let r = audit.call("SliceContacts", vec![json!(node), names.clone()]).unwrap();
+    assert_eq!(r["contacts"], json!({"plc.princeton.a": ["alice"]}), "names only, known slices only: {r}");
+    op.call("CreateSlice", vec![json!("plc.princeton.c")]).unwrap();
+    op.call("AddSlicePrincipal", vec![json!("plc.princeton.c"), json!(["alice"])]).unwrap();
+    let r = audit.call("SliceContacts", vec![json!(node), json!(["plc.princeton.c"])]).unwrap();
+    assert_eq!(r["contacts"], json!({}), "a slice without this node: {r}");
+    assert_eq!(code(&audit.call("SliceContacts", vec![json!(other), names.clone()]).unwrap_err()), 1);
+    assert_eq!(code(&scs.call("SliceContacts", vec![json!(node), names.clone()]).unwrap_err()), 1);
+    assert_eq!(code(&op.call("SliceContacts", vec![json!(node), names.clone()]).unwrap_err()), 1);
+    assert_eq!(code(&anon.call("SliceContacts", vec![json!(node), names]).unwrap_err()), 2);
+    let many: Vec<String> = (0..257).map(|i| format!("plc.princeton.s{i}")).collect();
+    let e = audit.call("SliceContacts", vec![json!(node), json!(many)]).unwrap_err();
+    assert!(e.to_string().contains("slices") && e.to_string().contains("at most 256"), "{e}");
+
     // Bad uploads name the flow and field and store nothing, not even their good flows.
     let good = flow(10, "10.213.0.2", 41000, (32768, 33023), "plc.princeton.a", t);
     for (bad, says) in [
