@@ -5,7 +5,7 @@
 //! authority's, or none) keeps the node manager's names.
 
 use crate::authority::AuthorityLink;
-use crate::vms::{MAX_USERS, MAX_USER_CHARS};
+use crate::vms::MAX_USERS;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ pub type Contacts = Arc<Mutex<HashMap<String, Vec<String>>>>;
 /// The names kept of an authority's answer: as many and as long as a node's own records.
 fn trim(mut people: Vec<String>) -> Vec<String> {
     people.truncate(MAX_USERS);
-    people.into_iter().map(|p| p.chars().take(MAX_USER_CHARS).collect()).collect()
+    people.iter().map(|p| crate::vms::cut_name(p)).collect()
 }
 
 /// Keeps `contacts` current for the slices `slices()` returns, until `stop`: new slices
@@ -41,16 +41,20 @@ pub fn run(link: &AuthorityLink, slices: impl Fn() -> BTreeSet<String>, contacts
             let now = slices();
             let due = refreshed.elapsed() >= REFRESH;
             if !now.is_empty() && (due || !now.is_subset(&asked)) {
+                // At most as many names per call as the authority takes.
                 let answer = session.take().map_or_else(|| link.session(), Ok).and_then(|(mut c, node_id)| {
-                    let params = SliceContactsParams { node_id, slices: now.iter().cloned().collect() };
-                    let r = c.request::<SliceContacts>(&params)?;
+                    let names: Vec<String> = now.iter().cloned().collect();
+                    let mut all = HashMap::new();
+                    for chunk in names.chunks(plab_authority::archive::MAX_CONTACT_SLICES) {
+                        let params = SliceContactsParams { node_id, slices: chunk.to_vec() };
+                        all.extend(c.request::<SliceContacts>(&params)?.contacts);
+                    }
                     session = Some((c, node_id));
-                    Ok(r)
+                    Ok(all)
                 });
                 match answer {
                     Ok(r) => {
-                        let fresh: HashMap<String, Vec<String>> =
-                            r.contacts.into_iter().map(|(s, p)| (s, trim(p))).collect();
+                        let fresh: HashMap<String, Vec<String>> = r.into_iter().map(|(s, p)| (s, trim(p))).collect();
                         let mut map = contacts.lock().unwrap_or_else(|p| p.into_inner());
                         if *map != fresh {
                             tracing::info!(
@@ -113,6 +117,6 @@ mod tests {
         assert_eq!(vms[0].users.len(), MAX_USERS, "as many as a node keeps");
         assert_eq!(vms[0].users[0], "Alice");
         assert_eq!(vms[1].users, ["alice@laptop"], "a slice the authority does not name keeps the node's");
-        assert_eq!(trim(vec!["x".repeat(500)])[0].len(), MAX_USER_CHARS);
+        assert_eq!(trim(vec!["x".repeat(500)])[0].len(), crate::vms::MAX_USER_CHARS);
     }
 }

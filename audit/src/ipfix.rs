@@ -2,17 +2,18 @@
 //!
 //! Every message carries its templates (UDP may lose any message, and a collector that
 //! starts late must still decode the next one), then data sets, and stays within
-//! [`MAX_MESSAGE`] bytes. Two templates, both made of IANA information elements:
+//! [`MAX_MESSAGE`] bytes. Three templates, all made of IANA information elements:
 //!
 //! | id | fields |
 //! |---|---|
 //! | 256 | `sourceIPv4Address` (8), `destinationIPv4Address` (12), `sourceTransportPort` (7), `destinationTransportPort` (11), `protocolIdentifier` (4), `tcpControlBits` (6), `octetDeltaCount` (1), `packetDeltaCount` (2), `flowStartMilliseconds` (152), `flowEndMilliseconds` (153), `userName` (371, the slice) |
 //! | 257 | the same, then `postNATSourceIPv4Address` (225), `portRangeStart` (361), `portRangeEnd` (362): the node's public address and the sending VM's block of source ports (RFC 8158's port-block fields) |
+//! | 258 | 257's, then `postNAPTSourceTransportPort` (227): the exact source port the NAT chose |
 //!
 //! The slice travels in `userName` (371, variable length, UTF-8): the principal
-//! responsible for the flow. Template 257 is used for flows a VM sent out through the
-//! node's NAT; the exact post-NAT port is not known to the capture (it sits before the
-//! NAT), the block is, and it names the VM.
+//! responsible for the flow. Template 258 is used for flows a VM sent out through the
+//! node's NAT whose exact port the service learnt from conntrack
+//! ([`crate::conntrack`]), 257 for those whose port it did not (the block names the VM).
 //!
 //! UDP cannot confirm delivery. The exporter sends from a connected socket and, after each
 //! round, waits [`CONFIRM`] for an ICMP error (a collector that is down on a host that is
@@ -32,6 +33,8 @@ pub const CONFIRM: Duration = Duration::from_millis(200);
 pub const TEMPLATE_PLAIN: u16 = 256;
 /// Template of flows sent out through the NAT.
 pub const TEMPLATE_NAT: u16 = 257;
+/// Template of flows sent out through the NAT whose exact post-NAT port is known.
+pub const TEMPLATE_NAT_PORT: u16 = 258;
 /// `userName` (the slice) is cut to this many bytes.
 pub const MAX_SLICE: usize = 254;
 
@@ -55,6 +58,8 @@ fn template_set() -> Vec<u8> {
     template(TEMPLATE_PLAIN, &FIELDS, &mut body);
     let nat: Vec<(u16, u16)> = FIELDS.iter().chain(NAT_FIELDS.iter()).copied().collect();
     template(TEMPLATE_NAT, &nat, &mut body);
+    let nat_port: Vec<(u16, u16)> = nat.iter().copied().chain([(227, 2)]).collect();
+    template(TEMPLATE_NAT_PORT, &nat_port, &mut body);
     set(2, &body)
 }
 
@@ -92,7 +97,13 @@ fn record(f: &FlowRecord) -> (u16, Vec<u8>) {
             r.extend_from_slice(&public.octets());
             r.extend_from_slice(&first.to_be_bytes());
             r.extend_from_slice(&last.to_be_bytes());
-            (TEMPLATE_NAT, r)
+            match f.post_nat_port() {
+                Some(port) => {
+                    r.extend_from_slice(&port.to_be_bytes());
+                    (TEMPLATE_NAT_PORT, r)
+                }
+                None => (TEMPLATE_NAT, r),
+            }
         }
         None => (TEMPLATE_PLAIN, r),
     }
@@ -230,7 +241,11 @@ mod tests {
 
     #[test]
     fn messages_carry_templates_numbered_records_and_stay_small() {
-        let flows: Vec<FlowRecord> = (0..100).map(|i| rec(i, if i % 2 == 0 { UDP } else { TCP }, i < 60)).collect();
+        let mut flows: Vec<FlowRecord> = (0..100).map(|i| rec(i, if i % 2 == 0 { UDP } else { TCP }, i < 60)).collect();
+        // Some outbound flows have their exact post-NAT port (from conntrack).
+        for (i, f) in flows.iter_mut().enumerate().filter(|(i, _)| *i >= 30 && *i < 60) {
+            f.set_post_nat_port(32768 + i as u16);
+        }
         let mut e = Encoder::new(7);
         let msgs = e.messages(&flows, 1_700_000_002);
         assert!(msgs.len() > 1, "100 records need several messages");
@@ -245,7 +260,11 @@ mod tests {
             assert_eq!(s[0].0, 2, "templates first");
             for (id, body) in &s[1..] {
                 // 47 fixed bytes, the slice's length byte and "plc.a", NAT fields.
-                let each = if *id == TEMPLATE_NAT { 47 + 6 + 8 } else { 47 + 6 };
+                let each = match *id {
+                    TEMPLATE_NAT => 47 + 6 + 8,
+                    TEMPLATE_NAT_PORT => 47 + 6 + 8 + 2,
+                    _ => 47 + 6,
+                };
                 assert_eq!(body.len() % each, 0, "set {id}");
                 seen += (body.len() / each) as u32;
             }
@@ -265,6 +284,11 @@ mod tests {
         assert_eq!(&body[48..53], b"plc.a");
         assert_eq!(&body[53..57], &[192, 0, 2, 10]);
         assert_eq!(&body[57..61], &[0x80, 0x00, 0x80, 0xff], "ports 32768-33023");
+        // A flow with its exact port: template 258, the port after the block.
+        let m = Encoder::new(7).messages(&flows[30..31], 0);
+        let (id, body) = &sets(&m[0])[1];
+        assert_eq!((*id, body.len()), (TEMPLATE_NAT_PORT, 47 + 6 + 8 + 2));
+        assert_eq!(&body[61..63], &(32768u16 + 30).to_be_bytes());
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn write_flows(store: &Mutex<Store>, rx: &mpsc::Receiver<Vec<FlowRecord>>, reten
             Ok(mut flows) => {
                 for f in flows.iter_mut().filter(|f| f.post_nat_src.is_some()) {
                     let orig = Tuple { proto: f.proto, src: f.src, sport: f.sport, dst: f.dst, dport: f.dport };
-                    if let Some(port) = ports.port(&orig) {
+                    if let Some(port) = ports.port(&orig, f.first_ms, f.last_ms) {
                         f.set_post_nat_port(port);
                     }
                 }

@@ -10,17 +10,28 @@ use std::net::Ipv4Addr;
 pub const MAX_USERS: usize = 16;
 /// The longest user name kept, in characters.
 pub const MAX_USER_CHARS: usize = 64;
+/// ... and in bytes (what the archive takes of a name).
+pub const MAX_USER_BYTES: usize = 255;
+
+/// A user name as a flow keeps it: at most [`MAX_USER_CHARS`] characters and
+/// [`MAX_USER_BYTES`] bytes, cut on a character boundary.
+pub fn cut_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().take(MAX_USER_CHARS) {
+        if out.len() + c.len_utf8() > MAX_USER_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// The people responsible for a VM, from its RSpec's keys (their comments).
 pub fn users_of(rspec_xml: &str) -> Vec<String> {
     let Ok(r) = vm_types::RSpec::from_xml(rspec_xml) else { return vec![] };
     let vm_types::RSpecClass::Slice(s) = r.class else { return vec![] };
-    let mut users: Vec<String> = s
-        .keys
-        .iter()
-        .filter_map(|k| k.as_str().split_whitespace().nth(2))
-        .map(|c| c.chars().take(MAX_USER_CHARS).collect())
-        .collect();
+    let mut users: Vec<String> =
+        s.keys.iter().filter_map(|k| k.as_str().split_whitespace().nth(2)).map(cut_name).collect();
     users.sort();
     users.dedup();
     // A slice chooses its keys' comments: a few short names, so that no slice can make
@@ -89,5 +100,8 @@ mod tests {
         assert!(!a.natted([192, 0, 2, 10].into()), "the node's own public address");
         assert_eq!((prefix("10.213.0.0/33"), prefix("x/8")), (None, None));
         assert!(users_of("<not xml").is_empty());
+        // Four-byte characters: cut by bytes too, on a character boundary.
+        let wide = cut_name(&"\u{1F600}".repeat(64));
+        assert!(wide.len() <= MAX_USER_BYTES && wide.chars().count() == MAX_USER_BYTES / 4, "{}", wide.len());
     }
 }

@@ -44,7 +44,12 @@ fn flows(base_ms: i64, sport0: u16) -> Vec<FlowRecord> {
                 packets: 10 + u64::from(i),
                 tcp_flags: if i < 3 { 0 } else { 0x1b },
             };
-            FlowRecord::new(&f, &meta)
+            let mut r = FlowRecord::new(&f, &meta);
+            // The first flow's exact post-NAT port is known (conntrack), the third's is not.
+            if i == 0 {
+                r.set_post_nat_port(32800);
+            }
+            r
         })
         .collect()
 }
@@ -135,6 +140,10 @@ fn nfdump_reads_back_exactly_what_was_exported_including_what_waited_while_the_c
         // Sent out through the NAT: the node's public address travels with the flow.
         let xlt = if f.post_nat_src.is_some() { Value::from("192.0.2.10") } else { Value::Null };
         assert_eq!(r["src4_xlt_ip"], xlt, "{r}");
+        // The exact post-NAT port where the node knew it (template 258), and none where
+        // it did not (257: the block).
+        let port = f.post_nat_port().map_or(Value::Null, |p| Value::from(p.to_string()));
+        assert_eq!(r["src_xlt_port"], port, "{r}");
         let flags = if f.proto == TCP { "...AP.SF" } else { "........" };
         assert_eq!(r["tcp_flags"], flags, "{r}");
     }

@@ -58,6 +58,18 @@ fn check(i: usize, f: &FlowRecord, now_ms: i64, oldest_ms: i64, node_ip: &str) -
     if m.public_addr.is_some_and(|a| a.to_string() != node_ip) {
         return Err(bad("meta.public_addr", &format!("is not this node's address ({node_ip})")));
     }
+    // What the outside saw is the public address with the VM's block or a port in it.
+    if let Some(p) = &f.post_nat_src {
+        let addr = p.rsplit_once(':').map(|(a, _)| a);
+        if m.public_addr.is_none() || addr != m.public_addr.map(|a| a.to_string()).as_deref() {
+            return Err(bad("post_nat_src", "not the flow's meta.public_addr"));
+        }
+        if let Some(port) = f.post_nat_port() {
+            if !m.nat_ports.is_some_and(|(a, b)| (a..=b).contains(&port)) {
+                return Err(bad("post_nat_src", "the port is not in meta.nat_ports"));
+            }
+        }
+    }
     Ok(())
 }
 

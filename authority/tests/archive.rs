@@ -177,6 +177,23 @@ fn archive(backend: Backend) {
             "[1].meta.public_addr",
         ),
         (
+            // What the outside saw: a port outside the VM's block, or another address.
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["post_nat_src"] = json!("127.0.0.1:40000");
+                f
+            },
+            "[1].post_nat_src: the port is not in meta.nat_ports",
+        ),
+        (
+            {
+                let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", t);
+                f["flow"]["post_nat_src"] = json!("198.51.100.1:32800");
+                f
+            },
+            "[1].post_nat_src: not the flow's meta.public_addr",
+        ),
+        (
             // An "eternal" flow, to crowd every query's window, and one from the future.
             {
                 let mut f = flow(11, "10.213.0.2", 1, (32768, 33023), "plc.princeton.a", 0);

@@ -56,9 +56,10 @@ fn allowed(cell: &str) -> Vec<&'static str> {
         | "GetSliceStatus" => vec!["operator", "admin", "member"],
         // The node's designated slice creation service (not any slice's service there).
         "GetSlicesForNode" | "ReportSlivers" => vec!["operator", "service"],
-        // Only a node's auditing service (`plc.audit`, none of these) uploads its flows;
-        // the archive's query is public, as each node's page is.
-        "ArchiveFlows" => vec![],
+        // Only a node's auditing service (`plc.audit`, none of these) uploads its flows
+        // and asks who is responsible for its slices; the archive's query is public, as
+        // each node's page is.
+        "ArchiveFlows" | "SliceContacts" => vec![],
         "QueryFlows" => WHO.to_vec(),
         // The MA's public listing: any authenticated caller.
         "GetSites" | "GetManagedNodes" | "GetNodes" => authenticated,
@@ -205,6 +206,7 @@ fn every_method_by_every_caller() {
             ("GetSliceStatus".into(), "GetSliceStatus", vec![json!(slice)]),
             ("ArchiveFlows".into(), "ArchiveFlows", vec![json!(node), json!("e1"), json!([])]),
             ("QueryFlows".into(), "QueryFlows", vec![json!("192.0.2.10:33000")]),
+            ("SliceContacts".into(), "SliceContacts", vec![json!(node), json!([slice])]),
             ("DeleteSlice".into(), "DeleteSlice", vec![json!(slice)]),
             ("AddSite".into(), "AddSite", vec![json!({"org": "princeton", "name": format!("site{i}")})]),
             ("GetSites".into(), "GetSites", vec![]),

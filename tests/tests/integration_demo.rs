@@ -15,7 +15,7 @@ fn integration_demo_runs_the_whole_testbed() {
         "node 3: id 3",
         "StartSlice to every sliver running",
         "logged in as plc_princeton_demo on plc-princeton-demo",
-        "slice \"plc.princeton.demo\", users [\"alice@test\"], 1 packet(s)",
+        "slice \"plc.princeton.demo\", users [\"alice\"], 1 packet(s)",
         "node 1, slice \"plc.princeton.demo\", responsible [\"alice <alice@tb.test>\"], 1 packet(s)",
         "plab scs redeem https://",
         "VM plc_princeton_tkt running",

@@ -92,6 +92,14 @@ pub(crate) fn plan(
             let mut new = old.clone();
             new.resources =
                 old.resources.checked_add(&pool.rspec.resources).map_err(|e| NmError::invalid("rspec", e))?;
+            if let Some(total) = node_mem_mb {
+                if new.resources.mem_limit.scaled(1) > total {
+                    return Err(NmError::Resources(format!(
+                        "mem_limit: VM {name} would hold {} MB, more than this node's memory ({total} MB)",
+                        new.resources.mem_limit
+                    )));
+                }
+            }
             for k in &srs.keys {
                 if !new.vm.keys.contains(k) {
                     new.vm.keys.push(k.clone());

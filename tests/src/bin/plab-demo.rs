@@ -191,10 +191,11 @@ fn trace(tb: &Testbed, alice: &plab_tests::testbed::Researcher, ssh: &str) {
     receiver.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let port = receiver.local_addr().unwrap().port();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !tb.nodes[0].audit_captures() {
+    // Once the service captures and has learnt the slice's principals from the authority.
+    while !(tb.nodes[0].audit_captures() && tb.nodes[0].log("audit.log").contains("the authority names the people")) {
         assert!(
             Instant::now() < deadline,
-            "node 1's auditing service does not capture:\n{}",
+            "node 1's auditing service does not capture or know the slice's principals:\n{}",
             tb.nodes[0].log("audit.log")
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -205,7 +206,9 @@ fn trace(tb: &Testbed, alice: &plab_tests::testbed::Researcher, ssh: &str) {
     assert_eq!(code, 0, "{out}");
     let mut buf = [0u8; 100];
     let (_, from) = receiver.recv_from(&mut buf).unwrap();
-    println!("the receiver at {host}:{port} got a datagram from {from}: the node's address, a port of the VM's block");
+    println!(
+        "the receiver at {host}:{port} got a datagram from {from}: the node's address, the port its NAT chose in the VM's block"
+    );
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 60;
     let path = format!("/api/flows?src={from}&dst={host}:{port}&from={since}");
     println!("$ curl 'http://{}:8880{path}'    # node 1's public page (also a form at /)", tb.nodes[0].addr);

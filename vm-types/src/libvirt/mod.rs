@@ -108,6 +108,26 @@ pub fn qemu_user_can_open_kvm(kvm: &Path) -> Result<(), String> {
     ))
 }
 
+/// Whether libxl balloons dom0 down to make room for guests: xl.conf's `autoballoon`
+/// (`on`/`1`, `off`/`0`, or `auto`, the default: on unless Xen's command line fixes dom0's
+/// memory with `dom0_mem=`). When Xen's command line cannot be read, taken as on (libxl
+/// decides).
+fn autoballoon(xl_conf: Option<&str>, xen_cmdline: Option<&str>) -> bool {
+    let setting = xl_conf.and_then(|c| {
+        c.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter_map(|l| l.strip_prefix("autoballoon"))
+            .filter_map(|r| r.trim_start().strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .next_back()
+    });
+    match setting.as_deref() {
+        Some("on" | "1") => true,
+        Some("off" | "0") => false,
+        _ => xen_cmdline.is_none_or(|c| !c.split_whitespace().any(|w| w.starts_with("dom0_mem="))),
+    }
+}
+
 /// `MemAvailable` of this host (dom0 on a Xen host), in MiB.
 fn dom0_available_mb() -> std::io::Result<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo")?;
@@ -126,6 +146,13 @@ pub struct LibvirtBackend {
     cfg: LibvirtConfig,
     conn: Mutex<Connect>,
     host: Arc<dyn Host>,
+    /// linux-xen-x86: the Xen host's memory in MiB (it does not change), and whether
+    /// libxl balloons dom0 down to make room for a guest (then Xen's free memory is not
+    /// what a guest can have, and libxl decides).
+    xen: Option<(Option<u64>, bool)>,
+    /// Held from a Xen guest's memory check until Xen has given it the memory, so two
+    /// starts cannot both count the same free memory.
+    starting: Mutex<()>,
 }
 
 impl LibvirtBackend {
@@ -152,7 +179,17 @@ impl LibvirtBackend {
             ))
         })?;
         crate::files::private_dir(&cfg.vm_dir, 0o711).map_err(io(cfg.vm_dir.display().to_string()))?;
-        Ok(LibvirtBackend { cfg, conn: Mutex::new(conn), host })
+        let xen = (cfg.vm_type == VmType::LinuxXenX86).then(|| {
+            let memory = conn.get_node_info().ok().map(|i| i.memory / 1024);
+            let xl_conf = fs::read_to_string("/etc/xen/xl.conf").ok();
+            let cmdline = host.run(&Cmd::new("xl").arg("info")).ok().and_then(|info| {
+                info.lines().find_map(|l| {
+                    l.strip_prefix("xen_commandline").map(|r| r.trim_start_matches([' ', ':']).to_owned())
+                })
+            });
+            (memory, autoballoon(xl_conf.as_deref(), cmdline.as_deref()))
+        });
+        Ok(LibvirtBackend { cfg, conn: Mutex::new(conn), host, xen, starting: Mutex::new(()) })
     }
 
     /// The connection, opened again if libvirtd closed it (a daemon restart).
@@ -224,9 +261,10 @@ impl LibvirtBackend {
     fn xen_room(&self, spec: &VmSpec) -> Result<(), BackendError> {
         const MIB: u64 = 1 << 20;
         let want = spec.resources.mem_limit_bytes();
-        // libvirt's Xen driver says; where a driver cannot (libvirt's test driver), Xen
-        // itself refuses the guest when it starts.
+        // libvirt's Xen driver says; where a driver cannot (libvirt's test driver), or
+        // where libxl balloons dom0 down for guests, Xen itself decides when it starts.
         let free = match self.conn().get_free_memory() {
+            _ if self.xen.is_some_and(|(_, balloon)| balloon) => u64::MAX,
             Ok(free) => free,
             Err(e) => {
                 tracing::warn!(uri = %self.cfg.uri, "libvirt does not say how much memory is free: {e}");
@@ -293,6 +331,8 @@ impl Backend for LibvirtBackend {
         if dom.is_active().map_err(lv("is_active"))? {
             return Ok(());
         }
+        let _one_at_a_time =
+            (self.cfg.vm_type == VmType::LinuxXenX86).then(|| self.starting.lock().unwrap_or_else(|p| p.into_inner()));
         if self.cfg.vm_type == VmType::LinuxXenX86 {
             self.xen_room(spec)?;
         }
@@ -418,10 +458,7 @@ impl Backend for LibvirtBackend {
     fn memory_mb(&self) -> Option<u64> {
         // A Xen host's memory, not dom0's (where the node manager runs); KVM guests share
         // the node manager's host.
-        if self.cfg.vm_type != VmType::LinuxXenX86 {
-            return None;
-        }
-        self.conn().get_node_info().ok().map(|i| i.memory / 1024)
+        self.xen.and_then(|(memory, _)| memory)
     }
 
     fn host_interface(&self, network: &crate::backend::VmNetwork) -> Option<String> {
@@ -439,5 +476,23 @@ impl Backend for LibvirtBackend {
             return Err(BackendError::NotFound(name.into()));
         }
         crate::console::chunk(&path, None, 0, from, max_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::autoballoon;
+
+    #[test]
+    fn libxl_balloons_dom0_unless_told_not_to_or_dom0s_memory_is_fixed() {
+        let fixed = Some("placeholder=1 dom0_mem=768M,max:768M loglvl=all");
+        assert!(!autoballoon(None, fixed), "auto, with dom0_mem: off");
+        assert!(autoballoon(None, Some("console=com1")), "auto, without dom0_mem: on");
+        assert!(autoballoon(None, None), "unknown: libxl decides");
+        assert!(autoballoon(Some("autoballoon=\"on\"\n"), fixed));
+        assert!(!autoballoon(Some("# autoballoon=\"on\"\nautoballoon = \"off\"\n"), None));
+        assert!(!autoballoon(Some("autoballoon=0"), Some("console=com1")));
+        assert!(!autoballoon(Some("#autoballoon=\"on\"\n"), fixed), "a comment is no setting");
+        assert!(!autoballoon(Some("autoballoon=\"auto\""), fixed));
     }
 }
