@@ -265,6 +265,22 @@ impl VserverBackend {
                 self.run("umount", &[&s(m)])?;
             }
         }
+        // A process that made a mount namespace of its own while the VM ran (`ip netns
+        // exec`, `unshare -m`) holds a copy of the disk's mount, and so its loop device,
+        // until it ends. Resizing the image under that mount would corrupt it (and the
+        // next mount would reuse the old device, at the old size): wait for it to go, and
+        // otherwise grow at a later start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.run("losetup", &["-j", &s(&img)])?.trim().is_empty() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    vm = name,
+                    "the disk is still mounted in another mount namespace (a process that entered one while the VM ran): it grows at a later start"
+                );
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         let set_len =
             |n: u64| fs::OpenOptions::new().write(true).open(&img).and_then(|f| f.set_len(n)).map_err(io("disk.img"));
         set_len(quota)?;

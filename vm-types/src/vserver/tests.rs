@@ -258,6 +258,17 @@ fn a_disk_the_kernel_will_not_grow_online_grows_at_the_next_start() {
     // At the next start the disk is unmounted (not lazily), grown as a file, checked and
     // resized before anything mounts it again.
     f.runc_says("stopped");
+    // While another mount namespace still holds the disk's mount (its loop device stays
+    // attached), the image is not resized under it: the VM starts at its old size.
+    f.host.clear();
+    f.b.start(&s).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!f.host.lines().iter().any(|l| l.starts_with("resize2fs")), "{:?}", f.host.lines());
+    f.b.start(&bigger).unwrap();
+    assert!(!f.host.lines().iter().any(|l| l.starts_with("resize2fs")), "{:?}", f.host.lines());
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), s.resources.disk_quota_bytes());
+    // Once it is gone (the device detached), the disk grows.
+    f.host.reply(&format!("losetup -j {}", img.display()), "");
+    f.runc_says("stopped");
     f.host.clear();
     f.b.start(&bigger).unwrap();
     let lines = f.host.lines();
