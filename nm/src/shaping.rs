@@ -291,12 +291,14 @@ impl Shaper {
             return Ok(());
         }
         let (id, item) = (classid(index), format!("800::{:x}", index + 1));
-        for (ifb, classes) in [UP, DOWN].into_iter().zip(self.classes()?) {
+        // Each filter is deleted as it was added (`set`): upwards by MAC (`protocol all`),
+        // downwards by address (`protocol ip`).
+        for ((ifb, protocol), classes) in [(UP, "all"), (DOWN, "ip")].into_iter().zip(self.classes()?) {
             if !classes.contains_key(&id) {
                 continue;
             }
             self.tc(format!(
-                "filter del dev {ifb} parent 1: prio 1 handle {item} protocol ip u32\nclass del dev {ifb} classid {id}\n"
+                "filter del dev {ifb} parent 1: prio 1 handle {item} protocol {protocol} u32\nclass del dev {ifb} classid {id}\n"
             ))?;
         }
         Ok(())

@@ -234,8 +234,18 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     let tracked =
         || must(n, &format!("conntrack -L --orig-src {a_addr} 2>/dev/null | wc -l")).trim().parse::<u32>().unwrap();
     assert!(tracked() > 0, "A's connections (to the outside, step 1) are tracked");
+    let a_if = a["details"]["interface"].as_str().unwrap();
+    let a_index: u32 = a_if.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
+    let a_class = format!("1:{:x} ", a_index + 0x10);
+    let shaping = || {
+        must(n, "tc class show dev plabup; tc filter show dev plabup; tc class show dev plabdn; tc filter show dev plabdn")
+    };
+    assert!(shaping().contains(&a_class), "A's classes: {}", shaping());
     c.call_value("DestroyVM", json!([a_name])).unwrap();
     assert_eq!(tracked(), 0, "a destroyed VM's connections are still tracked");
+    // ... and its bandwidth classes and filters, both ways.
+    let left = shaping();
+    assert!(!left.contains(&a_class), "a destroyed VM's classes or filters are left:\n{left}");
     drop(cleanup);
     drop(node);
 }
