@@ -238,7 +238,10 @@ fn integration_network_nat_blocks_forwards_and_isolation_on_the_wire() {
     let a_index: u32 = a_if.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
     let a_class = format!("1:{:x} ", a_index + 0x10);
     let shaping = || {
-        must(n, "tc class show dev plabup; tc filter show dev plabup; tc class show dev plabdn; tc filter show dev plabdn")
+        must(
+            n,
+            "tc class show dev plabup; tc filter show dev plabup; tc class show dev plabdn; tc filter show dev plabdn",
+        )
     };
     assert!(shaping().contains(&a_class), "A's classes: {}", shaping());
     c.call_value("DestroyVM", json!([a_name])).unwrap();
