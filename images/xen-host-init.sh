@@ -27,7 +27,9 @@ hostname plab-xenhost
 # and network (qcow2 disks are served by QEMU, qdisk), and the bridge.
 # shellcheck disable=SC2046 # one word per alias
 modprobe -qab $(cat /sys/bus/pci/devices/*/modalias /sys/bus/virtio/devices/*/modalias 2>/dev/null)
-modprobe -qa xen-netback xen-blkback xen-gntalloc bridge loop 9p
+modprobe -qa xen-netback xen-blkback xen-gntalloc bridge loop 9p tun
+# An HVM guest's emulated NIC is a tap that Xen's QEMU opens through /dev/net/tun.
+mkdir -p /dev/net; [ -e /dev/net/tun ] || mknod -m 0666 /dev/net/tun c 10 200
 
 # Network: QEMU's user-mode network (10.0.2.15/24, gateway 10.0.2.2, the host's ssh port
 # forwarded to 22) on the first network interface; the guests' bridge xenbr0 (10.99.0.1/24,

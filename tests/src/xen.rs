@@ -99,6 +99,12 @@ impl XenHost {
     /// and the guest image shared into dom0 (`/mnt/plab`, `/mnt/images`), writes the
     /// node manager's settings and the slice key `key` there; how long dom0 took.
     pub fn boot(key: &Path) -> (XenHost, Duration) {
+        XenHost::boot_sharing(key, &[])
+    }
+
+    /// As [`XenHost::boot`], with more directories shared into dom0 (`TAG=DIR:ro`, at
+    /// `/mnt/TAG`).
+    pub fn boot_sharing(key: &Path, extra: &[&str]) -> (XenHost, Duration) {
         let build = Command::new("bash").arg(repo().join("images/build-xen-host.sh")).status().unwrap();
         assert!(build.success(), "images/build-xen-host.sh failed");
         let guest = std::env::var("PLAB_GUEST_DIR").unwrap_or_else(|_| "/var/cache/plab/images/guest-bookworm".into());
@@ -112,7 +118,10 @@ impl XenHost {
             env: vec![
                 ("PLAB_XENHOST_NETNS".into(), format!("plab-xen-{p}")),
                 ("PLAB_XENHOST_RUN".into(), format!("/var/tmp/plab-xenhost-{p}")),
-                ("PLAB_XENHOST_SHARES".into(), format!("plab={}:ro images={guest}:ro", bins.display())),
+                (
+                    "PLAB_XENHOST_SHARES".into(),
+                    format!("plab={}:ro images={guest}:ro {}", bins.display(), extra.join(" ")),
+                ),
             ],
         };
         let t0 = Instant::now();

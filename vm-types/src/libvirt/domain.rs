@@ -40,8 +40,10 @@ struct Flavour {
     devices_extra: &'static str,
     console: String,
     interface: String,
-    /// The read-only seed disk's driver.
+    /// The seed disk's driver.
     seed_driver: &'static str,
+    /// `<readonly/>` on the seed disk, where the hypervisor can give a read-only disk.
+    seed_readonly: &'static str,
 }
 
 fn xml_path(p: &Path) -> String {
@@ -98,11 +100,13 @@ fn kvm(cfg: &LibvirtConfig, spec: &VmSpec, dir: &Path) -> Flavour {
             spec.network.mac()
         ),
         seed_driver: "<driver name='qemu' type='raw'/>",
+        seed_readonly: "<readonly/>",
     }
 }
 
 /// A Xen guest: PVH with the project's image, HVM (hvmloader) with a stock image.
 fn xen(cfg: &LibvirtConfig, spec: &VmSpec) -> Flavour {
+    let hvm = cfg.image.boot == GuestBoot::Firmware;
     let os = match &cfg.image.boot {
         // A PV guest: it needs no virtualization extensions of the host (under QEMU's TCG,
         // an emulated Xen host boots PV guests about three times as fast as PVH, and
@@ -123,9 +127,14 @@ fn xen(cfg: &LibvirtConfig, spec: &VmSpec) -> Flavour {
         features: "",
         devices_extra: "",
         console: "<console type='pty'><target type='xen' port='0'/></console>".into(),
-        // Xen's QEMU disk back end refuses a read-only raw file ("Block node is read-only");
-        // the kernel's block back end (on a loop device) takes it.
-        seed_driver: "<driver name='phy' type='raw'/>",
+        // PV: Xen's QEMU disk back end refuses a read-only raw file ("Block node is
+        // read-only"); the kernel's block back end (on a loop device) takes it. HVM: the
+        // disks are also emulated IDE disks, which Xen's QEMU cannot make read-only
+        // ("qemu-xen doesn't support read-only IDE disk drivers"), so an HVM guest's seed
+        // is writable: it is the guest's own (its settings and host key), and nothing on
+        // the node reads it back.
+        seed_driver: if hvm { "<driver name='qemu' type='raw'/>" } else { "<driver name='phy' type='raw'/>" },
+        seed_readonly: if hvm { "" } else { "<readonly/>" },
         // Xen's vif joins the bridge directly, under the name the node manager's network
         // policy and shaping expect (a vif named by Xen, `vif<domid>.0`, would be in
         // neither).
@@ -157,7 +166,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='{d0}' bus='{bus}'/></disk>
-    <disk type='file' device='disk'>{seed_driver}<source file='{seed}'/><target dev='{d1}' bus='{bus}'/><readonly/></disk>
+    <disk type='file' device='disk'>{seed_driver}<source file='{seed}'/><target dev='{d1}' bus='{bus}'/>{seed_readonly}</disk>
     {interface}
     {console}
     {extra}
@@ -181,6 +190,7 @@ pub fn domain_xml(cfg: &LibvirtConfig, spec: &VmSpec, uuid: Option<&str>) -> Str
         console = f.console,
         extra = f.devices_extra,
         seed_driver = f.seed_driver,
+        seed_readonly = f.seed_readonly,
     )
 }
 
