@@ -292,16 +292,29 @@ impl Shaper {
         }
         let (id, item) = (classid(index), format!("800::{:x}", index + 1));
         // Each filter is deleted as it was added (`set`): upwards by MAC (`protocol all`),
-        // downwards by address (`protocol ip`).
+        // downwards by address (`protocol ip`). Each deletion on its own, both directions
+        // always, and what is already gone counts as done: a half-made VM (its class made,
+        // its filter not) is removed too.
+        let mut first_error = None;
         for ((ifb, protocol), classes) in [(UP, "all"), (DOWN, "ip")].into_iter().zip(self.classes()?) {
             if !classes.contains_key(&id) {
                 continue;
             }
-            self.tc(format!(
-                "filter del dev {ifb} parent 1: prio 1 handle {item} protocol {protocol} u32\nclass del dev {ifb} classid {id}\n"
-            ))?;
+            for line in [
+                format!("filter del dev {ifb} parent 1: prio 1 handle {item} protocol {protocol} u32\n"),
+                format!("class del dev {ifb} classid {id}\n"),
+            ] {
+                match self.tc(line) {
+                    Err(BackendError::Command { message, .. })
+                        if message.contains("not found") || message.contains("Cannot find") => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Ok(()) => {}
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Every class in force with its counters (up, down), read back from the kernel
@@ -413,6 +426,34 @@ mod tests {
         assert_eq!(classid(15), "1:1f");
         assert_eq!(qdisc_kinds(r#"[{"kind":"noqueue"},{"kind":"clsact","handle":"ffff:"}]"#), ["noqueue", "clsact"]);
         assert!(qdisc_kinds("garbage").is_empty());
+    }
+
+    #[test]
+    fn removing_a_half_made_vm_removes_what_there_is_both_ways() {
+        let host = Arc::new(RecordingHost::new());
+        let s = Shaper::new(host.clone(), 1_000_000_000);
+        host.reply(
+            "tc -s class show",
+            "class htb 1:13 parent 1:1 prio 0 rate 8Kbit ceil 100Mbit burst 3028b cburst 3028b \n \
+             Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n",
+        );
+        // Its upward filter was never made: that deletion fails as "not found".
+        host.fail("tc -batch -", 1, "Error: Filter with specified priority/protocol not found.");
+        s.remove(3).unwrap();
+        let batches: Vec<String> = host.calls().iter().filter_map(|c| c.input.clone()).collect();
+        assert_eq!(
+            batches,
+            [
+                "filter del dev plabup parent 1: prio 1 handle 800::4 protocol all u32\n",
+                "class del dev plabup classid 1:13\n",
+                "filter del dev plabdn parent 1: prio 1 handle 800::4 protocol ip u32\n",
+                "class del dev plabdn classid 1:13\n",
+            ]
+        );
+        // Another failure is reported, after both directions were tried.
+        host.fail("tc -batch -", 1, "RTNETLINK answers: Operation not permitted");
+        assert!(s.remove(3).is_err());
+        assert_eq!(host.calls().iter().filter(|c| c.input.is_some()).count(), 8);
     }
 
     #[test]

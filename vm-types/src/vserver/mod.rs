@@ -711,6 +711,11 @@ impl Backend for VserverBackend {
         }
         let running = self.is_running(&spec.name)?;
         if !running {
+            // A container left created but not running (a node manager that died between
+            // create and start) still has an init holding the disk's mount: gone first.
+            if self.runtime_state(&spec.name)?.is_some() {
+                self.runtime(&["delete", "--force", &spec.name])?;
+            }
             self.grow_pending(&spec.name, spec.resources.disk_quota_bytes())?;
         }
         // Disk and network are independent: set them up side by side.
