@@ -17,7 +17,7 @@ bash "$here/build-rootfs.sh" "$tree"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)/\1/p' | head -n1)
 [ -n "$kpkg" ] || { echo "guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver=${kpkg#linux-image-}
-stamp=$(cat "$0" "$here/guest-init.sh" "$here/initramfs-init.sh" "$here/kernel-elf.py" "$tree/.plab-image" | sha256sum | cut -c1-16)-$kver
+stamp=$(cat "$0" "$here/guest-init.sh" "$here/initramfs-init.sh" "$here/kernel-elf.py" "$here/initramfs-modules.sh" "$tree/.plab-image" | sha256sum | cut -c1-16)-$kver
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp" ]; then
   echo "guest image: $out is up to date" >&2; exit 0
 fi
@@ -37,15 +37,8 @@ ird="$work/initramfs"
 mkdir -p "$ird/bin" "$ird/lib/modules"
 cp "$tree/bin/busybox" "$ird/bin/busybox"
 install -m 0755 "$here/initramfs-init.sh" "$ird/init"
-: > "$ird/modules.load"
-for m in virtio_pci virtio_blk virtio_net virtio-rng ext4 vfat nls_cp437 nls_iso8859_1 evdev button xen-blkfront xen-netfront; do
-  modprobe -d "$work/k" -S "$kver" --show-depends "$m" | awk '{print $2}'
-done | awk '!seen[$0]++' | while read -r path; do
-  rel=${path#"$work/k/lib/modules/$kver/"}
-  mkdir -p "$ird/lib/modules/$(dirname "$rel")"
-  cp "$path" "$ird/lib/modules/$rel"
-  echo "$rel" >> "$ird/modules.load"
-done
+bash "$here/initramfs-modules.sh" "$work/k" "$kver" "$ird" \
+  virtio_pci virtio_blk virtio_net virtio-rng ext4 vfat nls_cp437 nls_iso8859_1 evdev button xen-blkfront xen-netfront
 (cd "$ird" && find . | cpio -o -H newc --quiet) > "$work/initrd.img"
 
 echo "guest image: root filesystem" >&2

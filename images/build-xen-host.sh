@@ -49,7 +49,7 @@ else
 fi
 # shellcheck disable=SC2086 # $versioned is a space-separated list of package names.
 versions=$(apt-cache policy $versioned | awk '/^[^ ]/{p=$1} /Candidate:/{print p, $2}')
-stamp=$( { cat "$0" "$here/xen-host-init.sh" "$here/xen-host-initramfs-init.sh" "$here/kernel-elf.py"
+stamp=$( { cat "$0" "$here/xen-host-init.sh" "$here/xen-host-initramfs-init.sh" "$here/kernel-elf.py" "$here/initramfs-modules.sh"
            echo "$pubkey $kpkg $versions"; } | sha256sum | cut -c1-16)-$kver
 if [ -f "$out/.plab-image" ] && [ "$(cat "$out/.plab-image")" = "$stamp" ]; then
   echo "xen host: $out is up to date" >&2; exit 0
@@ -144,15 +144,7 @@ ird="$work/initramfs"
 mkdir -p "$ird/bin" "$ird/lib/modules"
 cp "$tree/bin/busybox" "$ird/bin/busybox"
 install -m 0755 "$here/xen-host-initramfs-init.sh" "$ird/init"
-: > "$ird/modules.load"
-for m in virtio_pci virtio_blk ext4; do
-  modprobe -d "$tree" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
-done | awk '!seen[$0]++' | while read -r path; do
-  rel=${path#"$tree/lib/modules/$kver/"}
-  mkdir -p "$ird/lib/modules/$(dirname "$rel")"
-  cp "$path" "$ird/lib/modules/$rel"
-  echo "$rel" >> "$ird/modules.load"
-done
+bash "$here/initramfs-modules.sh" "$tree" "$kver" "$ird" virtio_pci virtio_blk ext4
 (cd "$ird" && find . | cpio -o -H newc --quiet) > "$work/initrd.img"
 
 echo "xen host: root filesystem ($disk_size, $(du -sh "$tree" | cut -f1) used)" >&2

@@ -74,13 +74,19 @@ fn check(i: usize, f: &FlowRecord, now_ms: i64, oldest_ms: i64, node_ip: &str) -
 }
 
 impl Authority {
+    /// The services this authority lets upload a node's flows: `audit_services`, or
+    /// `<name>.audit` when none is set.
+    fn audit_services(&self) -> Vec<String> {
+        if self.settings.audit_services.is_empty() {
+            vec![format!("{}.audit", self.ca.name)]
+        } else {
+            self.settings.audit_services.clone()
+        }
+    }
+
     /// Is `slice` one of the services this authority lets upload a node's flows?
     pub(crate) fn is_audit_service(&self, slice: &str) -> bool {
-        if self.settings.audit_services.is_empty() {
-            slice == format!("{}.audit", self.ca.name)
-        } else {
-            self.settings.audit_services.iter().any(|s| s == slice)
-        }
+        self.audit_services().iter().any(|s| s == slice)
     }
 
     pub(crate) async fn archive_flows(
@@ -142,14 +148,10 @@ impl Authority {
     fn node_audit_service(&self, c: &Caller, node_id: i64, method: &str) -> Result<(), AuthError> {
         match c {
             Caller::Service { slice, node } if *node == node_id && self.is_audit_service(slice) => Ok(()),
-            _ => {
-                let services = if self.settings.audit_services.is_empty() {
-                    format!("{}.audit", self.ca.name)
-                } else {
-                    self.settings.audit_services.join(", ")
-                };
-                Err(AuthError::denied(method, &format!("the auditing service ({services}) of node {node_id}")))
-            }
+            _ => Err(AuthError::denied(
+                method,
+                &format!("the auditing service ({}) of node {node_id}", self.audit_services().join(", ")),
+            )),
         }
     }
 

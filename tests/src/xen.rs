@@ -46,6 +46,17 @@ impl XenHost {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("plab nm {args}: {e}: {out}"))
     }
 
+    /// The owner's pool `pool` (a PoolRSpec, for slice `plc.xen`) and the slice RSpec
+    /// `slice` split from it, in dom0's node manager (written to `/root/NAME.pool.xml` and
+    /// `/root/NAME.xml`): the pool's rcap and the slice's, ready to bind.
+    pub fn split_pool(&self, name: &str, pool: &str, slice: &str) -> (String, String) {
+        let (p, s) = (format!("/root/{name}.pool.xml"), format!("/root/{name}.xml"));
+        self.ok(&format!("cat > {p} <<'EOF'\n{pool}\nEOF\ncat > {s} <<'EOF'\n{slice}\nEOF"));
+        let root = self.nm(&format!("create-pool {p} plc.xen"))["rcap"].as_str().unwrap().to_owned();
+        let sub = self.nm(&format!("split-pool {root} {s}"))["rcap"].as_str().unwrap().to_owned();
+        (root, sub)
+    }
+
     pub fn start_nm(&self) {
         self.ok("rm -f /run/plab/nm.sock; mkdir -p /run/plab; \
              setsid nohup /mnt/plab/plab-nm serve --config /etc/plab/nm.toml >>/var/log/plab-nm.log 2>&1 </dev/null &");

@@ -66,9 +66,7 @@ fn integration_xen_a_researcher_logs_in_to_a_pv_guest_made_from_an_rspec_on_an_e
     let slice = format!(
         r#"<XenSlice name="plc.xen.a"><resources cpu_share="3" disk_quota="1" mem_limit="256"/><key>{public}</key><bootscript>echo "xen bootscript ran on $(hostname)" > /tmp/bootscript.out</bootscript></XenSlice>"#
     );
-    host.ok(&format!("cat > /root/pool.xml <<'EOF'\n{pool}\nEOF\ncat > /root/slice.xml <<'EOF'\n{slice}\nEOF"));
-    let root = host.nm("create-pool /root/pool.xml plc.xen")["rcap"].as_str().unwrap().to_owned();
-    let sub = host.nm(&format!("split-pool {root} /root/slice.xml"))["rcap"].as_str().unwrap().to_owned();
+    let (root, sub) = host.split_pool("slice", pool, &slice);
     let bind_started = Instant::now();
     let vm = host.nm(&format!("bind {sub} plc.xen.a"));
     let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());
@@ -89,9 +87,7 @@ fn integration_xen_a_researcher_logs_in_to_a_pv_guest_made_from_an_rspec_on_an_e
         r#"<PoolRSpec vm_type="linux-xen-x86"><resources cpu_share="1" disk_quota="1" mem_limit="2800"/></PoolRSpec>"#;
     let big_slice =
         r#"<XenSlice name="plc.xen.big"><resources cpu_share="1" disk_quota="1" mem_limit="2800"/></XenSlice>"#;
-    host.ok(&format!("cat > /root/big.xml <<'EOF'\n{big}\nEOF\ncat > /root/big-slice.xml <<'EOF'\n{big_slice}\nEOF"));
-    let big_root = host.nm("create-pool /root/big.xml plc.xen")["rcap"].as_str().unwrap().to_owned();
-    let big_sub = host.nm(&format!("split-pool {big_root} /root/big-slice.xml"))["rcap"].as_str().unwrap().to_owned();
+    let (_, big_sub) = host.split_pool("big", big, big_slice);
     for _ in 0..2 {
         let (ok, out) =
             host.sh(&format!("PLAB_NM_SOCKET=/run/plab/nm.sock /mnt/plab/plab nm bind {big_sub} plc.xen.big 2>&1"));

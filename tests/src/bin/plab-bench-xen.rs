@@ -25,9 +25,7 @@ fn main() {
     let slice = format!(
         r#"<XenSlice name="plc.xen.bench"><resources cpu_share="1" disk_quota="1" mem_limit="256"/><key>{public}</key></XenSlice>"#
     );
-    host.ok(&format!("cat > /root/pool.xml <<'EOF'\n{pool}\nEOF\ncat > /root/slice.xml <<'EOF'\n{slice}\nEOF"));
-    let root = host.nm("create-pool /root/pool.xml plc.xen")["rcap"].as_str().unwrap().to_owned();
-    let sub = host.nm(&format!("split-pool {root} /root/slice.xml"))["rcap"].as_str().unwrap().to_owned();
+    let (_, sub) = host.split_pool("slice", pool, &slice);
     let t = Instant::now();
     let vm = host.nm(&format!("bind {sub} plc.xen.bench"));
     let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());

@@ -41,9 +41,7 @@ fn main() {
     let slice = format!(
         r#"<XenSlice name="plc.xen.hvm"><resources cpu_share="2" disk_quota="2" mem_limit="512"/><key>{public}</key><bootscript>echo "hvm bootscript ran" > /tmp/bootscript.out</bootscript></XenSlice>"#
     );
-    host.ok(&format!("cat > /root/pool.xml <<'EOF'\n{pool}\nEOF\ncat > /root/slice.xml <<'EOF'\n{slice}\nEOF"));
-    let root = host.nm("create-pool /root/pool.xml plc.xen")["rcap"].as_str().unwrap().to_owned();
-    let sub = host.nm(&format!("split-pool {root} /root/slice.xml"))["rcap"].as_str().unwrap().to_owned();
+    let (_, sub) = host.split_pool("slice", pool, &slice);
     let bind_started = Instant::now();
     let vm = host.nm(&format!("bind {sub} plc.xen.hvm"));
     let (name, addr) = (vm["vm"].as_str().unwrap().to_owned(), vm["address"].as_str().unwrap().to_owned());

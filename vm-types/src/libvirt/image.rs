@@ -158,25 +158,25 @@ pub fn xen_pv_kernel(kernel: &Path) -> Result<(), BackendError> {
     if elf.elf_header().e_machine(endian) != object::elf::EM_X86_64 {
         return Err(bad("not an x86-64 kernel".into()));
     }
-    // As Xen's loader reads them: the note segments, else the note sections.
-    let mut types = Vec::new();
-    for seg in elf.elf_program_headers() {
-        let Ok(Some(mut notes)) = seg.notes(endian, &data) else { continue };
-        while let Ok(Some(note)) = notes.next() {
-            if note.name() == b"Xen" {
-                types.push(note.n_type(endian));
-            }
-        }
-    }
-    if types.is_empty() {
-        for section in elf.elf_section_table().iter() {
-            let Ok(Some(mut notes)) = section.notes(endian, &data) else { continue };
+    // The types of the `Xen` notes, as Xen's loader reads them: from the note segments,
+    // else from the note sections.
+    let xen_types = |all: &mut dyn Iterator<
+        Item = object::read::elf::NoteIterator<'_, object::elf::FileHeader64<object::Endianness>>,
+    >| {
+        let mut types = Vec::new();
+        for mut notes in all {
             while let Ok(Some(note)) = notes.next() {
                 if note.name() == b"Xen" {
                     types.push(note.n_type(endian));
                 }
             }
         }
+        types
+    };
+    let mut types =
+        xen_types(&mut elf.elf_program_headers().iter().filter_map(|s| s.notes(endian, &data).ok().flatten()));
+    if types.is_empty() {
+        types = xen_types(&mut elf.elf_section_table().iter().filter_map(|s| s.notes(endian, &data).ok().flatten()));
     }
     if types.contains(&XEN_ELFNOTE_ENTRY) {
         Ok(())

@@ -263,13 +263,13 @@ impl LibvirtBackend {
         let want = spec.resources.mem_limit_bytes();
         // libvirt's Xen driver says; where a driver cannot (libvirt's test driver), or
         // where libxl balloons dom0 down for guests, Xen itself decides when it starts.
-        let free = match self.conn().get_free_memory() {
-            _ if self.xen.is_some_and(|(_, balloon)| balloon) => u64::MAX,
-            Ok(free) => free,
-            Err(e) => {
+        let free = if self.xen.is_some_and(|(_, balloon)| balloon) {
+            u64::MAX
+        } else {
+            self.conn().get_free_memory().unwrap_or_else(|e| {
                 tracing::warn!(uri = %self.cfg.uri, "libvirt does not say how much memory is free: {e}");
                 u64::MAX
-            }
+            })
         };
         if want > free {
             return Err(BackendError::Invalid(format!(
